@@ -1,0 +1,153 @@
+"""The declarative description of a parametric PDE family.
+
+A family is data plus a few pure functions; the trainer reads it and never needs to know which
+family it trains. Derivatives are named by coordinate letters: for coordinates ``("x", "t")``,
+``u_x`` is du/dx, ``u_xt`` is d2u/dxdt (first-coordinate letters first), ``u`` the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy.interpolate import RegularGridInterpolator
+from torch import Tensor
+
+from metalic.domain import Box, Decomposition, slabs
+
+MultiIndex = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A scalar PDE parameter with its admissible range ``[lo, hi]``."""
+
+    name: str
+    lo: float
+    hi: float
+    default: float
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceGrid:
+    """Reference solution on a tensor grid: ``u[i, j] = u(axes[0][i], axes[1][j])``."""
+
+    axes: tuple[np.ndarray, np.ndarray]
+    u: np.ndarray
+
+    def points(self) -> np.ndarray:
+        """All grid points, flattened in ``u.ravel()`` order: [Nx * Ny, 2]."""
+        a, b = np.meshgrid(self.axes[0], self.axes[1], indexing="ij")
+        return np.stack([a.ravel(), b.ravel()], axis=-1)
+
+    def interpolate(self, points: np.ndarray) -> np.ndarray:
+        """Cubic interpolation at ``points`` [N, 2] -> [N]."""
+        interp = RegularGridInterpolator(self.axes, self.u, method="cubic")
+        return interp(points)
+
+
+Residual = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Tensor], Tensor]
+Flux = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A parametric PDE family on a 2-D (space or space-time) box.
+
+    residual(d, p, x) -> r: ``d`` maps derivative names (``residual_uses``) to tensors of any one
+    shape, ``p`` maps parameter names to tensors broadcastable to it, ``x`` holds coordinates
+    with a trailing axis of 2. ``flux(d, p) -> (F_0, F_1)`` is an optional physical flux vector,
+    reading only ``flux_uses``; without it the flux is grad u.
+    ``boundary_value(p, points [N, 2]) -> [N]`` gives the data on ``boundary_edges``.
+    ``reference(p) -> ReferenceGrid`` is a solver independent of any network code.
+    """
+
+    name: str
+    equation: str
+    coords: tuple[str, str]
+    domain: Box
+    params: tuple[Param, ...]
+    residual_uses: tuple[str, ...]
+    residual: Residual
+    boundary_edges: tuple[tuple[int, int], ...]
+    boundary_value: Callable[[dict[str, float], np.ndarray], np.ndarray]
+    reference: Callable[[dict[str, float]], ReferenceGrid]
+    default_decomposition: Decomposition
+    slab_axis: int
+    interface_points: int = 101
+    flux: Flux | None = None
+    flux_uses: tuple[str, ...] = ()
+    exact: Callable[[dict[str, float], np.ndarray], np.ndarray] | None = None
+    time_axis: int | None = None
+    notes: str = field(default="")
+
+    # ---- names and multi-indices -------------------------------------------------------------
+    def derivative_name(self, alpha: MultiIndex) -> str:
+        if alpha == (0, 0):
+            return "u"
+        return "u_" + self.coords[0] * alpha[0] + self.coords[1] * alpha[1]
+
+    def multi_index(self, name: str) -> MultiIndex:
+        if name == "u":
+            return (0, 0)
+        if not name.startswith("u_"):
+            raise ValueError(f"{self.name}: bad derivative name {name!r}")
+        letters = name[2:]
+        alpha = (letters.count(self.coords[0]), letters.count(self.coords[1]))
+        if sum(alpha) != len(letters):
+            raise ValueError(f"{self.name}: bad derivative name {name!r}")
+        return alpha
+
+    # ---- parameters --------------------------------------------------------------------------
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    def defaults(self) -> dict[str, float]:
+        return {p.name: p.default for p in self.params}
+
+    def validate_params(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Complete ``values`` with defaults; ValueError naming the field when out of range or unknown."""
+        unknown = set(values) - set(self.param_names)
+        if unknown:
+            raise ValueError(
+                f"unknown parameter {sorted(unknown)[0]!r} for family {self.name!r} "
+                f"(parameters: {', '.join(self.param_names)})"
+            )
+        out = {}
+        for p in self.params:
+            v = float(values.get(p.name, p.default))
+            if not np.isfinite(v) or not (p.lo <= v <= p.hi):
+                raise ValueError(f"parameter {p.name}={v:g} is outside [{p.lo:g}, {p.hi:g}] for family {self.name!r}")
+            out[p.name] = v
+        return out
+
+    def decomposition(self, subdomains: int | None = None) -> Decomposition:
+        """The authors' split (``None``) or ``subdomains`` equal slabs along ``slab_axis``."""
+        if subdomains is None:
+            return self.default_decomposition
+        return slabs(self.domain, self.slab_axis, subdomains)
+
+    def reference_grid(self, params: Mapping[str, float]) -> ReferenceGrid:
+        """Reference solution, cached per (family, parameters)."""
+        key = tuple(sorted(self.validate_params(params).items()))
+        return _cached_reference(self, key)
+
+
+@lru_cache(maxsize=64)
+def _cached_reference(family: Family, key: tuple) -> ReferenceGrid:
+    return family.reference(dict(key))
+
+
+def boundary_from_reference(family_name: str) -> Callable[[dict[str, float], np.ndarray], np.ndarray]:
+    """Boundary data interpolated from the family's own reference grid (looked up by name)."""
+
+    def value(params: dict[str, float], points: np.ndarray) -> np.ndarray:
+        from metalic.families import get_family
+
+        return get_family(family_name).reference_grid(params).interpolate(points)
+
+    return value
