@@ -1,0 +1,116 @@
+"""A trained multi-domain model as a file: save, load and predict.
+
+The artefact holds everything needed to rebuild the network without the training batch: family,
+parameters, decomposition, layer widths, arms, the run's flat weights, metrics, training outcome
+and the library version.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import metalic
+from metalic.conditions import Arm, arm_label
+from metalic.domain import Decomposition
+from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched
+from metalic.pinn.network import StackedMLP
+from metalic.pinn.trainer import RunOutcome, TrainedBatch
+
+FORMAT = "metalic-model/1"
+
+
+@dataclass
+class TrainedModel:
+    family: str
+    params: dict[str, float]
+    decomposition: dict
+    layers: tuple[int, ...]
+    arm_adam: Arm
+    arm_lbfgs: Arm
+    weights: torch.Tensor  # flat [n_weights], float64 on the CPU
+    metrics: dict[str, float] = field(default_factory=dict)
+    outcome: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    version: str = metalic.__version__
+
+    def network(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> StackedMLP:
+        dec = Decomposition.from_description(self.decomposition)
+        net = StackedMLP(self.layers, 1, dec.bounding_boxes(), [self.seed], device, dtype)
+        with torch.no_grad():
+            net.theta.copy_(self.weights.to(device=device, dtype=dtype)[None])
+        return net
+
+    def predict(self, points: np.ndarray) -> np.ndarray:
+        """u at ``points`` [N, 2] (coordinates in the family's order) -> [N]."""
+        points = np.asarray(points, dtype=float)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"points must have shape [N, 2], got {list(points.shape)}")
+        dec = Decomposition.from_description(self.decomposition)
+        return predict_stitched(self.network(), dec, points)[0]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        payload = asdict(self)
+        payload["format"] = FORMAT
+        payload["weights"] = self.weights.detach().cpu().double()
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)  # never leave a half-written file under the final name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainedModel:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if payload.pop("format", None) != FORMAT:
+            raise ValueError(f"{path}: not a metalic model file")
+        payload["layers"] = tuple(payload["layers"])
+        payload["arm_adam"] = tuple(payload["arm_adam"])
+        payload["arm_lbfgs"] = tuple(payload["arm_lbfgs"])
+        return cls(**payload)
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"{self.family} {self.params} arms adam={arm_label(self.arm_adam)} lbfgs={arm_label(self.arm_lbfgs)}"
+            f" rel_l2={m.get('rel_l2', math.nan):.3e}"
+        )
+
+
+def evaluate_batch(batch: TrainedBatch) -> list[Metrics]:
+    """Metrics of every run of a batch on its reference grid."""
+    family = batch.family
+    grids = [family.reference_grid(p) for p in batch.problem.params]
+    points = grids[0].points()
+    pred = predict_stitched(batch.net, batch.problem.decomposition, points)
+    return [metrics_of(pred[k], g.u.ravel()) for k, g in enumerate(grids)]
+
+
+def models_from_batch(batch: TrainedBatch, metrics: list[Metrics] | None = None) -> list[TrainedModel]:
+    metrics = metrics or evaluate_batch(batch)
+    out = []
+    for k, spec in enumerate(batch.specs):
+        arm_adam, arm_lbfgs = spec.arms
+        outcome: RunOutcome = batch.outcomes[k]
+        out.append(
+            TrainedModel(
+                family=batch.family.name,
+                params=dict(batch.problem.params[k]),
+                decomposition=batch.problem.decomposition.describe(),
+                layers=tuple(batch.pinn_config.layers),
+                arm_adam=arm_adam,
+                arm_lbfgs=arm_lbfgs,
+                weights=batch.net.theta.detach()[k].cpu().double().clone(),
+                metrics=metrics[k].as_dict(),
+                outcome=asdict(outcome),
+                config={"pinn": asdict(batch.pinn_config), "train": asdict(batch.train_config)},
+                seed=spec.seed,
+            )
+        )
+    return out

@@ -1,0 +1,161 @@
+"""Training points and data for a batch of K runs of one family, laid out for batched evaluation.
+
+Each run has its own parameters and its own seed; run k gets exactly the points it would get if
+trained alone. Layout (S subdomains, I interfaces):
+
+- ``x_main`` [K, S, Pc + Pd, 2]: Pc collocation points, then Pd data points (boundary and initial
+  data, then optional final-time data) with targets ``g_data`` [K, S, Pd] and 0/1 ``m_data`` [K, S, Pd]
+  (0 pads a subdomain that has fewer data points or none, e.g. an interior time slab's start).
+- ``x_iface`` [S, Pi, 2]: each subdomain's interface points (shared by all runs), padded to Pi;
+  ``side_a`` / ``side_b`` [I * n_if] index the flattened [S * Pi] axis for sides a and b;
+  ``iface_points`` [I, n_if, 2] the points in interface order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metalic.domain import Decomposition, boundary_segments, sample_boundary, sample_interior
+from metalic.families.base import Family
+
+
+@dataclass(frozen=True)
+class PinnConfig:
+    """Network and sampling settings shared by every run of a batch."""
+
+    layers: tuple[int, ...] = (2, 20, 20, 1)
+    n_collocation: int = 1000
+    n_boundary: int = 100
+    n_interface: int | None = None  # per interface; None = the family's default (101, Burgers 401)
+    w_data: float = 20.0
+    w_residual: float = 1.0
+    w_interface: float = 5.0
+    subdomains: int | None = None  # None = the family's default split, N >= 2 = N slabs
+    final_time_data: bool = False  # the authors' extra supervision with the reference at t = T
+
+    def validate(self) -> None:
+        for name in ("n_collocation", "n_boundary"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_interface is not None and self.n_interface < 2:
+            raise ValueError(f"n_interface must be at least 2, got {self.n_interface}")
+        if self.subdomains is not None and self.subdomains < 2:
+            raise ValueError(f"subdomains must be at least 2, got {self.subdomains}")
+        if min(self.w_data, self.w_residual, self.w_interface) < 0:
+            raise ValueError("loss weights must be non-negative")
+
+
+@dataclass
+class BatchProblem:
+    family: Family
+    decomposition: Decomposition
+    params: list[dict[str, float]]
+    n_collocation: int
+    x_main: Tensor
+    g_data: Tensor
+    m_data: Tensor
+    x_iface: Tensor
+    side_a: Tensor
+    side_b: Tensor
+    iface_points: Tensor
+    iface_axis: Tensor  # [I, 1] int
+    param_tensors: dict[str, Tensor] = field(default_factory=dict)  # name -> [K, 1, 1]
+
+    @property
+    def n_runs(self) -> int:
+        return self.x_main.shape[0]
+
+
+def _data_points(family, boxes, params, n, rng, final_time: bool):
+    """Boundary/initial data points for one subdomain, plus final-time data when asked: ([P, 2], [P], [P])."""
+    pts, vals, mask = [], [], []
+    segments = boundary_segments(boxes, family.domain, family.boundary_edges)
+    blocks = [(segments, family.boundary_value)]
+    if final_time:
+        final = boundary_segments(boxes, family.domain, ((family.time_axis, 1),))
+        blocks.append((final, lambda p, x: family.reference_grid(p).interpolate(x)))
+    for segs, value in blocks:
+        if segs:
+            x = sample_boundary(segs, n, rng)
+            pts.append(x)
+            vals.append(value(params, x))
+            mask.append(np.ones(n))
+        else:
+            pts.append(np.tile(np.asarray(boxes[0].lo, dtype=float), (n, 1)))
+            vals.append(np.zeros(n))
+            mask.append(np.zeros(n))
+    return np.concatenate(pts), np.concatenate(vals), np.concatenate(mask)
+
+
+def build_problem(
+    family: Family,
+    params: Sequence[Mapping[str, float]],
+    seeds: Sequence[int],
+    config: PinnConfig,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> BatchProblem:
+    """Sample every run's points (seeded per run) and move them to ``device``."""
+    config.validate()
+    if config.final_time_data and family.time_axis is None:
+        raise ValueError(f"final_time_data needs a time-dependent family; {family.name} is steady")
+    params = [family.validate_params(p) for p in params]
+    decomposition = family.decomposition(config.subdomains)
+    n_if = config.n_interface or family.interface_points
+    kw = {"device": device, "dtype": dtype}
+
+    x_main, g_data, m_data = [], [], []
+    for p, seed in zip(params, seeds, strict=True):
+        rng = np.random.default_rng(int(seed))
+        xs, gs, ms = [], [], []
+        for boxes in decomposition.subdomains:
+            colloc = sample_interior(boxes, config.n_collocation, rng)
+            xd, gd, md = _data_points(family, boxes, p, config.n_boundary, rng, config.final_time_data)
+            xs.append(np.concatenate([colloc, xd]))
+            gs.append(gd)
+            ms.append(md)
+        x_main.append(np.stack(xs))
+        g_data.append(np.stack(gs))
+        m_data.append(np.stack(ms))
+
+    # Interface points: deterministic, shared by all runs.
+    per_sub: list[list[np.ndarray]] = [[] for _ in decomposition.subdomains]
+    offsets_a, offsets_b = [], []
+    for iface in decomposition.interfaces:
+        pts = iface.points(n_if)
+        offsets_a.append((iface.a, sum(len(q) for q in per_sub[iface.a])))
+        per_sub[iface.a].append(pts)
+        offsets_b.append((iface.b, sum(len(q) for q in per_sub[iface.b])))
+        per_sub[iface.b].append(pts)
+    width = max(sum(len(q) for q in lst) for lst in per_sub)
+    x_iface = np.zeros((decomposition.n_subdomains, width, 2))
+    for s, lst in enumerate(per_sub):
+        if lst:
+            block = np.concatenate(lst)
+            x_iface[s, : len(block)] = block
+            x_iface[s, len(block) :] = block[0]
+    side_a = np.concatenate([s * width + off + np.arange(n_if) for s, off in offsets_a])
+    side_b = np.concatenate([s * width + off + np.arange(n_if) for s, off in offsets_b])
+    iface_points = np.stack([i.points(n_if) for i in decomposition.interfaces])
+
+    names = family.param_names
+    return BatchProblem(
+        family=family,
+        decomposition=decomposition,
+        params=params,
+        n_collocation=config.n_collocation,
+        x_main=torch.as_tensor(np.stack(x_main), **kw),
+        g_data=torch.as_tensor(np.stack(g_data), **kw),
+        m_data=torch.as_tensor(np.stack(m_data), **kw),
+        x_iface=torch.as_tensor(x_iface, **kw),
+        side_a=torch.as_tensor(side_a, device=device),
+        side_b=torch.as_tensor(side_b, device=device),
+        iface_points=torch.as_tensor(iface_points, **kw),
+        iface_axis=torch.as_tensor([[i.axis] for i in decomposition.interfaces], device=device),
+        param_tensors={n: torch.as_tensor([p[n] for p in params], **kw).view(-1, 1, 1) for n in names},
+    )
