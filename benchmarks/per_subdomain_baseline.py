@@ -8,6 +8,8 @@ Burgers: u_t + u u_x = nu u_xx, all nine interface terms on.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ class SubdomainMLP(nn.Module):
     def __init__(self, lo: np.ndarray, hi: np.ndarray, widths=(2, 20, 20, 1)):
         super().__init__()
         layers = []
-        for a, b in zip(widths[:-1], widths[1:], strict=True):
+        for a, b in itertools.pairwise(widths):
             lin = nn.Linear(a, b)
             nn.init.xavier_normal_(lin.weight)
             nn.init.zeros_(lin.bias)

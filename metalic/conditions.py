@@ -54,7 +54,9 @@ TERMS: tuple[Term, ...] = (
     Term(3, "res_continuity", "(r_a - r_b)^2", ("r",), _jump_sq("r")),
     Term(4, "flux", "(F_a.n - F_b.n)^2", ("f_n",), _jump_sq("f_n")),
     Term(5, "uyy", "(u_nn,a - u_nn,b)^2", ("u_nn",), _jump_sq("u_nn")),
-    Term(6, "gres", "|grad r_a|^2 + |grad r_b|^2", ("grad_r_sq",), lambda a, b: a["grad_r_sq"] + b["grad_r_sq"]),
+    Term(
+        6, "gres", "|grad r_a|^2 + |grad r_b|^2", ("grad_r_sq",), lambda a, b: a["grad_r_sq"] + b["grad_r_sq"]
+    ),
     Term(7, "ux", "(u_tau,a - u_tau,b)^2", ("u_tau",), _jump_sq("u_tau")),
     Term(8, "uxx", "(u_tautau,a - u_tautau,b)^2", ("u_tautau",), _jump_sq("u_tautau")),
 )

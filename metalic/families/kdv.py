@@ -38,9 +38,7 @@ def residual(d, p, x):
 def solve(c: float, u0, n: int = 256, t_end: float = T_END, n_out: int = 201, dt: float = 0.01):
     """Spectral solution from ``u0(x)``: (x [n], t [n_out], u [n, n_out])."""
     x = np.arange(n) * LENGTH / n
-    t, u = etdrk4_periodic(
-        u0(x), LENGTH, lambda k: 1j * k**3, quadratic_flux_term(c), t_end, dt, n_out
-    )
+    t, u = etdrk4_periodic(u0(x), LENGTH, lambda k: 1j * k**3, quadratic_flux_term(c), t_end, dt, n_out)
     return x, t, u
 
 

@@ -35,9 +35,7 @@ def residual(d, p, x):
 
 
 def reference(p: dict[str, float]) -> ReferenceGrid:
-    axis, u = poisson_dirichlet(
-        lambda x, y: source_numpy(p["s"], x, y), lambda x, y: np.zeros_like(x), GRID
-    )
+    axis, u = poisson_dirichlet(lambda x, y: source_numpy(p["s"], x, y), lambda x, y: np.zeros_like(x), GRID)
     return ReferenceGrid((axis, axis), u)
 
 
@@ -58,5 +56,3 @@ FAMILY = Family(
     slab_axis=1,
     interface_points=101,
 )
-
-

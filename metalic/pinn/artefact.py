@@ -78,7 +78,8 @@ class TrainedModel:
     def summary(self) -> str:
         m = self.metrics
         return (
-            f"{self.family} {self.params} arms adam={arm_label(self.arm_adam)} lbfgs={arm_label(self.arm_lbfgs)}"
+            f"{self.family} {self.params} arms adam={arm_label(self.arm_adam)}"
+            f" lbfgs={arm_label(self.arm_lbfgs)}"
             f" rel_l2={m.get('rel_l2', math.nan):.3e}"
         )
 

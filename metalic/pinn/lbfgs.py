@@ -110,10 +110,7 @@ def batched_lbfgs(
                 r = r + s_i * (al - be)[:, None]
             d = torch.where(active[:, None], r, d)
         prev_g, prev_loss = g, loss
-        if it == 1:
-            t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr
-        else:
-            t = torch.full_like(t, lr)
+        t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr if it == 1 else torch.full_like(t, lr)
         gtd = (g * d).sum(-1)
         stop(gtd > -tolerance_change, NO_DESCENT)
         if not active.any():

@@ -84,7 +84,7 @@ class StackedMLP(torch.nn.Module):
         return (h @ w + b).squeeze(-1)
 
     def jet(self, x: Tensor, tanh_jet: TanhJet) -> dict[MultiIndex, Tensor]:
-        """Derivatives D^alpha u for alpha in ``tanh_jet.indices``: ``x`` [K, S, P, 2] -> {alpha: [K, S, P]}."""
+        """D^alpha u for alpha in ``tanh_jet.indices``: ``x`` [K, S, P, 2] -> {alpha: [K, S, P]}."""
         indices = tanh_jet.indices
         layers = self.layers()
         w0, b0 = layers[0]

@@ -135,8 +135,12 @@ def train_batch(
         raise ValueError("at least one run is required")
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
-    specs = [RunSpec(s.params, parse_arm(s.arm_adam), None if s.arm_lbfgs is None else parse_arm(s.arm_lbfgs), s.seed)
-             for s in specs]
+    specs = [
+        RunSpec(
+            s.params, parse_arm(s.arm_adam), None if s.arm_lbfgs is None else parse_arm(s.arm_lbfgs), s.seed
+        )
+        for s in specs
+    ]
     start = time.perf_counter()
     problem = build_problem(family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt)
     boxes = problem.decomposition.bounding_boxes()
@@ -237,5 +241,6 @@ def train_batch(
                 diverged_at=diverged_at[j],
             )
         )
-    return TrainedBatch(family, problem, net, specs, pinn_config, train_config, outcomes,
-                        time.perf_counter() - start)
+    return TrainedBatch(
+        family, problem, net, specs, pinn_config, train_config, outcomes, time.perf_counter() - start
+    )
