@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from metalic.conditions import Arm, parse_arm
+from metalic.conditions import TERM_NAMES, Arm, parse_arm
 from metalic.families.base import Family
 from metalic.pinn.lbfgs import DIVERGED, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
@@ -109,11 +109,10 @@ class TrainedBatch:
     seconds: float
 
 
-def _parts_of(parts: LossParts, j: int) -> dict[str, float]:
+def _parts_of(parts: LossParts, j: int, arm: Arm) -> dict[str, float]:
+    """Loss parts of run j; interface terms only for the bits switched on in ``arm`` (unweighted)."""
     out = {"total": parts.total[j].item(), "data": parts.data[j].item(), "residual": parts.residual[j].item()}
-    from metalic.conditions import TERM_NAMES
-
-    out.update({f"iface_{n}": parts.terms[j, i].item() for i, n in enumerate(TERM_NAMES)})
+    out.update({f"iface_{n}": parts.terms[j, i].item() for i, n in enumerate(TERM_NAMES) if arm[i]})
     return out
 
 
@@ -233,7 +232,7 @@ def train_batch(
             RunOutcome(
                 status=status,
                 loss=final.total[j].item(),
-                loss_parts=_parts_of(final, j),
+                loss_parts=_parts_of(final, j, specs[j].arms[1]),
                 adam_iterations=adam_done[j],
                 lbfgs_iterations=result.iterations[j],
                 lbfgs_stop=reason,

@@ -1,0 +1,72 @@
+"""The CLI as a user runs it: a real subprocess, exit codes, files written or not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "metalic.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_families_lists_all_six_with_ranges():
+    out = run("families")
+    assert out.returncode == 0
+    for name in ("poisson", "heat", "advection", "reaction", "burgers", "kdv"):
+        assert name in out.stdout
+    assert "nu in [0.001, 0.05]" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["solve", "navier"], "unknown family 'navier'"),
+        (["solve", "burgers", "--param", "nu=0.5"], "nu=0.5 is outside [0.001, 0.05]"),
+        (["solve", "burgers", "--param", "mu=0.01"], "unknown parameter 'mu'"),
+        (["solve", "burgers", "--param", "nu"], "--param expects NAME=VALUE"),
+        (["solve", "heat", "--arm", "u,jump"], "unknown interface term 'jump'"),
+        (["solve", "heat", "--adam", "-3"], "--adam must be a non-negative"),
+        (["solve", "heat", "--lbfgs", "-1"], "--lbfgs must be a non-negative"),
+        (["solve", "heat", "--subdomains", "1"], "subdomains must be at least 2"),
+        (["solve", "poisson", "--final-time-data"], "time-dependent"),
+        (["solve", "heat", "--device", "cuda:7"], "CUDA is not available"),
+        (["solve", "heat", "--out", "nowhere/m.pt"], "does not exist"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
+    out = (
+        run(*args, "--out", str(tmp_path / "m.pt"))
+        if "--out" not in args and args[0] == "solve"
+        else run(*args)
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("metalic: error:")
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_solve_trains_saves_plots_and_predict_reads_the_model(tmp_path):
+    model, figure = tmp_path / "adv.pt", tmp_path / "adv.png"
+    out = run(
+        "solve", "advection", "--param", "beta=2", "--arm", "u,flux", "--adam", "30", "--lbfgs", "10",
+        "--collocation", "100", "--boundary", "20", "--out", str(model), "--plot", str(figure), "--quiet",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "rel L2" in out.stdout and "wall time" in out.stdout
+    assert "lbfgs 10 (stop: max_iter)" in out.stdout
+    assert model.stat().st_size > 0 and figure.read_bytes()[:4] == b"\x89PNG"
+    pred = run("predict", str(model), "--at", "1.0,0.5", "--at", "3,0")
+    assert pred.returncode == 0, pred.stderr
+    rows = pred.stdout.strip().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("1 0.5 ")
+    bad = run("predict", str(tmp_path / "missing.pt"), "--at", "1,1")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

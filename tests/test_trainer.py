@@ -1,0 +1,195 @@
+"""Batched training equals training alone; L-BFGS matches torch's; divergence is an outcome."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from metalic.domain import Box, slabs
+from metalic.families import get_family
+from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.pinn.artefact import evaluate_batch
+from metalic.pinn.evaluate import ERROR_CAP, metrics_of, reward_of
+from metalic.pinn.lbfgs import MAX_ITER, TOL_GRAD, TOL_LOSS, TOL_STEP, batched_lbfgs
+from metalic.pinn.problem import PinnConfig
+from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
+
+SMALL = PinnConfig(n_collocation=64, n_boundary=16, n_interface=11)
+SHORT = TrainConfig(adam_iters=15, lbfgs_iters=10, compile=False)
+
+
+def _solo_and_batch(family, specs, pinn=SMALL, train=SHORT, dtype="float64"):
+    batch = train_batch(family, specs, pinn, train, device="cpu", dtype=dtype)
+    solos = [train_batch(family, [s], pinn, train, device="cpu", dtype=dtype) for s in specs]
+    return batch, solos
+
+
+@pytest.mark.parametrize("family_name", ["advection", "burgers", "kdv"])
+def test_batched_runs_equal_runs_trained_alone(family_name):
+    fam = get_family(family_name)
+    rng = np.random.default_rng(3)
+    arms = ["u,flux", "all", "res,gres,uxx", "none"]
+    specs = [
+        RunSpec(
+            {p.name: float(rng.uniform(p.lo, p.hi)) for p in fam.params},
+            arms[k],
+            arms[(k + 1) % 4] if k % 2 else None,
+            seed=k,
+        )
+        for k in range(4)
+    ]
+    batch, solos = _solo_and_batch(fam, specs)
+    for k, solo in enumerate(solos):
+        a, b = batch.outcomes[k], solo.outcomes[0]
+        assert a.lbfgs_iterations == b.lbfgs_iterations
+        assert a.phase_losses["adam"] == pytest.approx(b.phase_losses["adam"], rel=1e-9)
+        assert a.loss == pytest.approx(b.loss, rel=1e-8)
+        for key, value in b.loss_parts.items():
+            assert a.loss_parts[key] == pytest.approx(value, rel=1e-7, abs=1e-12), key
+        torch.testing.assert_close(batch.net.theta[k], solo.net.theta[0], rtol=1e-7, atol=1e-9)
+
+
+def test_batched_equals_alone_in_float32_and_with_three_slabs():
+    fam = get_family("heat")
+    pinn = replace(SMALL, subdomains=3)
+    specs = [RunSpec({"a": 1.0, "b": -1.0, "c": 0.5, "d": 0.0}, "u,uyy", seed=1),
+             RunSpec({"a": -2.0, "b": 0.3, "c": 0.0, "d": 1.5}, "ux,uxx,res_continuity", seed=2)]  # fmt: skip
+    batch, solos = _solo_and_batch(
+        fam, specs, pinn=pinn, train=replace(SHORT, lbfgs_iters=0), dtype="float32"
+    )
+    assert batch.problem.decomposition.n_subdomains == 3
+    for k, solo in enumerate(solos):
+        assert batch.outcomes[k].loss == pytest.approx(solo.outcomes[0].loss, rel=1e-4)
+
+
+def test_training_is_seeded_and_reproducible():
+    fam = get_family("reaction")
+    runs = [
+        train_batch(fam, [RunSpec({"rho": 4.0}, "u", seed=s)], SMALL, SHORT, device="cpu") for s in (5, 5, 6)
+    ]
+    assert runs[0].outcomes[0].loss == runs[1].outcomes[0].loss
+    assert runs[0].outcomes[0].loss != runs[2].outcomes[0].loss
+
+
+def test_lbfgs_reports_iterations_and_why_it_stopped():
+    fam = get_family("advection")
+    full = train_batch(fam, [RunSpec({"beta": 2.0}, "u", seed=0)], SMALL, replace(SHORT, lbfgs_iters=25))
+    assert full.outcomes[0].lbfgs_iterations == 25
+    assert full.outcomes[0].lbfgs_stop == MAX_ITER
+    spec = [RunSpec({"beta": 2.0}, "u", seed=0)]
+    at_start = train_batch(fam, spec, SMALL, replace(SHORT, lbfgs_iters=25, tolerance_grad=1e6))
+    assert (at_start.outcomes[0].lbfgs_iterations, at_start.outcomes[0].lbfgs_stop) == (0, TOL_GRAD)
+    early = train_batch(fam, spec, SMALL, replace(SHORT, lbfgs_iters=25, tolerance_change=1e-2))
+    assert 1 <= early.outcomes[0].lbfgs_iterations < 25
+    assert early.outcomes[0].lbfgs_stop in (TOL_LOSS, TOL_STEP)
+
+
+def _rosenbrock(theta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    a, b = theta[..., :-1], theta[..., 1:]
+    return (scale[:, None] * (b - a**2) ** 2 + (1 - a) ** 2).sum(-1)
+
+
+def test_batched_lbfgs_reproduces_torch_lbfgs_per_run():
+    torch.manual_seed(0)
+    start = torch.randn(3, 6, dtype=torch.float64)
+    scale = torch.tensor([1.0, 5.0, 20.0], dtype=torch.float64)
+
+    def closure(theta):
+        t = theta.detach().requires_grad_(True)
+        loss = _rosenbrock(t, scale)
+        (g,) = torch.autograd.grad(loss.sum(), t)
+        return loss.detach(), g
+
+    theta = start.clone()
+    result = batched_lbfgs(closure, theta, max_iter=40, lr=0.05, history=7)
+    for k in range(3):
+        x = start[k].clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([x], lr=0.05, max_iter=40, history_size=7)
+
+        def f(x=x, k=k):
+            opt.zero_grad()
+            loss = _rosenbrock(x[None], scale[k : k + 1])[0]
+            loss.backward()
+            return loss
+
+        opt.step(f)
+        torch.testing.assert_close(theta[k], x.detach(), rtol=1e-10, atol=1e-12)
+        assert result.iterations[k] == opt.state[opt._params[0]]["n_iter"]
+
+
+def _nan_family() -> Family:
+    """A test family whose residual is NaN when q > 0.5: a run that must be recorded as diverged."""
+    domain = Box((0.0, 0.0), (1.0, 1.0))
+
+    def residual(d, p, x):
+        # log of a negative number: NaN for q > 0.5, a harmless 0 otherwise
+        return d["u_t"] + d["u_x"] + 0 * torch.log(0.5 - p["q"])
+
+    def reference(p):
+        axes = (np.linspace(0, 1, 11), np.linspace(0, 1, 11))
+        return ReferenceGrid(axes, np.zeros((11, 11)))
+
+    return Family(
+        name="nan-test",
+        equation="u_t + u_x = 0 (NaN for q > 0.5)",
+        coords=("x", "t"),
+        domain=domain,
+        params=(Param("q", 0.0, 1.0, 0.0),),
+        residual_uses=("u_t", "u_x"),
+        residual=residual,
+        boundary_edges=((1, 0),),
+        boundary_value=lambda p, pts: np.sin(pts[:, 0]),
+        reference=reference,
+        default_decomposition=slabs(domain, 1, 2),
+        slab_axis=1,
+        time_axis=1,
+    )
+
+
+def test_a_diverged_run_is_an_outcome_and_the_others_are_untouched():
+    fam = _nan_family()
+    specs = [RunSpec({"q": 0.1}, "u", seed=0), RunSpec({"q": 0.9}, "u", seed=1)]
+    batch = train_batch(fam, specs, SMALL, SHORT, device="cpu", dtype="float64")
+    alone = train_batch(fam, specs[:1], SMALL, SHORT, device="cpu", dtype="float64")
+    assert batch.outcomes[1].status == "diverged"
+    assert batch.outcomes[1].diverged_at == "adam iteration 1"
+    assert batch.outcomes[1].adam_iterations == 0
+    assert batch.outcomes[0].status == "ok"
+    assert batch.outcomes[0].loss == pytest.approx(alone.outcomes[0].loss, rel=1e-9)
+    # the diverged run keeps its initial (finite) weights
+    assert torch.isfinite(batch.net.theta[1]).all()
+    metrics = evaluate_batch(batch)
+    assert len(metrics) == 2
+
+
+def test_blow_up_in_lbfgs_is_caught_and_reverted():
+    fam = get_family("advection")
+    batch = train_batch(
+        fam,
+        [RunSpec({"beta": 5.0}, "u", seed=0)],
+        SMALL,
+        TrainConfig(adam_iters=0, lbfgs_iters=5, lbfgs_lr=1e9, compile=False),
+        device="cpu",
+    )
+    out = batch.outcomes[0]
+    assert out.status == "diverged" and out.lbfgs_stop == "diverged"
+    assert out.diverged_at.startswith("lbfgs iteration")
+    assert torch.isfinite(batch.net.theta).all()
+
+
+def test_reward_is_capped():
+    assert reward_of(math.nan) == -math.log10(ERROR_CAP)
+    assert reward_of(1e5) == -math.log10(ERROR_CAP)
+    assert reward_of(1e-3) == pytest.approx(3.0)
+    m = metrics_of(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
+    assert m.reward == -2.0
+
+
+@pytest.mark.parametrize("bad", [{"adam_iters": -1}, {"lbfgs_iters": -5}, {"adam_lr": 0.0}])
+def test_bad_budgets_are_rejected_before_training(bad):
+    with pytest.raises(ValueError):
+        train_batch(get_family("heat"), [RunSpec({}, "u")], SMALL, replace(SHORT, **bad))
