@@ -110,7 +110,7 @@ def test_batched_lbfgs_reproduces_torch_lbfgs_per_run():
         x = start[k].clone().requires_grad_(True)
         opt = torch.optim.LBFGS([x], lr=0.05, max_iter=40, history_size=7)
 
-        def f(x=x, k=k):
+        def f(x=x, k=k, opt=opt):
             opt.zero_grad()
             loss = _rosenbrock(x[None], scale[k : k + 1])[0]
             loss.backward()
