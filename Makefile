@@ -1,0 +1,22 @@
+# The two entry points of the README. Both set up .venv on first use.
+.PHONY: setup demo test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+# A sample solve on the embedded default: Advection (beta = 3), two subdomains, arm u,flux.
+demo: setup
+	@mkdir -p out
+	.venv/bin/metalic solve advection --param beta=3 --arm u,flux --adam 1000 --lbfgs 1000 \
+		--out out/demo.pt --plot out/demo.png
+
+test: setup
+	@bash scripts/ensure_postgres.sh
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench: setup
+	.venv/bin/python benchmarks/train_speed.py

@@ -1,0 +1,103 @@
+"""Adam iterations per second on the authors' Burgers setup, against a same-run baseline.
+
+Setup (reference §5): two subdomains (strip |x| < 0.1 and the rest), [2, 20, 20, 1] tanh MLPs,
+1000 collocation + 100 boundary points per subdomain, 2 x 401 interface points, all nine
+interface terms on. The baseline is ``per_subdomain_baseline.py``: one nn.Module per subdomain
+and nested reverse-mode autograd (the authors' way). metalic is timed through its real trainer
+loop (``train_batch``), excluding start-up and compilation, for K = 1, 4, 16 runs batched, eager
+and torch.compile'd. Every figure is printed as a ratio to the baseline measured in this run.
+
+    python benchmarks/train_speed.py [--device cpu|cuda] [--steps 60] [--k 1 4 16] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from per_subdomain_baseline import BaselineBurgers  # noqa: E402
+
+from metalic.families import get_family  # noqa: E402
+from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch  # noqa: E402
+from metalic.settings import resolve_device  # noqa: E402
+
+WARMUP = 10
+
+
+def baseline_rate(steps: int, device: torch.device) -> float:
+    if device.type != "cpu":
+        return float("nan")  # the baseline is the authors' CPU setting
+    model = BaselineBurgers()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        model.loss().backward()
+        opt.step()
+
+    for _ in range(WARMUP):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> float:
+    """Adam iterations per second of one run (the batch does k of them per iteration)."""
+    marks: dict[int, float] = {}
+
+    def progress(p):
+        if p.phase == "adam":
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            marks[p.iteration] = time.perf_counter()
+
+    total = WARMUP + steps
+    specs = [RunSpec({"nu": 0.01 + 0.001 * j}, "all", seed=j) for j in range(k)]
+    train_batch(
+        get_family("burgers"),
+        specs,
+        train_config=TrainConfig(adam_iters=total, lbfgs_iters=0, compile=compile_),
+        device=device,
+        progress=progress,
+        progress_every=WARMUP,
+    )
+    return steps / (marks[total] - marks[WARMUP])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    print(f"machine: {describe(device)}")
+    base = baseline_rate(args.steps, device)
+    print(f"baseline (per-subdomain modules, nested autograd), K=1: {base:8.1f} it/s")
+    modes = [False] if args.no_compile else [False, True]
+    rows = []
+    for compile_ in modes:
+        single = None
+        for k in args.k:
+            rate = metalic_rate(k, args.steps, compile_, device)
+            single = rate if k == 1 else single
+            rows.append((compile_, k, rate, single))
+            name = "compiled" if compile_ else "eager"
+            line = f"metalic {name:8s} K={k:<3d} {rate:8.1f} batch it/s, {rate * k:9.1f} run-it/s"
+            line += f" | {rate * k / base:6.1f}x baseline" if base == base else ""
+            if single:
+                line += f" | {rate * k / single:5.2f}x K=1 aggregate"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
