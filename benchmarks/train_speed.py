@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe  # noqa: E402
-from per_subdomain_baseline import BaselineBurgers  # noqa: E402
+from machine import describe
+from per_subdomain_baseline import BaselineBurgers
 
-from metalic.families import get_family  # noqa: E402
-from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch  # noqa: E402
-from metalic.settings import resolve_device  # noqa: E402
+from metalic.families import get_family
+from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
+from metalic.settings import resolve_device
 
 WARMUP = 10
 

@@ -8,6 +8,7 @@ turns NaN or infinite is frozen and reported as ``diverged``; the others go on.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -151,7 +152,7 @@ def train_batch(
     k = len(specs)
     active = torch.ones(k, dtype=torch.bool, device=dev)
     diverged_at: list[str | None] = [None] * k
-    adam_done = [0] * k
+    adam_done: list[int | None] = [None] * k  # set when a run is frozen early
 
     def mark_bad(loss: Tensor, where: str) -> None:
         bad = active & (~torch.isfinite(loss) | (loss.abs() > BLOW_UP))
@@ -161,28 +162,41 @@ def train_batch(
 
     # ---- phase 1: Adam ------------------------------------------------------------------------
     theta = net.theta
-    opt = torch.optim.Adam([theta], lr=train_config.adam_lr)
+    opt = torch.optim.Adam([theta], lr=train_config.adam_lr, fused=True)
     n_adam = train_config.adam_iters
+    any_frozen = False
     for it in range(1, n_adam + 1):
         opt.zero_grad(set_to_none=False)
         parts = loss_call(arms_adam)
-        mark_bad(parts.total.detach(), f"adam iteration {it}")
-        if not active.any():
-            break
-        # A frozen run contributes nothing; its weights are restored after the step.
-        torch.where(active, parts.total, torch.zeros_like(parts.total)).sum().backward()
-        frozen = ~active
-        if frozen.any():
+        total = parts.total.detach()
+        if bool((~torch.isfinite(total) | (total.abs() > BLOW_UP)).any()):  # rare: freeze those runs
+            before = active.clone()
+            mark_bad(total, f"adam iteration {it}")
+            for j in torch.nonzero(before & ~active).flatten().tolist():
+                adam_done[j] = it - 1
+            any_frozen = True
+            if not active.any():
+                break
+        if any_frozen:
+            # A frozen run contributes nothing; its weights are restored after the step.
+            frozen = ~active
+            torch.where(active, parts.total, torch.zeros_like(parts.total)).sum().backward()
             saved = theta.detach()[frozen].clone()
             theta.grad[frozen] = 0
-        opt.step()
-        if frozen.any():
+            opt.step()
             with torch.no_grad():
                 theta[frozen] = saved
-        for j in torch.nonzero(active).flatten().tolist():
-            adam_done[j] = it
+        else:
+            parts.total.sum().backward()
+            opt.step()
+        if it == 2:
+            # Everything alive now (compiled graphs, the problem, the model) lives for the whole
+            # training: take it out of the collector's generations so that the periodic full
+            # collections stop rescanning it (they cost more than the step itself on CPU).
+            gc.freeze()
         if progress is not None and (it % progress_every == 0 or it == n_adam):
-            progress(Progress("adam", it, n_adam, parts.total.detach().tolist()))
+            progress(Progress("adam", it, n_adam, total.tolist()))
+    adam_done = [n_adam if done is None else done for done in adam_done]
 
     with torch.no_grad():
         after_adam = loss_fn(arms_adam).total
@@ -204,6 +218,8 @@ def train_batch(
     n_lbfgs = train_config.lbfgs_iters
 
     def lbfgs_progress(it: int, loss: Tensor) -> None:
+        if it == 2:
+            gc.freeze()  # as in the Adam loop: the first closure call may have compiled
         if progress is not None and (it % progress_every == 0 or it == n_lbfgs):
             progress(Progress("lbfgs", it, n_lbfgs, loss.tolist()))
 
@@ -220,6 +236,7 @@ def train_batch(
             callback=lbfgs_progress,
         )
 
+    gc.unfreeze()
     with torch.no_grad():
         final = loss_fn(arms_lbfgs)
     outcomes = []
