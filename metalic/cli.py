@@ -38,7 +38,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lbfgs", type=int, default=1000, help="L-BFGS iterations")
     s.add_argument("--adam-lr", type=float, default=1e-3)
     s.add_argument("--lbfgs-lr", type=float, default=0.1)
-    s.add_argument("--subdomains", type=int, default=None, help="N equal slabs instead of the default split")
+    s.add_argument(
+        "--subdomains",
+        type=int,
+        default=None,
+        help="N equal slabs instead of the default split (1: single-domain PINN)",
+    )
     s.add_argument("--collocation", type=int, default=1000, help="collocation points per subdomain")
     s.add_argument("--boundary", type=int, default=100, help="boundary/initial data points per subdomain")
     s.add_argument("--final-time-data", action="store_true", help="authors' extra supervision at t = T")

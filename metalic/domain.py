@@ -108,9 +108,12 @@ class Decomposition:
 
 
 def slabs(domain: Box, axis: int, n: int) -> Decomposition:
-    """Split ``domain`` into ``n >= 2`` equal slabs along ``axis`` (interfaces normal to ``axis``)."""
-    if n < 2:
-        raise ValueError(f"subdomains must be at least 2, got {n}")
+    """Split ``domain`` into ``n`` equal slabs along ``axis`` (interfaces normal to ``axis``).
+
+    ``n = 1`` is the single-domain PINN (one network, no interface).
+    """
+    if n < 1:
+        raise ValueError(f"subdomains must be at least 1, got {n}")
     cuts = np.linspace(domain.lo[axis], domain.hi[axis], n + 1)
     subdomains = []
     for k in range(n):

@@ -32,7 +32,7 @@ def test_families_lists_all_six_with_ranges():
         (["solve", "heat", "--arm", "u,jump"], "unknown interface term 'jump'"),
         (["solve", "heat", "--adam", "-3"], "--adam must be a non-negative"),
         (["solve", "heat", "--lbfgs", "-1"], "--lbfgs must be a non-negative"),
-        (["solve", "heat", "--subdomains", "1"], "subdomains must be at least 2"),
+        (["solve", "heat", "--subdomains", "0"], "subdomains must be at least 1"),
         (["solve", "poisson", "--final-time-data"], "time-dependent"),
         (["solve", "heat", "--device", "cuda:7"], "CUDA is not available"),
         (["solve", "heat", "--out", "nowhere/m.pt"], "does not exist"),

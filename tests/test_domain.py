@@ -17,7 +17,7 @@ def test_slabs_have_interfaces_on_every_internal_cut():
     owner = dec.locate(np.array([[0.5, 0.5], [0.5, 1.5], [0.5, 2.9]]))
     assert owner.tolist() == [0, 1, 2]
     with pytest.raises(ValueError):
-        slabs(Box((0.0, 0.0), (1.0, 1.0)), axis=0, n=1)
+        slabs(Box((0.0, 0.0), (1.0, 1.0)), axis=0, n=0)
 
 
 def test_burgers_default_split_is_the_strip_and_the_rest():

@@ -193,3 +193,34 @@ def test_reward_is_capped():
 def test_bad_budgets_are_rejected_before_training(bad):
     with pytest.raises(ValueError):
         train_batch(get_family("heat"), [RunSpec({}, "u")], SMALL, replace(SHORT, **bad))
+
+
+def test_single_domain_pinn_has_no_interface():
+    fam = get_family("advection")
+    batch = train_batch(fam, [RunSpec({"beta": 2.0}, "all", seed=0)], replace(SMALL, subdomains=1), SHORT)
+    assert batch.problem.decomposition.n_subdomains == 1
+    assert batch.problem.side_a.numel() == 0
+    parts = batch.outcomes[0].loss_parts
+    assert all(parts[f"iface_{n}"] == 0.0 for n in ("u", "flux", "gres"))
+    assert math.isfinite(batch.outcomes[0].loss)
+
+
+def test_between_phases_hook_sees_phase0_errors_and_sets_the_lbfgs_arms():
+    fam = get_family("burgers")
+    seen = {}
+
+    def choose(metrics):
+        seen["metrics"] = metrics
+        return ["u,flux" if m.rel_l2 > 0.5 else "all" for m in metrics]
+
+    specs = [RunSpec({"nu": 0.02}, "u", seed=0), RunSpec({"nu": 0.01}, "none", seed=1)]
+    batch = train_batch(fam, specs, SMALL, SHORT, between_phases=choose)
+    assert len(seen["metrics"]) == 2
+    for spec, m, out in zip(batch.specs, seen["metrics"], batch.outcomes, strict=True):
+        assert out.phase0_rel_l2 == m.rel_l2
+        assert spec.arm_lbfgs == ((1, 0, 0, 0, 1, 0, 0, 0, 0) if m.rel_l2 > 0.5 else (1,) * 9)
+    # the same arms given up front give the same training
+    fixed = [replace(s, arm_lbfgs=b.arm_lbfgs) for s, b in zip(specs, batch.specs, strict=True)]
+    again = train_batch(fam, fixed, SMALL, SHORT)
+    for a, b in zip(batch.outcomes, again.outcomes, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)

@@ -128,7 +128,7 @@ class Family:
         return out
 
     def decomposition(self, subdomains: int | None = None) -> Decomposition:
-        """The authors' split (``None``) or ``subdomains`` equal slabs along ``slab_axis``."""
+        """The authors' split (``None``) or ``subdomains`` equal slabs along ``slab_axis`` (1: one domain)."""
         if subdomains is None:
             return self.default_decomposition
         return slabs(self.domain, self.slab_axis, subdomains)

@@ -18,9 +18,9 @@ import torch
 import metalic
 from metalic.conditions import Arm, arm_label
 from metalic.domain import Decomposition
-from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched
+from metalic.pinn.evaluate import Metrics, predict_stitched
 from metalic.pinn.network import StackedMLP
-from metalic.pinn.trainer import RunOutcome, TrainedBatch
+from metalic.pinn.trainer import RunOutcome, TrainedBatch, current_metrics
 
 FORMAT = "metalic-model/1"
 
@@ -86,11 +86,7 @@ class TrainedModel:
 
 def evaluate_batch(batch: TrainedBatch) -> list[Metrics]:
     """Metrics of every run of a batch on its reference grid."""
-    family = batch.family
-    grids = [family.reference_grid(p) for p in batch.problem.params]
-    points = grids[0].points()
-    pred = predict_stitched(batch.net, batch.problem.decomposition, points)
-    return [metrics_of(pred[k], g.u.ravel()) for k, g in enumerate(grids)]
+    return current_metrics(batch.family, batch.problem, batch.net)
 
 
 def models_from_batch(batch: TrainedBatch, metrics: list[Metrics] | None = None) -> list[TrainedModel]:

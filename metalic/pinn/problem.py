@@ -35,7 +35,7 @@ class PinnConfig:
     w_data: float = 20.0
     w_residual: float = 1.0
     w_interface: float = 5.0
-    subdomains: int | None = None  # None = the family's default split, N >= 2 = N slabs
+    subdomains: int | None = None  # None = the family's default split, N = N slabs (1: single domain)
     final_time_data: bool = False  # the authors' extra supervision with the reference at t = T
 
     def validate(self) -> None:
@@ -44,8 +44,8 @@ class PinnConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_interface is not None and self.n_interface < 2:
             raise ValueError(f"n_interface must be at least 2, got {self.n_interface}")
-        if self.subdomains is not None and self.subdomains < 2:
-            raise ValueError(f"subdomains must be at least 2, got {self.subdomains}")
+        if self.subdomains is not None and self.subdomains < 1:
+            raise ValueError(f"subdomains must be at least 1, got {self.subdomains}")
         if min(self.w_data, self.w_residual, self.w_interface) < 0:
             raise ValueError("loss weights must be non-negative")
 
@@ -132,16 +132,21 @@ def build_problem(
         per_sub[iface.a].append(pts)
         offsets_b.append((iface.b, sum(len(q) for q in per_sub[iface.b])))
         per_sub[iface.b].append(pts)
-    width = max(sum(len(q) for q in lst) for lst in per_sub)
+    width = max(1, *(sum(len(q) for q in lst) for lst in per_sub))
     x_iface = np.zeros((decomposition.n_subdomains, width, 2))
     for s, lst in enumerate(per_sub):
         if lst:
             block = np.concatenate(lst)
             x_iface[s, : len(block)] = block
             x_iface[s, len(block) :] = block[0]
-    side_a = np.concatenate([s * width + off + np.arange(n_if) for s, off in offsets_a])
-    side_b = np.concatenate([s * width + off + np.arange(n_if) for s, off in offsets_b])
-    iface_points = np.stack([i.points(n_if) for i in decomposition.interfaces])
+
+    def gather(offsets):
+        return np.concatenate([s * width + off + np.arange(n_if) for s, off in offsets] or [np.zeros(0, int)])
+
+    side_a, side_b = gather(offsets_a), gather(offsets_b)
+    iface_points = np.stack([i.points(n_if) for i in decomposition.interfaces] or [np.zeros((n_if, 2))])[
+        : len(decomposition.interfaces)
+    ]
 
     names = family.param_names
     return BatchProblem(
@@ -156,6 +161,6 @@ def build_problem(
         side_a=torch.as_tensor(side_a, device=device),
         side_b=torch.as_tensor(side_b, device=device),
         iface_points=torch.as_tensor(iface_points, **kw),
-        iface_axis=torch.as_tensor([[i.axis] for i in decomposition.interfaces], device=device),
+        iface_axis=torch.as_tensor([[i.axis] for i in decomposition.interfaces], device=device).view(-1, 1),
         param_tensors={n: torch.as_tensor([p[n] for p in params], **kw).view(-1, 1, 1) for n in names},
     )

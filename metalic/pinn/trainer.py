@@ -12,13 +12,14 @@ import gc
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
-from metalic.conditions import TERM_NAMES, Arm, parse_arm
+from metalic.conditions import TERM_NAMES, Arm, needed_quantities, parse_arm
 from metalic.families.base import Family
+from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched
 from metalic.pinn.lbfgs import DIVERGED, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
@@ -86,6 +87,7 @@ class RunOutcome:
     lbfgs_stop: str
     phase_losses: dict[str, float] = field(default_factory=dict)  # loss at the end of each phase
     diverged_at: str | None = None
+    phase0_rel_l2: float | None = None  # error after Adam, when measured (sequential bandit)
 
 
 @dataclass
@@ -110,6 +112,13 @@ class TrainedBatch:
     seconds: float
 
 
+def current_metrics(family: Family, problem: BatchProblem, net: StackedMLP) -> list[Metrics]:
+    """Every run's error on its reference grid with the current weights."""
+    grids = [family.reference_grid(p) for p in problem.params]
+    pred = predict_stitched(net, problem.decomposition, grids[0].points())
+    return [metrics_of(pred[j], g.u.ravel()) for j, g in enumerate(grids)]
+
+
 def _parts_of(parts: LossParts, j: int, arm: Arm) -> dict[str, float]:
     """Loss parts of run j; interface terms only for the bits switched on in ``arm`` (unweighted)."""
     out = {"total": parts.total[j].item(), "data": parts.data[j].item(), "residual": parts.residual[j].item()}
@@ -126,8 +135,14 @@ def train_batch(
     dtype: str | torch.dtype | None = None,
     progress: Callable[[Progress], None] | None = None,
     progress_every: int = 50,
+    between_phases: Callable[[list[Metrics]], Sequence[Arm]] | None = None,
 ) -> TrainedBatch:
-    """Train ``len(specs)`` runs of ``family`` together; see the module docstring."""
+    """Train ``len(specs)`` runs of ``family`` together; see the module docstring.
+
+    ``between_phases(metrics_after_adam) -> arms``: the sequential bandit's hook. It is called
+    once after the Adam phase with every run's error on the reference grid and returns the L-BFGS
+    arm of each run, replacing ``spec.arm_lbfgs``.
+    """
     pinn_config = pinn_config or PinnConfig()
     train_config = train_config or TrainConfig()
     train_config.validate()
@@ -197,6 +212,17 @@ def train_batch(
         if progress is not None and (it % progress_every == 0 or it == n_adam):
             progress(Progress("adam", it, n_adam, total.tolist()))
     adam_done = [n_adam if done is None else done for done in adam_done]
+    phase0_metrics: list[Metrics] | None = None
+    if between_phases is not None:
+        phase0_metrics = current_metrics(family, problem, net)
+        chosen = [parse_arm(a) for a in between_phases(phase0_metrics)]
+        if len(chosen) != k:
+            raise ValueError(f"between_phases returned {len(chosen)} arms for {k} runs")
+        specs = [replace(s, arm_lbfgs=a) for s, a in zip(specs, chosen, strict=True)]
+        arms_lbfgs = torch.tensor(chosen, device=dev, dtype=dt)
+        if not set(loss_fn.quantities) >= needed_quantities(chosen):  # new terms: new derivatives
+            loss_fn = PinnLoss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]))
+            loss_call = torch.compile(loss_fn.__call__) if train_config.use_compile() else loss_fn.__call__
 
     with torch.no_grad():
         after_adam = loss_fn(arms_adam).total
@@ -254,6 +280,7 @@ def train_batch(
                 lbfgs_iterations=result.iterations[j],
                 lbfgs_stop=reason,
                 phase_losses={"adam": after_adam[j].item(), "lbfgs": final.total[j].item()},
+                phase0_rel_l2=None if phase0_metrics is None else phase0_metrics[j].rel_l2,
                 diverged_at=diverged_at[j],
             )
         )
