@@ -49,16 +49,36 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--final-time-data", action="store_true", help="authors' extra supervision at t = T")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     s.add_argument("--dtype", default=None, choices=["float32", "float64"])
-    s.add_argument(
-        "--compile", dest="compile", action="store_true", default=None, help="torch.compile the loss"
-    )
+    s.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the loss")
     s.add_argument("--no-compile", dest="compile", action="store_false")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="save the trained model here (.pt)")
-    s.add_argument(
-        "--plot", type=Path, default=None, help="save prediction / reference / error figure (.png)"
-    )
+    s.add_argument("--plot", type=Path, default=None, help="save prediction / reference / error figure (.png)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("campaign", help="run the METALIC bandit protocol and compare heuristics")
+    c.add_argument("family")
+    c.add_argument(
+        "--heuristic",
+        action="append",
+        default=None,
+        help="ucb, ts, random, mean, fixed:TERMS or single-domain; repeat to compare (default ucb)",
+    )
+    c.add_argument("--mode", default="single", help="single or sequential")
+    c.add_argument("--warmup", type=int, default=5)
+    c.add_argument("--rounds", type=int, default=20)
+    c.add_argument("--test", type=int, default=10)
+    c.add_argument("--adam", type=int, default=500)
+    c.add_argument("--lbfgs", type=int, default=500)
+    c.add_argument("--batch", type=int, default=4, help="trainings run together (K)")
+    c.add_argument("--collocation", type=int, default=1000)
+    c.add_argument("--boundary", type=int, default=100)
+    c.add_argument("--interface-points", type=int, default=None)
+    c.add_argument("--ucb-schedule", default="constant", help="constant (mean + std) or gp-ucb")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None)
+    c.add_argument("--out", type=Path, required=True, help="folder for rounds.csv/json, snapshots, figures")
+    c.add_argument("--quiet", action="store_true")
 
     pr = sub.add_parser("predict", help="evaluate a saved model at points")
     pr.add_argument("model", type=Path)
@@ -197,6 +217,66 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign(args: argparse.Namespace) -> int:
+    import json
+
+    from metalic.bandit.campaign import CampaignConfig, run_heuristic, summarise, write_outputs
+    from metalic.pinn.problem import PinnConfig
+    from metalic.pinn.trainer import TrainConfig
+    from metalic.settings import resolve_device
+
+    for flag, value in (("--adam", args.adam), ("--lbfgs", args.lbfgs)):
+        if value < 0:
+            raise UsageError(f"{flag} must be a non-negative number of iterations, got {value}")
+    try:
+        config = CampaignConfig(
+            family=args.family,
+            heuristics=tuple(args.heuristic or ["ucb"]),
+            mode=args.mode,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            test=args.test,
+            batch=args.batch,
+            seed=args.seed,
+            train=TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs),
+            pinn=PinnConfig(
+                n_collocation=args.collocation, n_boundary=args.boundary, n_interface=args.interface_points
+            ),
+            ucb_schedule=args.ucb_schedule,
+            device=str(resolve_device(args.device)),
+        )
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    if not args.out.parent.exists():
+        raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
+
+    from tqdm import tqdm
+
+    per = config.warmup + config.rounds + config.test
+    rows, engines = [], {}
+    with tqdm(total=per * len(config.heuristics), disable=args.quiet, unit="training", file=sys.stderr) as bar:
+        for h in config.heuristics:
+            bar.set_description(h)
+            base = bar.n
+            got, engine = run_heuristic(config, h, progress=lambda n, b=base: bar.update(b + n - bar.n))
+            rows.extend(got)
+            engines[h] = engine
+    write_outputs(rows, engines, args.out)
+    summary = summarise(rows)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{'heuristic':24s} {'online acc. error':>18s} {'test mean':>10s} {'test median':>12s}")
+    for s in summary:
+        print(
+            f"{s['heuristic']:24s} {s['online_accumulated_error']:18.4f} {s['test_mean_error']:10.3e}"
+            f" {s['test_median_error']:12.3e}"
+        )
+    print(f"outputs in {args.out}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -229,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_families()
         if args.command == "solve":
             return cmd_solve(args)
+        if args.command == "campaign":
+            return cmd_campaign(args)
         return cmd_predict(args)
     except UsageError as exc:
         print(f"metalic: error: {exc}", file=sys.stderr)

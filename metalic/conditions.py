@@ -62,9 +62,7 @@ TERMS: tuple[Term, ...] = (
     Term(3, "res_continuity", "(r_a - r_b)^2", ("r",), _jump_sq("r")),
     Term(4, "flux", "(F_a.n - F_b.n)^2", ("f_n",), _jump_sq("f_n")),
     Term(5, "uyy", "(u_nn,a - u_nn,b)^2", ("u_nn",), _jump_sq("u_nn")),
-    Term(
-        6, "gres", "|grad r_a|^2 + |grad r_b|^2", ("grad_r_sq",), lambda a, b: a["grad_r_sq"] + b["grad_r_sq"]
-    ),
+    Term(6, "gres", "|grad r_a|^2 + |grad r_b|^2", ("grad_r_sq",), lambda a, b: a["grad_r_sq"] + b["grad_r_sq"]),
     Term(7, "ux", "(u_tau,a - u_tau,b)^2", ("u_tau",), _jump_sq("u_tau")),
     Term(8, "uxx", "(u_tautau,a - u_tautau,b)^2", ("u_tautau",), _jump_sq("u_tautau")),
 )
@@ -173,10 +171,7 @@ def side_quantities(
         # laid side by side along the point axis.
         n = x.shape[-2]
         d = {name: torch.cat([jet[family.multi_index(name)]] * 2, dim=-1) for name in uses}
-        tangent = {
-            name: torch.cat([jet[_shift(family.multi_index(name), j)] for j in (0, 1)], dim=-1)
-            for name in uses
-        }
+        tangent = {name: torch.cat([jet[_shift(family.multi_index(name), j)] for j in (0, 1)], dim=-1) for name in uses}
         xx = torch.cat([x, x], dim=-2)
         tx = torch.zeros_like(xx)
         tx[..., :n, 0] = 1

@@ -89,9 +89,7 @@ class Decomposition:
     def describe(self) -> dict:
         """JSON-ready description (saved in model artefacts)."""
         return {
-            "subdomains": [
-                [{"lo": list(b.lo), "hi": list(b.hi)} for b in boxes] for boxes in self.subdomains
-            ],
+            "subdomains": [[{"lo": list(b.lo), "hi": list(b.hi)} for b in boxes] for boxes in self.subdomains],
             "interfaces": [
                 {"a": i.a, "b": i.b, "axis": i.axis, "position": i.position, "lo": i.lo, "hi": i.hi}
                 for i in self.interfaces
@@ -100,9 +98,7 @@ class Decomposition:
 
     @staticmethod
     def from_description(desc: dict) -> Decomposition:
-        subdomains = tuple(
-            tuple(Box(tuple(b["lo"]), tuple(b["hi"])) for b in boxes) for boxes in desc["subdomains"]
-        )
+        subdomains = tuple(tuple(Box(tuple(b["lo"]), tuple(b["hi"])) for b in boxes) for boxes in desc["subdomains"])
         interfaces = tuple(Interface(**i) for i in desc["interfaces"])
         return Decomposition(subdomains, interfaces)
 
@@ -122,8 +118,7 @@ def slabs(domain: Box, axis: int, n: int) -> Decomposition:
         subdomains.append((Box(tuple(lo), tuple(hi)),))
     other = 1 - axis
     interfaces = tuple(
-        Interface(k, k + 1, axis, float(cuts[k + 1]), domain.lo[other], domain.hi[other])
-        for k in range(n - 1)
+        Interface(k, k + 1, axis, float(cuts[k + 1]), domain.lo[other], domain.hi[other]) for k in range(n - 1)
     )
     return Decomposition(tuple(subdomains), interfaces)
 

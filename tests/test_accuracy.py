@@ -15,9 +15,7 @@ BUDGET = TrainConfig(adam_iters=1000, lbfgs_iters=3000, compile=False)
 @pytest.mark.slow
 @pytest.mark.parametrize(("family", "params"), [("advection", {"beta": 3.0}), ("reaction", {"rho": 3.0})])
 def test_small_budget_reaches_two_percent(family, params):
-    batch = train_batch(
-        get_family(family), [RunSpec(params, "u,flux", seed=0)], train_config=BUDGET, device="cpu"
-    )
+    batch = train_batch(get_family(family), [RunSpec(params, "u,flux", seed=0)], train_config=BUDGET, device="cpu")
     (metrics,) = evaluate_batch(batch)
     assert batch.outcomes[0].status == "ok"
     assert metrics.rel_l2 < 2e-2, metrics

@@ -36,9 +36,7 @@ def test_saved_model_predicts_like_the_trained_network(burgers_batch, tmp_path):
     np.testing.assert_allclose(loaded.predict(pts), direct, rtol=1e-5, atol=1e-6)
     # the strip's network serves |x| < 0.1, the other network the rest
     net = burgers_batch.net
-    inside = torch.as_tensor(np.array([[[[0.0, 0.7]], [[0.0, 0.7]]]]), dtype=torch.float32).expand(
-        2, -1, -1, -1
-    )
+    inside = torch.as_tensor(np.array([[[[0.0, 0.7]], [[0.0, 0.7]]]]), dtype=torch.float32).expand(2, -1, -1, -1)
     assert loaded.predict(pts[1:2])[0] == pytest.approx(net(inside)[1, 0, 0].item(), rel=1e-5)
 
 

@@ -40,11 +40,7 @@ def test_families_lists_all_six_with_ranges():
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
-    out = (
-        run(*args, "--out", str(tmp_path / "m.pt"))
-        if "--out" not in args and args[0] == "solve"
-        else run(*args)
-    )
+    out = run(*args, "--out", str(tmp_path / "m.pt")) if "--out" not in args and args[0] == "solve" else run(*args)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr

@@ -122,15 +122,11 @@ def test_tangential_jumps_give_ux_and_uxx():
     pts = heat_interface(201)
     x = pts[:, 0]
     gamma, kappa = 0.5, 0.25
-    lin = terms_for(
-        "heat", smooth_heat_solution, lambda x, t: smooth_heat_solution(x, t) + gamma * x, pts, 1, HEAT
-    )
+    lin = terms_for("heat", smooth_heat_solution, lambda x, t: smooth_heat_solution(x, t) + gamma * x, pts, 1, HEAT)
     assert lin[T["ux"]].item() == pytest.approx(gamma**2, rel=1e-12)
     assert lin[T["uxx"]].item() == pytest.approx(0.0, abs=1e-14)
     assert lin[T["u"]].item() == pytest.approx((gamma**2 * x**2).mean().item(), rel=1e-12)
-    quad = terms_for(
-        "heat", smooth_heat_solution, lambda x, t: smooth_heat_solution(x, t) + kappa * x**2, pts, 1, HEAT
-    )
+    quad = terms_for("heat", smooth_heat_solution, lambda x, t: smooth_heat_solution(x, t) + kappa * x**2, pts, 1, HEAT)
     assert quad[T["uxx"]].item() == pytest.approx((2 * kappa) ** 2, rel=1e-12)
     assert quad[T["ux"]].item() == pytest.approx(((2 * kappa * x) ** 2).mean().item(), rel=1e-12)
     # r_b = -u_xx jump = -2 kappa
@@ -160,9 +156,7 @@ def test_gres_includes_explicit_coordinate_dependence_of_the_source():
     pts = torch.stack([y, torch.full_like(y, 0.5)], dim=1)  # interface y = 0.5, here along x
     values = terms_for("poisson", lambda x, y: 0 * x, lambda x, y: 0 * x, pts, 1, {"s": s})
     xr = pts.clone().requires_grad_(True)
-    r = fam.residual(
-        {"u_xx": 0 * xr[:, 0], "u_yy": 0 * xr[:, 0]}, {"s": torch.tensor(s, dtype=torch.float64)}, xr
-    )
+    r = fam.residual({"u_xx": 0 * xr[:, 0], "u_yy": 0 * xr[:, 0]}, {"s": torch.tensor(s, dtype=torch.float64)}, xr)
     (g,) = torch.autograd.grad(r.sum(), xr)
     assert values[T["gres"]].item() == pytest.approx((2 * (g**2).sum(1)).mean().item(), rel=1e-10)
 

@@ -56,15 +56,11 @@ def test_closed_form_families_satisfy_their_pde_and_data(name):
         scale = max(1.0, np.abs(fam.exact(params, pts)).max())
         assert np.abs(r).max() < 1e-9 * scale
         grid = fam.reference_grid(params)
-        np.testing.assert_allclose(
-            grid.interpolate(pts[:20]), fam.exact(params, pts[:20]), rtol=1e-3, atol=1e-3
-        )
+        np.testing.assert_allclose(grid.interpolate(pts[:20]), fam.exact(params, pts[:20]), rtol=1e-3, atol=1e-3)
 
 
 def test_closed_forms_at_known_points():
-    assert get_family("advection").exact({"beta": 7.0}, np.array([[1.0, 0.0]]))[0] == pytest.approx(
-        np.sin(1.0)
-    )
+    assert get_family("advection").exact({"beta": 7.0}, np.array([[1.0, 0.0]]))[0] == pytest.approx(np.sin(1.0))
     reaction = get_family("reaction")
     assert reaction.exact({"rho": 5.0}, np.array([[np.pi, 0.0]]))[0] == pytest.approx(1.0)
     assert reaction.exact({"rho": 5.0}, np.array([[0.0, 1.0]]))[0] == pytest.approx(

@@ -58,9 +58,7 @@ def test_batched_equals_alone_in_float32_and_with_three_slabs():
     pinn = replace(SMALL, subdomains=3)
     specs = [RunSpec({"a": 1.0, "b": -1.0, "c": 0.5, "d": 0.0}, "u,uyy", seed=1),
              RunSpec({"a": -2.0, "b": 0.3, "c": 0.0, "d": 1.5}, "ux,uxx,res_continuity", seed=2)]  # fmt: skip
-    batch, solos = _solo_and_batch(
-        fam, specs, pinn=pinn, train=replace(SHORT, lbfgs_iters=0), dtype="float32"
-    )
+    batch, solos = _solo_and_batch(fam, specs, pinn=pinn, train=replace(SHORT, lbfgs_iters=0), dtype="float32")
     assert batch.problem.decomposition.n_subdomains == 3
     for k, solo in enumerate(solos):
         assert batch.outcomes[k].loss == pytest.approx(solo.outcomes[0].loss, rel=1e-4)
@@ -68,9 +66,7 @@ def test_batched_equals_alone_in_float32_and_with_three_slabs():
 
 def test_training_is_seeded_and_reproducible():
     fam = get_family("reaction")
-    runs = [
-        train_batch(fam, [RunSpec({"rho": 4.0}, "u", seed=s)], SMALL, SHORT, device="cpu") for s in (5, 5, 6)
-    ]
+    runs = [train_batch(fam, [RunSpec({"rho": 4.0}, "u", seed=s)], SMALL, SHORT, device="cpu") for s in (5, 5, 6)]
     assert runs[0].outcomes[0].loss == runs[1].outcomes[0].loss
     assert runs[0].outcomes[0].loss != runs[2].outcomes[0].loss
 

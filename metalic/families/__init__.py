@@ -5,9 +5,7 @@ from __future__ import annotations
 from metalic.families import advection, burgers, heat, kdv, poisson, reaction
 from metalic.families.base import Family, Param, ReferenceGrid
 
-FAMILIES: dict[str, Family] = {
-    m.FAMILY.name: m.FAMILY for m in (poisson, heat, advection, reaction, burgers, kdv)
-}
+FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in (poisson, heat, advection, reaction, burgers, kdv)}
 
 
 def get_family(name: str) -> Family:

@@ -121,9 +121,7 @@ class Family:
         for p in self.params:
             v = float(values.get(p.name, p.default))
             if not np.isfinite(v) or not (p.lo <= v <= p.hi):
-                raise ValueError(
-                    f"parameter {p.name}={v:g} is outside [{p.lo:g}, {p.hi:g}] for family {self.name!r}"
-                )
+                raise ValueError(f"parameter {p.name}={v:g} is outside [{p.lo:g}, {p.hi:g}] for family {self.name!r}")
             out[p.name] = v
         return out
 

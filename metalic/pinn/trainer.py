@@ -151,9 +151,7 @@ def train_batch(
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
     specs = [
-        RunSpec(
-            s.params, parse_arm(s.arm_adam), None if s.arm_lbfgs is None else parse_arm(s.arm_lbfgs), s.seed
-        )
+        RunSpec(s.params, parse_arm(s.arm_adam), None if s.arm_lbfgs is None else parse_arm(s.arm_lbfgs), s.seed)
         for s in specs
     ]
     start = time.perf_counter()
@@ -284,6 +282,4 @@ def train_batch(
                 diverged_at=diverged_at[j],
             )
         )
-    return TrainedBatch(
-        family, problem, net, specs, pinn_config, train_config, outcomes, time.perf_counter() - start
-    )
+    return TrainedBatch(family, problem, net, specs, pinn_config, train_config, outcomes, time.perf_counter() - start)

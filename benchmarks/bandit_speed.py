@@ -1,0 +1,95 @@
+"""Bandit engine latency: suggestion over all 512 arms, and GP refit, at n = 50, 200, 1000.
+
+Baseline in the same run: the authors' approach, a GP re-created and refitted from default
+hyper-parameters every round. metalic refits warm-started from the previous round's
+hyper-parameters. Data: a planted reward over (Advection's beta, arm) with noise.
+
+    python benchmarks/bandit_speed.py [--n 50 200 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe
+
+from metalic.bandit.engine import BanditEngine, Observation
+from metalic.bandit.space import arm_of
+from metalic.bandit.surrogate import RewardGP
+
+BEST = ((1, 0, 0, 1, 1, 0, 0, 0, 0), (0, 1, 1, 0, 0, 0, 1, 0, 1))
+
+
+def observations(n: int, seed: int = 0) -> list[Observation]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        beta = 1 + 29 * float(torch.rand(1, generator=g))
+        arm = arm_of(int(torch.randint(512, (1,), generator=g)))
+        best = BEST[beta > 15.5]
+        reward = (
+            3 - 0.4 * sum(a != b for a, b in zip(arm, best, strict=True)) + 0.05 * float(torch.randn(1, generator=g))
+        )
+        out.append(Observation({"beta": beta}, arm, reward))
+    return out
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(n: int, repeat: int) -> None:
+    obs = observations(n + repeat)
+    engine = BanditEngine("advection", policy="ucb", seed=0)
+    engine.observe(*obs[: n - 1])
+    extra = iter(obs[n - 1 :])
+    warm = timed(lambda: engine.observe(next(extra)), repeat)  # n, n+1, ... observations
+
+    x = torch.stack(engine.phase0.x)
+    y = torch.tensor(engine.phase0.y, dtype=torch.float64)
+    scratch = timed(lambda: RewardGP(1).fit(x, y), max(2, repeat // 2))
+
+    ctx = {"beta": 7.0}
+    engine.suggest(ctx)  # first call after a refit builds the prediction caches
+    ucb = timed(lambda: engine.suggest(ctx), 10)
+    ts_engine = BanditEngine.from_snapshot(
+        {**engine.snapshot(), "policy": {**engine.snapshot()["policy"], "kind": "ts"}}
+    )
+    ts_engine.suggest(ctx)
+    ts = timed(lambda: ts_engine.suggest(ctx), 10)
+    batch = timed(lambda: engine.suggest(ctx, q=4), 5)
+    print(
+        f"{n:6d} {warm:13.3f} {scratch:16.3f} {scratch / warm:6.1f}x {ucb * 1e3:15.1f} {ts * 1e3:14.1f}"
+        f" {batch * 1e3:15.1f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(f"machine: {describe(torch.device('cpu'))}")
+    print(
+        f"{'n':>6s} {'warm refit s':>13s} {'scratch refit s':>16s} {'ratio':>7s} {'UCB suggest ms':>15s}"
+        f" {'TS suggest ms':>14s} {'q=4 pending ms':>15s}"
+    )
+    for n in args.n:
+        measure(n, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The GP reward surrogate: BoTorch SingleTaskGP over (context, arm bits) -> reward.
+
+Kernel: Scale x (continuous kernel with ARD on the context [and the phase-0 reward] x
+``CategoricalKernel`` on the 9 arm bits, i.e. exp(-Hamming / (9 lambda)) as in the authors' code).
+Outcomes are standardised. Fitting maximises the exact marginal likelihood (``fit_gpytorch_mll``)
+warm-started from the previous hyper-parameters; if a fit raises or gives non-finite
+hyper-parameters, the last good hyper-parameters are kept (and logged).
+
+Exact inference is used up to ``max_exact`` observations (default 2000: an exact fit at n = 2000
+takes seconds on 2 cores). Past it, the fit and the posterior use the most recent ``max_exact``
+observations (a sliding window): in a bandit the recent rounds are the informative ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import gpytorch
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.kernels.categorical import CategoricalKernel
+from botorch.models.transforms.outcome import Standardize
+from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from torch import Tensor
+
+from metalic.bandit.space import DTYPE
+
+log = logging.getLogger(__name__)
+
+
+class RewardGP:
+    """Reward surrogate over inputs ``[continuous (n_cont), arm bits (n_cat)]``: X [n, n_cont + n_cat]."""
+
+    def __init__(self, n_cont: int, n_cat: int = 9, kernel: str = "rbf", max_exact: int = 2000):
+        if kernel not in ("rbf", "matern"):
+            raise ValueError(f"kernel must be 'rbf' or 'matern', got {kernel!r}")
+        self.n_cont, self.n_cat, self.kernel, self.max_exact = n_cont, n_cat, kernel, max_exact
+        self.model: SingleTaskGP | None = None
+        self.hyper: dict[str, Tensor] | None = None  # last good hyper-parameters
+        self.fit_failures = 0
+
+    # ---- model -------------------------------------------------------------------------------
+    def _build(self, x: Tensor, y: Tensor) -> SingleTaskGP:
+        cont_dims = tuple(range(self.n_cont))
+        cat_dims = tuple(range(self.n_cont, self.n_cont + self.n_cat))
+        if self.kernel == "rbf":
+            cont = RBFKernel(ard_num_dims=self.n_cont, active_dims=cont_dims)
+        else:
+            cont = MaternKernel(nu=2.5, ard_num_dims=self.n_cont, active_dims=cont_dims)
+        covar = ScaleKernel(cont * CategoricalKernel(active_dims=cat_dims))
+        return SingleTaskGP(x, y[:, None], covar_module=covar, outcome_transform=Standardize(m=1))
+
+    def fit(self, x: Tensor, y: Tensor, refit: bool = True) -> bool:
+        """Condition on (x [n, D], y [n]); with ``refit``, re-estimate hyper-parameters first.
+
+        Returns False when the fit failed (the previous hyper-parameters were kept).
+        """
+        x, y = x.to(DTYPE), y.to(DTYPE)
+        if len(x) > self.max_exact:
+            x, y = x[-self.max_exact :], y[-self.max_exact :]
+        try:
+            model = self._build(x, y)
+            if self.hyper is not None:
+                model.load_state_dict(self.hyper, strict=False)
+            if refit and len(x) >= 2:
+                mll = ExactMarginalLogLikelihood(model.likelihood, model)
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 150}}, max_attempts=2)
+                if not all(torch.isfinite(v).all() for v in _hyper_state(model).values()):
+                    raise RuntimeError("non-finite hyper-parameters")
+        except Exception as exc:  # any failure keeps the last good model
+            self.fit_failures += 1
+            log.warning("GP fit failed (%s); keeping the last good model", exc)
+            return False
+        model.eval()
+        self.model = model
+        self.hyper = _hyper_state(model)
+        return True
+
+    # ---- posterior -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def joint(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior of the latent reward at x [m, D]: (mean [m], covariance [m, m]) in reward units."""
+        with gpytorch.settings.fast_pred_var(False):
+            post = self.model.posterior(x.to(DTYPE))
+            return post.mean.squeeze(-1), post.mvn.covariance_matrix
+
+    @torch.no_grad()
+    def marginal(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean [m], std [m]) of the latent reward."""
+        post = self.model.posterior(x.to(DTYPE))
+        return post.mean.squeeze(-1), post.variance.squeeze(-1).clamp_min(0).sqrt()
+
+    @property
+    def noise_variance(self) -> float:
+        """Observation noise in reward units squared."""
+        noise = self.model.likelihood.noise.item()
+        return noise * float(self.model.outcome_transform.stdvs.item()) ** 2
+
+    def hyperparameters(self) -> dict[str, list]:
+        return {k: v.tolist() for k, v in (self.hyper or {}).items()}
+
+    def load_hyperparameters(self, values: Mapping[str, list]) -> None:
+        self.hyper = {k: torch.tensor(v, dtype=DTYPE) for k, v in values.items()} if values else None
+
+
+def _hyper_state(model: SingleTaskGP) -> dict[str, Tensor]:
+    """The raw hyper-parameters (no data, no outcome-transform statistics)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def conditioned_covariance(cov: Tensor, pending: list[int], noise: float) -> Tensor:
+    """Covariance [m, m] after observing the points ``pending`` (indices into it) with noise.
+
+    The kriging-believer update: pending trainings reduce uncertainty where they will report,
+    the mean is left unchanged (their outcome is not known yet).
+    """
+    if not pending:
+        return cov
+    idx = torch.tensor(pending)
+    k_pp = cov[idx][:, idx] + max(noise, 1e-9) * torch.eye(len(idx), dtype=cov.dtype)
+    k_cp = cov[:, idx]
+    return cov - k_cp @ torch.linalg.solve(k_pp, k_cp.T)
+
+
+def joint_draws(mean: Tensor, cov: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """n joint samples [n, m] from N(mean, cov) with a seeded generator."""
+    jitter = 1e-9 * max(float(cov.diagonal().mean()), 1e-12)
+    chol = None
+    for _ in range(6):
+        try:
+            chol = torch.linalg.cholesky(cov + jitter * torch.eye(len(mean), dtype=cov.dtype))
+            break
+        except RuntimeError:
+            jitter *= 10
+    if chol is None:  # fall back to independent marginals
+        z = torch.randn(n, len(mean), generator=generator, dtype=cov.dtype)
+        return mean + z * cov.diagonal().clamp_min(0).sqrt()
+    z = torch.randn(n, len(mean), generator=generator, dtype=cov.dtype)
+    return mean + z @ chol.T
+
+
+def gp_ucb_beta(t: int, n_arms: int = 512, delta: float = 0.1, scale: float = 0.2) -> float:
+    """sqrt of the GP-UCB exploration weight (Srinivas et al. 2010, finite arm set):
+    beta_t = 2 log(|A| t^2 pi^2 / (6 delta)), scaled by ``scale`` as is common in practice
+    (the theoretical value over-explores)."""
+    t = max(t, 1)
+    return math.sqrt(scale * 2 * math.log(n_arms * t**2 * math.pi**2 / (6 * delta)))
