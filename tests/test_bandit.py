@@ -42,13 +42,13 @@ def run_planted(policy: str, horizon: int, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def planted():
-    return {p: run_planted(p, 45) for p in ("ucb", "ts", "random")}
+    return {p: run_planted(p, 60) for p in ("ucb", "ts", "random")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["ucb", "ts"])
 def test_ucb_and_ts_regret_is_at_most_three_quarters_of_random(planted, policy):
-    """Measured on this horizon (45 rounds, 5 random warm-up): UCB 0.70, TS 0.57 of random's regret."""
+    """Horizon 60 rounds (5 random warm-up)."""
     _, regret = planted[policy]
     _, random_regret = planted["random"]
     assert regret < 0.75 * random_regret, (policy, regret, random_regret)

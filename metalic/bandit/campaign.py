@@ -3,7 +3,8 @@
 For each heuristic: ``warmup`` rounds with random arms, then ``rounds`` online rounds on
 contexts drawn uniformly (one seeded sequence, the same for every heuristic), each suggestion
 pending-aware within its batch of K; then a test rollout on ``test`` held-out contexts with the
-posterior-mean arm (random arms for ``random``, the arm itself for ``fixed:``). The heuristic
+posterior-mean arm (random arms for ``random``). ``fixed:`` uses its arm in every round,
+warm-up included. The heuristic
 ``single-domain`` trains one network over the whole domain (no interface) as a baseline.
 """
 
@@ -112,10 +113,10 @@ def run_heuristic(
             return [(0,) * 9] * len(contexts)
         arms: list[Arm] = []
         for ctx in contexts:
-            if stage == "warmup" or (stage == "test" and engine.policy.kind == "random"):
-                arms.append(random_arm())
-            elif stage == "test" and engine.policy.kind == "fixed":
+            if engine.policy.kind == "fixed":
                 arms.append(engine.policy.arm)
+            elif stage == "warmup" or (stage == "test" and engine.policy.kind == "random"):
+                arms.append(random_arm())
             elif stage == "test":
                 arms.append(engine.recommend(ctx, top=1)[0].arm)
             else:
@@ -127,10 +128,10 @@ def run_heuristic(
         pend = []
         for ctx, a0, m in zip(contexts, arms0, metrics, strict=True):
             r0 = reward_of(m.rel_l2)
-            if stage == "warmup" or (stage == "test" and engine.policy.kind == "random"):
-                a1 = random_arm()
-            elif stage == "test" and engine.policy.kind == "fixed":
+            if engine.policy.kind == "fixed":
                 a1 = engine.policy.arm
+            elif stage == "warmup" or (stage == "test" and engine.policy.kind == "random"):
+                a1 = random_arm()
             elif stage == "test":
                 a1 = engine.recommend(ctx, top=1, reward_phase0=r0)[0].arm
             else:

@@ -1,7 +1,8 @@
 """The GP reward surrogate: BoTorch SingleTaskGP over (context, arm bits) -> reward.
 
-Kernel: Scale x (continuous kernel with ARD on the context [and the phase-0 reward] x
-``CategoricalKernel`` on the 9 arm bits, i.e. exp(-Hamming / (9 lambda)) as in the authors' code).
+Kernel: (RBF or Matern-5/2 with ARD on the context [and the phase-0 reward], BoTorch's
+dimension-scaled prior) x ``CategoricalKernel`` on the 9 arm bits, i.e. exp(-Hamming / (9 lambda))
+as in the authors' code, with a floor and a prior on lambda (see ``_build``).
 Outcomes are standardised. Fitting maximises the exact marginal likelihood (``fit_gpytorch_mll``)
 warm-started from the previous hyper-parameters; if a fit raises or gives non-finite
 hyper-parameters, the last good hyper-parameters are kept (and logged).
@@ -23,13 +24,17 @@ from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.transforms.outcome import Standardize
-from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from gpytorch.constraints import GreaterThan
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
 from metalic.bandit.space import DTYPE
 
 log = logging.getLogger(__name__)
+MIN_ARM_LENGTHSCALE = 0.1
+REFRESH = 5  # also refit from the priors' defaults at every 5th observation count
 
 
 class RewardGP:
@@ -47,30 +52,58 @@ class RewardGP:
     def _build(self, x: Tensor, y: Tensor) -> SingleTaskGP:
         cont_dims = tuple(range(self.n_cont))
         cat_dims = tuple(range(self.n_cont, self.n_cont + self.n_cat))
-        if self.kernel == "rbf":
-            cont = RBFKernel(ard_num_dims=self.n_cont, active_dims=cont_dims)
-        else:
-            cont = MaternKernel(nu=2.5, ard_num_dims=self.n_cont, active_dims=cont_dims)
-        covar = ScaleKernel(cont * CategoricalKernel(active_dims=cat_dims))
-        return SingleTaskGP(x, y[:, None], covar_module=covar, outcome_transform=Standardize(m=1))
+        # BoTorch's dimension-scaled log-normal lengthscale prior on the continuous part.
+        cont = get_covar_module_with_dim_scaled_prior(
+            ard_num_dims=self.n_cont, use_rbf_kernel=self.kernel == "rbf", active_dims=cont_dims
+        )
+        # Arms one bit apart keep a correlation of at least exp(-1 / (9 * 0.1)) = 0.33, and a
+        # log-normal prior centres the Hamming lengthscale near 1: without them the marginal
+        # likelihood can fall into "every arm is unrelated", where nothing learnt about one arm
+        # informs its neighbours.
+        cat = CategoricalKernel(
+            active_dims=cat_dims,
+            lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
+            lengthscale_prior=LogNormalPrior(0.0, 1.0),
+        )
+        # Standardised outcomes have unit variance: no output scale, as in BoTorch's defaults.
+        return SingleTaskGP(x, y[:, None], covar_module=cont * cat, outcome_transform=Standardize(m=1))
+
+    def _fit_from(self, x: Tensor, y: Tensor, start: dict[str, Tensor] | None) -> tuple[SingleTaskGP, float]:
+        """Maximise the marginal likelihood from ``start`` (None: the priors' defaults)."""
+        model = self._build(x, y)
+        if start is not None:
+            model.load_state_dict(start, strict=False)
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 150}}, max_attempts=2)
+        if not all(torch.isfinite(v).all() for v in _hyper_state(model).values()):
+            raise RuntimeError("non-finite hyper-parameters")
+        model.train()
+        with torch.no_grad():
+            value = float(mll(model(*model.train_inputs), model.train_targets))
+        return model, value
 
     def fit(self, x: Tensor, y: Tensor, refit: bool = True) -> bool:
         """Condition on (x [n, D], y [n]); with ``refit``, re-estimate hyper-parameters first.
 
-        Returns False when the fit failed (the previous hyper-parameters were kept).
+        A refit starts from the previous hyper-parameters (warm start); every ``REFRESH``-th
+        observation count it also starts from the priors' defaults and keeps whichever reaches the
+        higher marginal likelihood, so an early poor optimum is not inherited forever. Returns
+        False when fitting failed (the last good model is kept).
         """
         x, y = x.to(DTYPE), y.to(DTYPE)
         if len(x) > self.max_exact:
             x, y = x[-self.max_exact :], y[-self.max_exact :]
         try:
-            model = self._build(x, y)
-            if self.hyper is not None:
-                model.load_state_dict(self.hyper, strict=False)
             if refit and len(x) >= 2:
-                mll = ExactMarginalLogLikelihood(model.likelihood, model)
-                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 150}}, max_attempts=2)
-                if not all(torch.isfinite(v).all() for v in _hyper_state(model).values()):
-                    raise RuntimeError("non-finite hyper-parameters")
+                model, value = self._fit_from(x, y, self.hyper)
+                if self.hyper is not None and len(x) % REFRESH == 0:
+                    fresh, fresh_value = self._fit_from(x, y, None)
+                    if fresh_value > value:
+                        model = fresh
+            else:
+                model = self._build(x, y)
+                if self.hyper is not None:
+                    model.load_state_dict(self.hyper, strict=False)
         except Exception as exc:  # any failure keeps the last good model
             self.fit_failures += 1
             log.warning("GP fit failed (%s); keeping the last good model", exc)

@@ -1,0 +1,80 @@
+"""Campaigns end to end at toy budgets: protocol, outputs, and the CLI's bad-input path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from metalic.bandit.campaign import CampaignConfig, contexts_for, run_heuristic, summarise, write_outputs
+from metalic.pinn.problem import PinnConfig
+from metalic.pinn.trainer import TrainConfig
+
+TOY = CampaignConfig(
+    family="advection",
+    warmup=2,
+    rounds=3,
+    test=2,
+    batch=3,
+    seed=4,
+    train=TrainConfig(adam_iters=8, lbfgs_iters=4, compile=False),
+    pinn=PinnConfig(n_collocation=48, n_boundary=12, n_interface=9),
+)
+
+
+def test_every_heuristic_sees_the_same_contexts_and_the_protocol_is_followed(tmp_path):
+    online, test = contexts_for(TOY)
+    rows_ucb, engine = run_heuristic(TOY, "ucb")
+    rows_fixed, _ = run_heuristic(TOY, "fixed:u,flux")
+    for rows in (rows_ucb, rows_fixed):
+        assert [r.stage for r in rows] == ["warmup"] * 2 + ["online"] * 3 + ["test"] * 2
+        assert [r.context for r in rows] == online + test
+    assert all(r.arm == "u,flux" for r in rows_fixed)
+    assert len(engine.observations) == 5  # warm-up + online, not test
+    write_outputs(rows_ucb + rows_fixed, {"ucb": engine}, tmp_path)
+    with (tmp_path / "rounds.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 14
+    assert len(json.loads((tmp_path / "rounds.json").read_text())) == 14
+    assert (tmp_path / "campaign.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "policy_ucb.json").read_text())["format"] == "metalic-policy/1"
+    summary = {s["heuristic"]: s for s in summarise(rows_ucb + rows_fixed)}
+    assert summary["ucb"]["online_accumulated_error"] == pytest.approx(sum(r.rel_l2 for r in rows_ucb[:5]))
+
+
+def test_sequential_campaign_chooses_the_lbfgs_arm_after_the_adam_phase():
+    rows, engine = run_heuristic(replace(TOY, mode="sequential"), "ts")
+    assert all(r.phase0_rel_l2 is not None for r in rows)
+    assert len(engine.phase1.y) == 5
+    assert any(r.arm != r.arm_lbfgs for r in rows)
+
+
+def test_single_domain_baseline_runs_one_network():
+    rows, engine = run_heuristic(TOY, "single-domain")
+    assert engine is None and len(rows) == 7 and all(r.arm == "none" for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--heuristic", "greedy"], "unknown heuristic 'greedy'"),
+        (["--heuristic", "fixed:u,nope"], "unknown interface term 'nope'"),
+        (["--mode", "parallel"], "mode"),
+        (["--batch", "0"], "batch"),
+        (["--rounds", "-1"], "rounds"),
+    ],
+)
+def test_campaign_cli_bad_input(args, message, tmp_path):
+    out = tmp_path / "camp"
+    run = subprocess.run(
+        [sys.executable, "-m", "metalic.cli", "campaign", "advection", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr
+    assert not out.exists()
