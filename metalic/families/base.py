@@ -142,6 +142,19 @@ def _cached_reference(family: Family, key: tuple) -> ReferenceGrid:
     return family.reference(dict(key))
 
 
+def closed_form_reference(
+    exact: Callable[[dict[str, float], np.ndarray], np.ndarray], domain: Box, shape: tuple[int, int] = (201, 101)
+) -> Callable[[dict[str, float]], ReferenceGrid]:
+    """Reference grid of a closed-form solution ``exact(p, points [..., 2])`` on ``domain``."""
+
+    def reference(p: dict[str, float]) -> ReferenceGrid:
+        axes = (np.linspace(domain.lo[0], domain.hi[0], shape[0]), np.linspace(domain.lo[1], domain.hi[1], shape[1]))
+        xx, tt = np.meshgrid(*axes, indexing="ij")
+        return ReferenceGrid(axes, exact(p, np.stack([xx, tt], axis=-1)))
+
+    return reference
+
+
 def boundary_from_reference(family_name: str) -> Callable[[dict[str, float], np.ndarray], np.ndarray]:
     """Boundary data interpolated from the family's own reference grid (looked up by name)."""
 

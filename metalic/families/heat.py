@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from metalic.domain import Box, slabs
-from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.families.base import Family, Param, closed_form_reference
 
 
 def exact(p: dict[str, float], pts: np.ndarray) -> np.ndarray:
@@ -25,12 +25,6 @@ def exact(p: dict[str, float], pts: np.ndarray) -> np.ndarray:
 
 def residual(d, p, x):
     return d["u_t"] - d["u_xx"]
-
-
-def reference(p: dict[str, float]) -> ReferenceGrid:
-    axes = (np.linspace(-1, 1, 201), np.linspace(0, 1, 101))
-    xx, tt = np.meshgrid(*axes, indexing="ij")
-    return ReferenceGrid(axes, exact(p, np.stack([xx, tt], axis=-1)))
 
 
 DOMAIN = Box((-1.0, 0.0), (1.0, 1.0))
@@ -50,7 +44,7 @@ FAMILY = Family(
     residual=residual,
     boundary_edges=((1, 0), (0, 0), (0, 1)),
     boundary_value=exact,
-    reference=reference,
+    reference=closed_form_reference(exact, DOMAIN),
     default_decomposition=slabs(DOMAIN, axis=1, n=2),
     slab_axis=1,
     exact=exact,

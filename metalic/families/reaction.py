@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from metalic.domain import Box, slabs
-from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.families.base import Family, Param, closed_form_reference
 
 
 def initial(x: np.ndarray) -> np.ndarray:
@@ -26,12 +26,6 @@ def residual(d, p, x):
     return d["u_t"] - p["rho"] * u * (1 - u)
 
 
-def reference(p: dict[str, float]) -> ReferenceGrid:
-    axes = (np.linspace(0, 2 * np.pi, 201), np.linspace(0, 1, 101))
-    xx, tt = np.meshgrid(*axes, indexing="ij")
-    return ReferenceGrid(axes, exact(p, np.stack([xx, tt], axis=-1)))
-
-
 DOMAIN = Box((0.0, 0.0), (2 * np.pi, 1.0))
 
 FAMILY = Family(
@@ -44,7 +38,7 @@ FAMILY = Family(
     residual=residual,
     boundary_edges=((1, 0), (0, 0), (0, 1)),
     boundary_value=exact,
-    reference=reference,
+    reference=closed_form_reference(exact, DOMAIN),
     default_decomposition=slabs(DOMAIN, axis=1, n=2),
     slab_axis=1,
     exact=exact,
