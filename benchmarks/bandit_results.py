@@ -37,7 +37,9 @@ def hindsight_arm(config: CampaignConfig, rows) -> tuple[int, ...]:
     obs = [
         Observation(r.context, tuple(1 if n in r.arm.split(",") else 0 for n in _names()), r.reward)
         for r in rows
-        if r.stage != "test" and r.arm_lbfgs == r.arm and r.heuristic in ("ucb", "ts", "random")
+        if r.stage != "test"
+        and r.heuristic.split(" ")[0] in ("ucb", "ts", "random")
+        and r.heuristic.endswith("(single)")
     ]
     engine.observe(*obs)
     _, test = contexts_for(config)
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/results"))
+    parser.add_argument("--resume", action="store_true", help="reuse campaigns already written under --out")
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
     print(
