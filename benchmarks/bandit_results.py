@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from metalic.bandit.campaign import CampaignConfig, contexts_for, run_heuristic, summarise, write_outputs
+from metalic.bandit.campaign import CampaignConfig, RoundRow, contexts_for, run_heuristic, summarise, write_outputs
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.space import ALL_ARMS, arm_of
 from metalic.conditions import arm_label
@@ -102,12 +102,15 @@ def main() -> None:
             if heuristic is None:  # best fixed arm in hindsight, from what the others observed
                 heuristic = "fixed:" + "".join(map(str, hindsight_arm(base, all_rows)))
             config = replace(base, mode=mode, heuristics=(heuristic,))
-            rows, engine = run_heuristic(config, heuristic)
-            label = (
-                heuristic
-                if not heuristic.startswith("fixed:") or heuristic == "fixed:all"
-                else ("hindsight:" + arm_label(tuple(int(c) for c in heuristic[6:])))
-            )
+            label = heuristic
+            if heuristic.startswith("fixed:") and heuristic != "fixed:all":
+                label = "hindsight:" + arm_label(tuple(int(c) for c in heuristic[6:]))
+            folder = args.out / family / f"{mode}_{label.replace(':', '_').replace(',', '+')}"
+            engine = None
+            if args.resume and (folder / "rounds.json").exists():  # finished earlier: reuse its rounds
+                rows = [RoundRow(**r) for r in json.loads((folder / "rounds.json").read_text())]
+            else:
+                rows, engine = run_heuristic(config, heuristic)
             for r in rows:
                 r.heuristic = f"{label} ({mode})"
             all_rows.extend(rows)
@@ -117,11 +120,8 @@ def main() -> None:
                 f" | {s['test_median_error']:.3e} |",
                 flush=True,
             )
-            write_outputs(
-                rows,
-                {label: engine},
-                args.out / family / f"{mode}_{label.replace(':', '_').replace(',', '+')}",
-            )
+            if engine is not None:
+                write_outputs(rows, {label: engine}, folder)
         write_outputs(all_rows, {}, args.out / family / "all")
         (args.out / family / "summary.json").write_text(json.dumps(summarise(all_rows), indent=1))
         print(f"<!-- {family}: {time.perf_counter() - start:.0f} s -->", flush=True)
