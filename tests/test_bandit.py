@@ -175,3 +175,33 @@ def test_bad_input_names_the_field_and_records_nothing():
     with pytest.raises(ValueError, match="arm_lbfgs"):
         seq.observe(good)
     assert seq.observations == []
+
+
+def test_cached_predictor_matches_botorch_posterior():
+    gp = RewardGP(n_cont=1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [torch.rand(30, 1, generator=g, dtype=torch.float64), ALL_ARMS[torch.randint(512, (30,), generator=g)]], 1
+    )
+    y = torch.randn(30, generator=g, dtype=torch.float64)
+    assert gp.fit(x, y)
+    test = torch.cat([torch.full((512, 1), 0.3, dtype=torch.float64), ALL_ARMS], 1)
+    post = gp.model.posterior(test)
+    mean, cov = gp.joint(test)
+    torch.testing.assert_close(mean, post.mean.squeeze(-1), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(cov, post.mvn.covariance_matrix, rtol=1e-5, atol=1e-8)
+    _, std = gp.marginal(test)
+    torch.testing.assert_close(std, post.variance.squeeze(-1).sqrt(), rtol=1e-5, atol=1e-8)
+
+
+def test_binary_hamming_kernel_equals_botorch_categorical_kernel():
+    from botorch.models.kernels.categorical import CategoricalKernel
+
+    from metalic.bandit.surrogate import BinaryHammingKernel
+
+    fast, reference = BinaryHammingKernel(), CategoricalKernel()
+    fast.lengthscale = reference.lengthscale = torch.tensor(0.37)
+    a, b = ALL_ARMS[:40], ALL_ARMS[100:170]
+    torch.testing.assert_close(
+        fast(a, b).to_dense(), reference(a, b).to_dense().to(torch.float64), rtol=1e-6, atol=1e-7
+    )

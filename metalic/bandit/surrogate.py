@@ -18,7 +18,6 @@ import logging
 import math
 from collections.abc import Mapping
 
-import gpytorch
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
@@ -37,6 +36,21 @@ MIN_ARM_LENGTHSCALE = 0.1
 REFRESH = 5  # also refit from the priors' defaults at every 5th observation count
 
 
+class BinaryHammingKernel(CategoricalKernel):
+    """BoTorch's CategoricalKernel, exp(-mean_i [x_i != y_i] / lambda), for 0/1 inputs.
+
+    The Hamming distance of bit vectors is a matrix product, a @ (1 - b)^T + (1 - a) @ b^T, instead
+    of the parent's [m, n, 9] comparison tensor: same values, measured 6 ms -> well under 1 ms for
+    512 x 200 on 2 cores. Only valid for one shared lengthscale and inputs that are exactly 0 or 1.
+    """
+
+    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if diag or last_dim_is_batch or self.lengthscale.shape[-1] != 1:
+            return super().forward(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch)
+        hamming = x1 @ (1 - x2).transpose(-1, -2) + (1 - x1) @ x2.transpose(-1, -2)
+        return torch.exp(-(hamming / x1.shape[-1]) / self.lengthscale)
+
+
 class RewardGP:
     """Reward surrogate over inputs ``[continuous (n_cont), arm bits (n_cat)]``: X [n, n_cont + n_cat]."""
 
@@ -45,6 +59,7 @@ class RewardGP:
             raise ValueError(f"kernel must be 'rbf' or 'matern', got {kernel!r}")
         self.n_cont, self.n_cat, self.kernel, self.max_exact = n_cont, n_cat, kernel, max_exact
         self.model: SingleTaskGP | None = None
+        self._cache: dict[str, Tensor] = {}
         self.hyper: dict[str, Tensor] | None = None  # last good hyper-parameters
         self.fit_failures = 0
 
@@ -60,7 +75,7 @@ class RewardGP:
         # log-normal prior centres the Hamming lengthscale near 1: without them the marginal
         # likelihood can fall into "every arm is unrelated", where nothing learnt about one arm
         # informs its neighbours.
-        cat = CategoricalKernel(
+        cat = BinaryHammingKernel(
             active_dims=cat_dims,
             lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
             lengthscale_prior=LogNormalPrior(0.0, 1.0),
@@ -104,28 +119,75 @@ class RewardGP:
                 model = self._build(x, y)
                 if self.hyper is not None:
                     model.load_state_dict(self.hyper, strict=False)
+            model.eval()
+            cache = self._predictive_cache(model)
         except Exception as exc:  # any failure keeps the last good model
             self.fit_failures += 1
             log.warning("GP fit failed (%s); keeping the last good model", exc)
             return False
-        model.eval()
-        self.model = model
-        self.hyper = _hyper_state(model)
+        self.model, self.hyper, self._cache = model, _hyper_state(model), cache
         return True
 
-    # ---- posterior -----------------------------------------------------------------------------
+    @staticmethod
     @torch.no_grad()
-    def joint(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior of the latent reward at x [m, D]: (mean [m], covariance [m, m]) in reward units."""
-        with gpytorch.settings.fast_pred_var(False):
-            post = self.model.posterior(x.to(DTYPE))
-            return post.mean.squeeze(-1), post.mvn.covariance_matrix
+    def _predictive_cache(model: SingleTaskGP) -> dict[str, Tensor]:
+        """Cholesky factor and weights of the exact GP predictor, computed once per fit.
+
+        Suggestions score 512 arms per call; going through ``model.posterior`` rebuilds lazy
+        operators and transforms each time (about 20 ms at n = 200), the cached algebra below
+        takes a few ms and gives the same numbers (tested against ``model.posterior``).
+        """
+        x = model.train_inputs[0]
+        y = model.train_targets
+        k = model.covar_module(x).to_dense()
+        k = k + model.likelihood.noise * torch.eye(len(x), dtype=k.dtype)
+        chol = None
+        jitter = 0.0
+        for _ in range(6):
+            try:
+                chol = torch.linalg.cholesky(k + jitter * torch.eye(len(x), dtype=k.dtype))
+                break
+            except RuntimeError:
+                jitter = max(jitter * 10, 1e-8)
+        if chol is None:
+            raise RuntimeError("kernel matrix is not positive definite")
+        prior_mean = model.mean_module.constant.detach()
+        alpha = torch.cholesky_solve((y - prior_mean)[:, None], chol)[:, 0]
+        tf = model.outcome_transform
+        return {
+            "x": x,
+            "chol": chol,
+            "alpha": alpha,
+            "prior_mean": prior_mean,
+            "y_mean": tf.means.reshape(()),
+            "y_std": tf.stdvs.reshape(()),
+        }
 
     @torch.no_grad()
+    def _latent(self, x: Tensor, full: bool) -> tuple[Tensor, Tensor]:
+        c = self._cache
+        kernel = self.model.covar_module
+        cross = kernel(x, c["x"]).to_dense()  # [m, n]
+        mean = c["prior_mean"] + cross @ c["alpha"]
+        v = torch.linalg.solve_triangular(c["chol"], cross.T, upper=False)  # [n, m]
+        scale = c["y_std"]
+        mean = mean * scale + c["y_mean"]
+        if full:
+            cov = (kernel(x).to_dense() - v.T @ v) * scale**2
+            return mean, cov
+        # Both factors of the kernel are stationary and unscaled: k(x, x) = 1.
+        var = (1.0 - (v * v).sum(0)).clamp_min(0) * scale**2
+        return mean, var
+
+    # ---- posterior -----------------------------------------------------------------------------
+    def joint(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior of the latent reward at x [m, D]: (mean [m], covariance [m, m]) in reward units."""
+        return self._latent(x.to(DTYPE), full=True)
+
     def marginal(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(mean [m], std [m]) of the latent reward."""
-        post = self.model.posterior(x.to(DTYPE))
-        return post.mean.squeeze(-1), post.variance.squeeze(-1).clamp_min(0).sqrt()
+        mean, var = self._latent(x.to(DTYPE), full=False)
+        return mean, var.sqrt()
 
     @property
     def noise_variance(self) -> float:
