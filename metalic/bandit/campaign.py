@@ -24,7 +24,7 @@ from metalic.bandit.space import ALL_ARMS, ContextSpace, arm_of
 from metalic.conditions import TERM_NAMES, Arm, arm_label
 from metalic.families import get_family
 from metalic.pinn.artefact import evaluate_batch
-from metalic.pinn.evaluate import reward_of
+from metalic.pinn.evaluate import capped_error, reward_of
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 
@@ -243,12 +243,12 @@ def plot_campaign(rows: list[RoundRow], out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5), constrained_layout=True)
     for h in heuristics:
         online = [r for r in rows if r.heuristic == h and r.stage != "test"]
-        err = np.cumsum([min(r.rel_l2, 100.0) if np.isfinite(r.rel_l2) else 100.0 for r in online])
+        err = np.cumsum([capped_error(r.rel_l2) for r in online])
         axes[0].plot(np.arange(1, len(err) + 1), err, label=h)
     axes[0].set_xlabel("round")
     axes[0].set_ylabel("accumulated relative L2 error")
     axes[0].legend()
-    data = [[r.rel_l2 for r in rows if r.heuristic == h and r.stage == "test"] for h in heuristics]
+    data = [[capped_error(r.rel_l2) for r in rows if r.heuristic == h and r.stage == "test"] for h in heuristics]
     if any(data):
         axes[1].boxplot([d or [np.nan] for d in data], tick_labels=heuristics)
         axes[1].set_yscale("log")
@@ -271,16 +271,8 @@ def summarise(rows: list[RoundRow]) -> list[dict]:
 
     out = []
     for h in dict.fromkeys(r.heuristic for r in rows):
-        online = [
-            min(r.rel_l2, 100.0) if np.isfinite(r.rel_l2) else 100.0
-            for r in rows
-            if r.heuristic == h and r.stage != "test"
-        ]
-        test = [
-            min(r.rel_l2, 100.0) if np.isfinite(r.rel_l2) else 100.0
-            for r in rows
-            if r.heuristic == h and r.stage == "test"
-        ]
+        online = [capped_error(r.rel_l2) for r in rows if r.heuristic == h and r.stage != "test"]
+        test = [capped_error(r.rel_l2) for r in rows if r.heuristic == h and r.stage == "test"]
         out.append(
             {
                 "heuristic": h,
