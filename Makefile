@@ -7,7 +7,7 @@ setup:
 # A sample solve on the embedded default: Advection (beta = 3), two subdomains, arm u,flux.
 demo: setup
 	@mkdir -p out
-	.venv/bin/metalic solve advection --param beta=3 --arm u,flux --adam 1000 --lbfgs 1000 \
+	.venv/bin/metalic solve advection --param beta=3 --arm u,flux --adam 1000 --lbfgs 3000 \
 		--out out/demo.pt --plot out/demo.png
 
 test: setup

@@ -27,7 +27,7 @@ from machine import describe
 from metalic.bandit.campaign import CampaignConfig, RoundRow, contexts_for, run_heuristic, summarise, write_outputs
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.space import ALL_ARMS, arm_of
-from metalic.conditions import arm_label
+from metalic.conditions import TERM_NAMES, arm_label
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
@@ -35,7 +35,7 @@ from metalic.pinn.trainer import TrainConfig
 def hindsight_arm(config: CampaignConfig, rows) -> tuple[int, ...]:
     engine = BanditEngine(config.family, "single", "mean", seed=config.seed)
     obs = [
-        Observation(r.context, tuple(1 if n in r.arm.split(",") else 0 for n in _names()), r.reward)
+        Observation(r.context, tuple(1 if n in r.arm.split(",") else 0 for n in TERM_NAMES), r.reward)
         for r in rows
         if r.stage != "test"
         and r.heuristic.split(" ")[0] in ("ucb", "ts", "random")
@@ -49,12 +49,6 @@ def hindsight_arm(config: CampaignConfig, rows) -> tuple[int, ...]:
         mean, _ = engine.phase0.gp.marginal(engine._rows(unit, ALL_ARMS))
         total += mean
     return arm_of(int(torch.argmax(total)))
-
-
-def _names():
-    from metalic.conditions import TERM_NAMES
-
-    return TERM_NAMES
 
 
 def main() -> None:

@@ -108,6 +108,12 @@ def _check_output(path: Path | None, flag: str, suffixes: tuple[str, ...]) -> No
         raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
+def _check_budgets(args: argparse.Namespace) -> None:
+    for flag, value in (("--adam", args.adam), ("--lbfgs", args.lbfgs)):
+        if value < 0:
+            raise UsageError(f"{flag} must be a non-negative number of iterations, got {value}")
+
+
 def cmd_families() -> int:
     from metalic.families import FAMILIES
 
@@ -129,9 +135,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from metalic.settings import resolve_device, resolve_dtype
 
     # ---- validate everything before any work ---------------------------------------------------
-    for flag, value in (("--adam", args.adam), ("--lbfgs", args.lbfgs)):
-        if value < 0:
-            raise UsageError(f"{flag} must be a non-negative number of iterations, got {value}")
+    _check_budgets(args)
     try:
         family = get_family(args.family)
         params = family.validate_params(_parse_params(args.param))
@@ -225,9 +229,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     from metalic.pinn.trainer import TrainConfig
     from metalic.settings import resolve_device
 
-    for flag, value in (("--adam", args.adam), ("--lbfgs", args.lbfgs)):
-        if value < 0:
-            raise UsageError(f"{flag} must be a non-negative number of iterations, got {value}")
+    _check_budgets(args)
     try:
         config = CampaignConfig(
             family=args.family,
