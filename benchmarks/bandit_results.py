@@ -26,8 +26,8 @@ from machine import describe
 
 from metalic.bandit.campaign import CampaignConfig, RoundRow, contexts_for, run_heuristic, summarise, write_outputs
 from metalic.bandit.engine import BanditEngine, Observation
-from metalic.bandit.space import ALL_ARMS, arm_of
-from metalic.conditions import TERM_NAMES, arm_label
+from metalic.bandit.space import ALL_ARMS, arm_index, arm_of
+from metalic.conditions import arm_label, parse_arm
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
@@ -35,7 +35,7 @@ from metalic.pinn.trainer import TrainConfig
 def hindsight_arm(config: CampaignConfig, rows) -> tuple[int, ...]:
     engine = BanditEngine(config.family, "single", "mean", seed=config.seed)
     obs = [
-        Observation(r.context, tuple(1 if n in r.arm.split(",") else 0 for n in TERM_NAMES), r.reward)
+        Observation(r.context, parse_arm(r.arm), r.reward)
         for r in rows
         if r.stage != "test"
         and r.heuristic.split(" ")[0] in ("ucb", "ts", "random")
@@ -45,9 +45,8 @@ def hindsight_arm(config: CampaignConfig, rows) -> tuple[int, ...]:
     _, test = contexts_for(config)
     total = torch.zeros(len(ALL_ARMS), dtype=torch.float64)
     for ctx in test:
-        unit = engine.space.encode(ctx)
-        mean, _ = engine.phase0.gp.marginal(engine._rows(unit, ALL_ARMS))
-        total += mean
+        for rec in engine.recommend(ctx, top=len(ALL_ARMS)):
+            total[arm_index(rec.arm)] += rec.reward_mean
     return arm_of(int(torch.argmax(total)))
 
 

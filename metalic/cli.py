@@ -147,9 +147,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
             subdomains=args.subdomains,
             final_time_data=args.final_time_data,
         )
-        pinn.validate()
-        if args.final_time_data and family.time_axis is None:
-            raise ValueError(f"--final-time-data needs a time-dependent family; {family.name} is steady")
+        pinn.validate(family)
         train = TrainConfig(
             adam_iters=args.adam,
             lbfgs_iters=args.lbfgs,

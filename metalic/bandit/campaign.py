@@ -47,7 +47,7 @@ class CampaignConfig:
     device: str | None = None
 
     def validate(self) -> None:
-        fam = get_family(self.family)
+        get_family(self.family)  # ValueError naming the known families
         if self.mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {self.mode!r}")
         for name in ("warmup", "rounds", "test"):
@@ -62,7 +62,6 @@ class CampaignConfig:
                 Policy.parse(h, self.ucb_schedule)
         self.train.validate()
         self.pinn.validate()
-        del fam
 
 
 @dataclass

@@ -277,12 +277,6 @@ class BanditEngine:
             )
         return out
 
-    def predict(self, context: Mapping[str, float], arm: Arm) -> tuple[float, float]:
-        """Posterior (mean, std) of the (phase-0 target) reward of ``arm`` at ``context``."""
-        unit = self.space.encode(context)
-        mean, std = self.phase0.gp.marginal(self._rows(unit, ALL_ARMS[arm_index(check_arm(arm)) : arm_index(arm) + 1]))
-        return float(mean[0]), float(std[0])
-
     # ---- persistence -------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         return {

@@ -38,7 +38,10 @@ class PinnConfig:
     subdomains: int | None = None  # None = the family's default split, N = N slabs (1: single domain)
     final_time_data: bool = False  # the authors' extra supervision with the reference at t = T
 
-    def validate(self) -> None:
+    def validate(self, family: Family | None = None) -> None:
+        """ValueError naming the bad field; with ``family``, also what this family cannot do."""
+        if family is not None and self.final_time_data and family.time_axis is None:
+            raise ValueError(f"final_time_data needs a time-dependent family; {family.name} is steady")
         for name in ("n_collocation", "n_boundary"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -101,9 +104,7 @@ def build_problem(
     dtype: torch.dtype = torch.float32,
 ) -> BatchProblem:
     """Sample every run's points (seeded per run) and move them to ``device``."""
-    config.validate()
-    if config.final_time_data and family.time_axis is None:
-        raise ValueError(f"final_time_data needs a time-dependent family; {family.name} is steady")
+    config.validate(family)
     params = [family.validate_params(p) for p in params]
     decomposition = family.decomposition(config.subdomains)
     n_if = config.n_interface or family.interface_points
@@ -144,9 +145,10 @@ def build_problem(
         return np.concatenate([s * width + off + np.arange(n_if) for s, off in offsets] or [np.zeros(0, int)])
 
     side_a, side_b = gather(offsets_a), gather(offsets_b)
-    iface_points = np.stack([i.points(n_if) for i in decomposition.interfaces] or [np.zeros((n_if, 2))])[
-        : len(decomposition.interfaces)
-    ]
+    if decomposition.interfaces:
+        iface_points = np.stack([i.points(n_if) for i in decomposition.interfaces])
+    else:
+        iface_points = np.zeros((0, n_if, 2))
 
     names = family.param_names
     return BatchProblem(
