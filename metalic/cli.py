@@ -11,6 +11,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from metalic.settings import get_settings
+
+if TYPE_CHECKING:
+    from metalic.jobs import SolveRequest
 
 EXIT_BAD_INPUT = 2
 
@@ -92,6 +98,8 @@ def _parse_params(items: Sequence[str]) -> dict[str, float]:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise UsageError(f"--param expects NAME=VALUE, got {item!r}")
+        if name.strip() in out:
+            raise UsageError(f"--param {name.strip()} is given twice")
         try:
             out[name.strip()] = float(value)
         except ValueError:
@@ -127,37 +135,60 @@ def cmd_families() -> int:
     return 0
 
 
+CLI_FLAGS = {
+    "params": "--param",
+    "interface_points": "--interface-points",
+    "arm_lbfgs": "--arm-lbfgs",
+    "final_time_data": "--final-time-data",
+    "adam_lr": "--adam-lr",
+    "lbfgs_lr": "--lbfgs-lr",
+}
+
+
+def _request(fields: dict) -> SolveRequest:
+    """A validated SolveRequest; a bad field becomes one line naming the command-line flag."""
+    from pydantic import ValidationError
+
+    from metalic.jobs import SolveRequest, field_errors
+
+    try:
+        return SolveRequest(**fields)
+    except ValidationError as exc:
+        first = field_errors(exc)[0]
+        name = first["field"].split(".")[0]
+        flag = CLI_FLAGS.get(name, "--" + name.replace("_", "-")) if name != "family" else "family"
+        raise UsageError(f"{flag}: {first['message']}") from None
+
+
 def cmd_solve(args: argparse.Namespace) -> int:
-    from metalic.conditions import arm_label, parse_arm
-    from metalic.families import get_family
-    from metalic.pinn.problem import PinnConfig
-    from metalic.pinn.trainer import RunSpec, TrainConfig
-    from metalic.settings import resolve_device, resolve_dtype
+    from metalic.conditions import arm_label
+    from metalic.jobs import Training, read_solution, run_solve_batch
+    from metalic.settings import resolve_device
 
     # ---- validate everything before any work ---------------------------------------------------
     _check_budgets(args)
+    request = _request(
+        {
+            "family": args.family,
+            "params": _parse_params(args.param),
+            "mode": "sequential" if args.arm_lbfgs is not None else "single",
+            "arm": args.arm,
+            "arm_lbfgs": args.arm_lbfgs,
+            "adam": args.adam,
+            "lbfgs": args.lbfgs,
+            "adam_lr": args.adam_lr,
+            "lbfgs_lr": args.lbfgs_lr,
+            "collocation": args.collocation,
+            "boundary": args.boundary,
+            "subdomains": args.subdomains,
+            "final_time_data": args.final_time_data,
+            "seed": args.seed,
+            "dtype": args.dtype or get_settings().dtype,
+        }
+    )
     try:
-        family = get_family(args.family)
-        params = family.validate_params(_parse_params(args.param))
-        arm = parse_arm(args.arm)
-        arm_lbfgs = parse_arm(args.arm_lbfgs) if args.arm_lbfgs is not None else None
-        pinn = PinnConfig(
-            n_collocation=args.collocation,
-            n_boundary=args.boundary,
-            subdomains=args.subdomains,
-            final_time_data=args.final_time_data,
-        )
-        pinn.validate(family)
-        train = TrainConfig(
-            adam_iters=args.adam,
-            lbfgs_iters=args.lbfgs,
-            adam_lr=args.adam_lr,
-            lbfgs_lr=args.lbfgs_lr,
-            compile=args.compile,
-        )
-        train.validate()
+        training = Training.explicit(request)
         device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _check_output(args.out, "--out", (".pt",))
@@ -165,10 +196,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from metalic.pinn.artefact import evaluate_batch, models_from_batch
-    from metalic.pinn.trainer import train_batch
-
-    total = train.adam_iters + train.lbfgs_iters
+    total = request.adam + request.lbfgs
     bar = tqdm(total=total, disable=args.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
     done = {"adam": 0, "lbfgs": 0}
 
@@ -179,42 +207,35 @@ def cmd_solve(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{p.loss[0]:.3e}")
 
     start = time.perf_counter()
-    batch = train_batch(
-        family,
-        [RunSpec(params, arm, arm_lbfgs, args.seed)],
-        pinn,
-        train,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-        progress_every=10,
-    )
+    (result,) = run_solve_batch([training], device=device, progress=progress, compile=args.compile)
     bar.close()
-    metrics = evaluate_batch(batch)
     wall = time.perf_counter() - start
-    outcome = batch.outcomes[0]
-    m = metrics[0]
-    print(f"family      {family.name} {params}")
-    print(f"arms        adam: {arm_label(arm)}   lbfgs: {arm_label(arm_lbfgs or arm)}")
-    print(f"status      {outcome.status}" + (f" at {outcome.diverged_at}" if outcome.diverged_at else ""))
-    its = f"adam {outcome.adam_iterations}, lbfgs {outcome.lbfgs_iterations}"
-    print(f"iterations  {its} (stop: {outcome.lbfgs_stop})")
-    print(f"loss        {outcome.loss:.4e}")
-    print(f"rel L2      {m.rel_l2:.4e}")
-    print(f"max error   {m.max_abs:.4e}")
-    print(f"reward      {m.reward:.4f}")
+    outcome = result.outcome
+    print(f"family      {request.family} {request.params}")
+    print(f"arms        adam: {arm_label(result.arm_adam)}   lbfgs: {arm_label(result.arm_lbfgs)}")
+    at = outcome["diverged_at"]
+    print(f"status      {result.status}" + (f" at {at}" if at else ""))
+    its = f"adam {outcome['adam_iterations']}, lbfgs {outcome['lbfgs_iterations']}"
+    print(f"iterations  {its} (stop: {outcome['lbfgs_stop']})")
+    print(f"loss        {outcome['loss']:.4e}")
+    print(f"rel L2      {result.rel_l2:.4e}")
+    print(f"max error   {result.max_abs:.4e}")
+    print(f"reward      {result.reward:.4f}")
     print(f"wall time   {wall:.1f} s on {device}")
-    model = models_from_batch(batch, metrics)[0]
     if args.out is not None:
-        model.save(args.out)
+        tmp = args.out.with_suffix(".pt.tmp")
+        tmp.write_bytes(result.model)
+        tmp.replace(args.out)
         print(f"model       {args.out}")
     if args.plot is not None:
-        from metalic.plotting import plot_solution
+        from metalic.families import get_family
+        from metalic.plotting import plot_solution_npz
 
-        grid = family.reference_grid(params)
-        pred = model.predict(grid.points()).reshape(grid.u.shape)
-        title = f"{family.name} {params}  arm {arm_label(arm)}  rel L2 {m.rel_l2:.2e}"
-        plot_solution(family, batch.problem.decomposition, grid, pred, args.plot, title)
+        family = get_family(request.family)
+        title = f"{family.name} {request.params}  arm {arm_label(result.arm_adam)}  rel L2 {result.rel_l2:.2e}"
+        plot_solution_npz(
+            family, family.decomposition(request.subdomains), read_solution(result.solution), args.plot, title
+        )
         print(f"figure      {args.plot}")
     return 0
 

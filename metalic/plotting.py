@@ -46,3 +46,11 @@ def plot_solution(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_solution_npz(
+    family: Family, decomposition: Decomposition, solution: dict[str, np.ndarray], path: str | Path, title: str = ""
+) -> Path:
+    """``plot_solution`` from a stored solution grid (``jobs.solution_npz``)."""
+    grid = ReferenceGrid((solution["axis0"], solution["axis1"]), solution["reference"].astype(np.float64))
+    return plot_solution(family, decomposition, grid, solution["prediction"].astype(np.float64), path, title)

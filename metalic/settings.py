@@ -1,24 +1,61 @@
-"""One typed settings object, read from environment variables with the ``METALIC_`` prefix."""
+"""One typed settings object, read from environment variables with the ``METALIC_`` prefix.
+
+Library settings (device, dtype), the service's store and cluster (database URL, Ray address),
+the dispatcher's batching and retry rules, and the caps that bound what one request may ask.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import torch
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Process-wide settings.
+    """Process-wide settings (each field is also ``METALIC_<FIELD>`` in the environment).
 
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     ``dtype``: floating type of network weights and points, ``float32`` or ``float64``.
+    ``home``: folder of the embedded store (``metalic.db``) and caches.
+    ``database_url``: SQLAlchemy URL; empty = SQLite file ``home/metalic.db``. PostgreSQL:
+    ``postgresql+psycopg://user@host:5432/db``.
+    ``ray_address``: empty = start a local Ray; else join that cluster (``host:6379`` or ``auto``).
     """
 
     model_config = SettingsConfigDict(env_prefix="METALIC_")
 
     device: str = "auto"
     dtype: str = "float32"
+    home: Path = Path(".metalic")
+    database_url: str = ""
+    ray_address: str = ""
+
+    # dispatcher
+    max_batch_cpu: int = Field(8, ge=1, description="runs packed into one CPU training")
+    max_batch_gpu: int = Field(256, ge=1, description="runs packed into one GPU training")
+    max_attempts: int = Field(3, ge=1, description="tries of a task before it fails")
+    cpu_workers: int = Field(1, ge=0, description="CPU trainer actors when the cluster has no GPU")
+    poll_seconds: float = Field(0.25, gt=0, description="dispatcher loop period when idle")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="worker and task heartbeat period")
+    lease_seconds: float = Field(60.0, gt=0, description="a running task without heartbeat this long is requeued")
+    progress_seconds: float = Field(0.5, gt=0, description="at most one progress write per batch this often")
+
+    # caps on one request
+    max_adam_iters: int = Field(50_000, ge=0)
+    max_lbfgs_iters: int = Field(50_000, ge=0)
+    max_collocation: int = Field(20_000, ge=1, description="collocation points per subdomain")
+    max_boundary: int = Field(5_000, ge=1, description="boundary / initial points per subdomain")
+    max_interface_points: int = Field(5_000, ge=2)
+    max_subdomains: int = Field(16, ge=1)
+    max_predict_points: int = Field(100_000, ge=1)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'metalic.db').resolve()}"
 
 
 @lru_cache(maxsize=1)
@@ -27,13 +64,25 @@ def get_settings() -> Settings:
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """``cuda`` if available else ``cpu``; an explicit name (or METALIC_DEVICE) overrides."""
+    """``cuda`` if available else ``cpu``; an explicit name (or METALIC_DEVICE) overrides.
+
+    An explicit CUDA index must name a device that exists on this machine.
+    """
     choice = name or get_settings().device
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(choice)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {choice!r} requested but CUDA is not available on this machine")
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise ValueError(f"device {choice!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {choice!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} requested but CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {choice!r} does not exist: this machine has {count} CUDA device(s)")
     return device
 
 

@@ -122,6 +122,8 @@ class BanditEngine:
         self.phase0 = _Phase(RewardGP(d, kernel=kernel, max_exact=max_exact))
         self.phase1 = _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact)) if mode == "sequential" else None
         self.observations: list[Observation] = []
+        # Observations made before those held here (a restore from a window of the latest ones).
+        self.n_before = 0
 
     # ---- encoding --------------------------------------------------------------------------------
     def _rows(self, unit_context: Tensor, arms: Tensor, r0: float | None = None) -> Tensor:
@@ -137,11 +139,15 @@ class BanditEngine:
         context: Mapping[str, float],
         q: int = 1,
         pending: Sequence[tuple[Mapping[str, float], Arm]] = (),
+        policy: str | Policy | None = None,
     ) -> list[Arm]:
-        """q arms for new trainings at ``context``; ``pending`` = (context, arm) still training."""
+        """q arms for new trainings at ``context``; ``pending`` = (context, arm) still training.
+
+        ``policy`` overrides the engine's own for this call (e.g. ``"ts"`` or ``"mean"``).
+        """
         unit = self.space.encode(context)
         pend = [(self.space.encode(c), check_arm(a, "pending arm")) for c, a in pending]
-        return self._select(self.phase0, unit, None, q, pend)
+        return self._select(self.phase0, unit, None, q, pend, self._policy(policy))
 
     def report_phase0(
         self,
@@ -150,6 +156,7 @@ class BanditEngine:
         reward0: float,
         q: int = 1,
         pending: Sequence[tuple[Mapping[str, float], float, Arm]] = (),
+        policy: str | Policy | None = None,
     ) -> list[Arm]:
         """Sequential mode: the Adam phase of ``arm0`` gave ``reward0``; returns the L-BFGS arm(s).
 
@@ -162,12 +169,18 @@ class BanditEngine:
             raise ValueError(f"reward0: must be finite, got {reward0}")
         unit = self.space.encode(context)
         pend = [(self.space.encode(c), check_arm(a, "pending arm"), r) for c, r, a in pending]
-        return self._select(self.phase1, unit, reward0, q, pend)
+        return self._select(self.phase1, unit, reward0, q, pend, self._policy(policy))
 
-    def _select(self, phase: _Phase, unit: Tensor, r0: float | None, q: int, pending: list) -> list[Arm]:
+    def _policy(self, policy: str | Policy | None) -> Policy:
+        if policy is None:
+            return self.policy
+        if isinstance(policy, Policy):
+            return policy
+        return Policy.parse(policy, self.policy.ucb_schedule, self.policy.ucb_coef)
+
+    def _select(self, phase: _Phase, unit: Tensor, r0: float | None, q: int, pending: list, pol: Policy) -> list[Arm]:
         if q < 1:
             raise ValueError(f"q: must be at least 1, got {q}")
-        pol = self.policy
         if pol.kind == "fixed":
             return [pol.arm] * q
         if pol.kind == "random" or not phase.ready:
@@ -178,7 +191,7 @@ class BanditEngine:
         if q == 1 and not pending and pol.kind in ("ucb", "mean"):
             # Only marginal variances are needed: skip the 512 x 512 covariance.
             mean, std = phase.gp.marginal(candidates)
-            coef = self._ucb_coef(phase) if pol.kind == "ucb" else 0.0
+            coef = self._ucb_coef(phase, pol) if pol.kind == "ucb" else 0.0
             return [arm_of(int(torch.argmax(mean + coef * std)))]
         pend_rows = [self._rows(u, torch.tensor([a], dtype=DTYPE), p[0] if len(p) else None)[0] for u, a, *p in pending]
         x = torch.cat([candidates, torch.stack(pend_rows)]) if pend_rows else candidates
@@ -196,7 +209,7 @@ class BanditEngine:
         for _ in range(q):
             cond = conditioned_covariance(cov, taken, noise)
             if pol.kind == "ucb":
-                score = mean[:n] + self._ucb_coef(phase) * cond.diagonal()[:n].clamp_min(0).sqrt()
+                score = mean[:n] + self._ucb_coef(phase, pol) * cond.diagonal()[:n].clamp_min(0).sqrt()
             elif pol.kind == "ts":
                 score = joint_draws(mean[:n], cond[:n, :n], 1, self.generator)[0]
             else:  # mean
@@ -208,9 +221,8 @@ class BanditEngine:
             taken.append(best)
         return [arm_of(i) for i in chosen[skip:]]
 
-    def _ucb_coef(self, phase: _Phase) -> float:
-        pol = self.policy
-        return pol.ucb_coef if pol.ucb_schedule == "constant" else gp_ucb_beta(len(phase.y) + 1)
+    def _ucb_coef(self, phase: _Phase, pol: Policy) -> float:
+        return pol.ucb_coef if pol.ucb_schedule == "constant" else gp_ucb_beta(self.n_before + len(phase.y) + 1)
 
     # ---- telling -----------------------------------------------------------------------------------
     def observe(self, *observations: Observation, refit: bool = True) -> None:
@@ -278,7 +290,14 @@ class BanditEngine:
         return out
 
     # ---- persistence -------------------------------------------------------------------------------
-    def snapshot(self) -> dict:
+    @property
+    def n_observations(self) -> int:
+        """All observations this engine has learnt from (including those before a windowed restore)."""
+        return self.n_before + len(self.observations)
+
+    def snapshot(self, observations: bool = True) -> dict:
+        """JSON-ready state. ``observations=False`` leaves them out (a store keeps them as rows and
+        passes them back to ``from_snapshot``); ``observation_count`` says how many there were."""
         return {
             "format": SNAPSHOT_FORMAT,
             "version": metalic.__version__,
@@ -294,7 +313,8 @@ class BanditEngine:
             "kernel": self.kernel,
             "gamma": self.gamma,
             "max_exact": self.max_exact,
-            "observations": [asdict(o) for o in self.observations],
+            "observations": [asdict(o) for o in self.observations] if observations else None,
+            "observation_count": self.n_observations,
             "hyperparameters": {
                 "phase0": self.phase0.gp.hyperparameters(),
                 "phase1": self.phase1.gp.hyperparameters() if self.phase1 is not None else {},
@@ -303,7 +323,12 @@ class BanditEngine:
         }
 
     @classmethod
-    def from_snapshot(cls, snap: Mapping) -> BanditEngine:
+    def from_snapshot(cls, snap: Mapping, observations: Sequence[Observation] | None = None) -> BanditEngine:
+        """The engine a snapshot describes, conditioned on its observations without a refit.
+
+        ``observations``: given when the snapshot was taken without them; they may be only the most
+        recent ``max_exact`` of ``snap["observation_count"]`` (all the GP ever conditions on).
+        """
         if snap.get("format") != SNAPSHOT_FORMAT:
             raise ValueError("snapshot: not a metalic policy snapshot")
         p = snap["policy"]
@@ -320,17 +345,26 @@ class BanditEngine:
         engine.phase0.gp.load_hyperparameters(snap["hyperparameters"]["phase0"])
         if engine.phase1 is not None:
             engine.phase1.gp.load_hyperparameters(snap["hyperparameters"]["phase1"])
-        obs = [
-            Observation(
-                o["context"],
-                tuple(o["arm"]),
-                o["reward"],
-                tuple(o["arm_lbfgs"]) if o["arm_lbfgs"] is not None else None,
-                o["reward_phase0"],
-            )
-            for o in snap["observations"]
-        ]
+        if observations is None:
+            if snap.get("observations") is None:
+                raise ValueError("snapshot: taken without observations; pass them to from_snapshot")
+            observations = [
+                Observation(
+                    o["context"],
+                    tuple(o["arm"]),
+                    o["reward"],
+                    tuple(o["arm_lbfgs"]) if o["arm_lbfgs"] is not None else None,
+                    o["reward_phase0"],
+                )
+                for o in snap["observations"]
+            ]
+        total = int(snap.get("observation_count", len(observations)))
+        if len(observations) > total:
+            raise ValueError(f"snapshot: {len(observations)} observations given for a count of {total}")
+        if len(observations) < min(total, engine.max_exact):
+            raise ValueError(f"snapshot: needs the latest {min(total, engine.max_exact)} observations")
         # Condition on the stored data with the stored hyper-parameters: no refit, same posterior.
-        engine.observe(*obs, refit=False)
+        engine.observe(*observations, refit=False)
+        engine.n_before = total - len(observations)
         engine.generator.set_state(torch.tensor(snap["rng_state"], dtype=torch.uint8))
         return engine

@@ -7,6 +7,7 @@ and the library version.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,21 +56,47 @@ class TrainedModel:
         dec = Decomposition.from_description(self.decomposition)
         return predict_stitched(self.network(), dec, points)[0]
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
+    def _payload(self) -> dict:
         payload = asdict(self)
         payload["format"] = FORMAT
         payload["weights"] = self.weights.detach().cpu().double()
+        return payload
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(payload, tmp)
+        torch.save(self._payload(), tmp)
         tmp.replace(path)  # never leave a half-written file under the final name
         return path
 
+    def to_bytes(self) -> bytes:
+        """The file's content, for a database column."""
+        buffer = io.BytesIO()
+        torch.save(self._payload(), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TrainedModel:
+        return cls._from_payload(cls._read(io.BytesIO(data), "model bytes"), "model bytes")
+
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return cls._from_payload(cls._read(Path(path), str(path)), str(path))
+
+    @staticmethod
+    def _read(source, name: str) -> dict:
+        try:
+            payload = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file at all, or one holding arbitrary objects
+            raise ValueError(f"{name}: not a metalic model file ({type(exc).__name__})") from None
+        if not isinstance(payload, dict):
+            raise ValueError(f"{name}: not a metalic model file")
+        return payload
+
+    @classmethod
+    def _from_payload(cls, payload: dict, name: str) -> TrainedModel:
         if payload.pop("format", None) != FORMAT:
-            raise ValueError(f"{path}: not a metalic model file")
+            raise ValueError(f"{name}: not a metalic model file")
         payload["layers"] = tuple(payload["layers"])
         payload["arm_adam"] = tuple(payload["arm_adam"])
         payload["arm_lbfgs"] = tuple(payload["arm_lbfgs"])

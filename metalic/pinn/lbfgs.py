@@ -22,6 +22,7 @@ TOL_STEP = "tolerance_change_step"
 TOL_LOSS = "tolerance_change_loss"
 NO_DESCENT = "no_descent_direction"
 DIVERGED = "diverged"
+CANCELLED = "cancelled"
 
 
 @dataclass
@@ -39,13 +40,14 @@ def batched_lbfgs(
     tolerance_grad: float = 1e-9,
     tolerance_change: float = 1e-12,
     active: Tensor | None = None,
-    callback: Callable[[int, Tensor], None] | None = None,
+    callback: Callable[[int, Tensor], Tensor | None] | None = None,
 ) -> LbfgsResult:
     """Minimise in place. ``theta`` [K, n]; ``closure(theta) -> (loss [K], grad [K, n])``.
 
     ``active`` [K] bool marks runs to optimise (others are left untouched and reported
     ``diverged``). A run whose loss or gradient turns non-finite stops with ``diverged`` and its
-    last finite weights. ``callback(iteration, loss [K])`` runs after every iteration.
+    last finite weights. ``callback(iteration, loss [K])`` runs after every iteration; it may
+    return a bool mask [K] of runs to stop now (reason ``cancelled``).
     """
     k, n = theta.shape
     dev, dt = theta.device, theta.dtype
@@ -127,7 +129,11 @@ def batched_lbfgs(
                 theta.sub_(torch.where(bad[:, None], step, torch.zeros_like(step)))
             stop(bad, DIVERGED)
         if callback is not None:
-            callback(it, loss)
+            cancel = callback(it, loss)
+            if cancel is not None:
+                stop(cancel.to(active.device), CANCELLED)
+                if not active.any():
+                    break
         if it == max_iter:
             stop(active, MAX_ITER)
             break

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 from metalic.conditions import TERM_NAMES, Arm, needed_quantities, parse_arm
 from metalic.families.base import Family
 from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched
-from metalic.pinn.lbfgs import DIVERGED, batched_lbfgs
+from metalic.pinn.lbfgs import CANCELLED, DIVERGED, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
 from metalic.pinn.problem import BatchProblem, PinnConfig, build_problem
@@ -79,7 +79,7 @@ class RunSpec:
 class RunOutcome:
     """What one run did: final loss parts, per-phase iterations, and the stop reason."""
 
-    status: str  # "ok" or "diverged"
+    status: str  # "ok", "diverged" or "cancelled"
     loss: float
     loss_parts: dict[str, float]
     adam_iterations: int
@@ -113,10 +113,22 @@ class TrainedBatch:
 
 
 def current_metrics(family: Family, problem: BatchProblem, net: StackedMLP) -> list[Metrics]:
-    """Every run's error on its reference grid with the current weights."""
+    """Every run's error on its own reference grid with the current weights.
+
+    Runs whose grids share their points are predicted in one batched call; a run whose grid differs
+    (another resolution for its parameters) is predicted on its own points.
+    """
     grids = [family.reference_grid(p) for p in problem.params]
-    pred = predict_stitched(net, problem.decomposition, grids[0].points())
-    return [metrics_of(pred[j], g.u.ravel()) for j, g in enumerate(grids)]
+    by_points: dict[tuple, list[int]] = {}
+    for j, g in enumerate(grids):
+        key = tuple((len(a), float(a[0]), float(a[-1]), hash(a.tobytes())) for a in g.axes)
+        by_points.setdefault(key, []).append(j)
+    out: list[Metrics | None] = [None] * len(grids)
+    for runs in by_points.values():
+        pred = predict_stitched(net, problem.decomposition, grids[runs[0]].points())
+        for j in runs:
+            out[j] = metrics_of(pred[j], grids[j].u.ravel())
+    return out
 
 
 def _parts_of(parts: LossParts, j: int, arm: Arm) -> dict[str, float]:
@@ -136,12 +148,17 @@ def train_batch(
     progress: Callable[[Progress], None] | None = None,
     progress_every: int = 50,
     between_phases: Callable[[list[Metrics]], Sequence[Arm]] | None = None,
+    should_stop: Callable[[], Collection[int]] | None = None,
 ) -> TrainedBatch:
     """Train ``len(specs)`` runs of ``family`` together; see the module docstring.
 
     ``between_phases(metrics_after_adam) -> arms``: the sequential bandit's hook. It is called
     once after the Adam phase with every run's error on the reference grid and returns the L-BFGS
     arm of each run, replacing ``spec.arm_lbfgs``.
+
+    ``should_stop() -> run indices``: polled at every progress point (every ``progress_every``
+    iterations of either phase); the runs it names are frozen and reported ``cancelled``, and the
+    training ends early once no run is left.
     """
     pinn_config = pinn_config or PinnConfig()
     train_config = train_config or TrainConfig()
@@ -155,6 +172,28 @@ def train_batch(
         for s in specs
     ]
     start = time.perf_counter()
+    try:
+        return _train(
+            family,
+            specs,
+            pinn_config,
+            train_config,
+            dev,
+            dt,
+            progress,
+            progress_every,
+            between_phases,
+            should_stop,
+            start,
+        )
+    finally:
+        # The loops freeze long-lived objects out of the collector; give them back whatever happened.
+        gc.unfreeze()
+
+
+def _train(
+    family, specs, pinn_config, train_config, dev, dt, progress, progress_every, between_phases, should_stop, start
+) -> TrainedBatch:
     problem = build_problem(family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt)
     boxes = problem.decomposition.bounding_boxes()
     net = StackedMLP(pinn_config.layers, len(specs), boxes, [s.seed for s in specs], dev, dt)
@@ -165,6 +204,7 @@ def train_batch(
     k = len(specs)
     active = torch.ones(k, dtype=torch.bool, device=dev)
     diverged_at: list[str | None] = [None] * k
+    cancelled = [False] * k
     adam_done: list[int | None] = [None] * k  # set when a run is frozen early
 
     def mark_bad(loss: Tensor, where: str) -> None:
@@ -172,6 +212,19 @@ def train_batch(
         for j in torch.nonzero(bad).flatten().tolist():
             diverged_at[j] = where
         active.logical_and_(~bad)
+
+    def stop_requested() -> Tensor | None:
+        """Mask [K] of live runs that ``should_stop`` names now (None when there are none)."""
+        if should_stop is None:
+            return None
+        names = [j for j in should_stop() if 0 <= j < k and not cancelled[j] and diverged_at[j] is None]
+        if not names:
+            return None
+        for j in names:
+            cancelled[j] = True
+        mask = torch.zeros(k, dtype=torch.bool, device=dev)
+        mask[names] = True
+        return mask
 
     # ---- phase 1: Adam ------------------------------------------------------------------------
     theta = net.theta
@@ -207,11 +260,20 @@ def train_batch(
             # training: take it out of the collector's generations so that the periodic full
             # collections stop rescanning it (they cost more than the step itself on CPU).
             gc.freeze()
-        if progress is not None and (it % progress_every == 0 or it == n_adam):
-            progress(Progress("adam", it, n_adam, total.tolist()))
+        if it % progress_every == 0 or it == n_adam:
+            if progress is not None:
+                progress(Progress("adam", it, n_adam, total.tolist()))
+            stop = stop_requested()
+            if stop is not None:
+                for j in torch.nonzero(stop & active).flatten().tolist():
+                    adam_done[j] = it
+                active.logical_and_(~stop)
+                any_frozen = True
+                if not active.any():
+                    break
     adam_done = [n_adam if done is None else done for done in adam_done]
     phase0_metrics: list[Metrics] | None = None
-    if between_phases is not None:
+    if between_phases is not None and active.any():
         phase0_metrics = current_metrics(family, problem, net)
         chosen = [parse_arm(a) for a in between_phases(phase0_metrics)]
         if len(chosen) != k:
@@ -241,17 +303,20 @@ def train_batch(
 
     n_lbfgs = train_config.lbfgs_iters
 
-    def lbfgs_progress(it: int, loss: Tensor) -> None:
+    def lbfgs_progress(it: int, loss: Tensor) -> Tensor | None:
         if it == 2:
             gc.freeze()  # as in the Adam loop: the first closure call may have compiled
-        if progress is not None and (it % progress_every == 0 or it == n_lbfgs):
-            progress(Progress("lbfgs", it, n_lbfgs, loss.tolist()))
+        if it % progress_every == 0 or it == n_lbfgs:
+            if progress is not None:
+                progress(Progress("lbfgs", it, n_lbfgs, loss.tolist()))
+            return stop_requested()
+        return None
 
     with torch.no_grad():
         result = batched_lbfgs(
             closure,
             theta.data,
-            n_lbfgs,
+            n_lbfgs if active.any() else 0,
             lr=train_config.lbfgs_lr,
             history=train_config.lbfgs_history,
             tolerance_grad=train_config.tolerance_grad,
@@ -265,10 +330,10 @@ def train_batch(
         final = loss_fn(arms_lbfgs)
     outcomes = []
     for j in range(k):
-        reason = result.reasons[j]
+        reason = CANCELLED if cancelled[j] else result.reasons[j]
         if reason == DIVERGED and diverged_at[j] is None:
             diverged_at[j] = f"lbfgs iteration {result.iterations[j] + 1}"
-        status = "diverged" if diverged_at[j] is not None else "ok"
+        status = "cancelled" if cancelled[j] else "diverged" if diverged_at[j] is not None else "ok"
         outcomes.append(
             RunOutcome(
                 status=status,
