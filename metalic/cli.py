@@ -1,4 +1,4 @@
-"""Command line: ``metalic families``, ``metalic solve``, ``metalic predict``.
+"""Command line: ``metalic families | solve | predict | campaign | db | dispatcher | worker``.
 
 Bad input prints one line ``metalic: error: ...`` and exits with code 2 before anything is
 trained or written.
@@ -82,9 +82,29 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--interface-points", type=int, default=None)
     c.add_argument("--ucb-schedule", default="constant", help="constant (mean + std) or gp-ucb")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default=None)
+    c.add_argument("--device", default=None, help="(in-process runs) auto, cpu, cuda")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     c.add_argument("--out", type=Path, required=True, help="folder for rounds.csv/json, snapshots, figures")
+    c.add_argument("--resume", action="store_true", help="continue the campaign that writes to --out")
+    c.add_argument("--max-batch", type=int, default=None, help="runs per training batch (default: settings)")
+    c.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
     c.add_argument("--quiet", action="store_true")
+
+    db = sub.add_parser("db", help="the service's database: schema migrations")
+    dbs = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    up = dbs.add_parser("upgrade", help="apply the migrations (METALIC_DATABASE_URL, default the embedded SQLite)")
+    up.add_argument("--revision", default="head")
+    dbs.add_parser("current", help="print the database's revision and the newest one")
+
+    d = sub.add_parser("dispatcher", help="pack queued tasks into batches on the Ray trainers (runs until stopped)")
+    d.add_argument("--max-batch", type=int, default=None, help="runs per batch (default 8 on CPU, 256 on a GPU)")
+    d.add_argument("--inline", action="store_true", help="train in this process (no Ray)")
+    d.add_argument("--device", default="auto", help="--inline only: auto, cpu, cuda")
+
+    w = sub.add_parser("worker", help="join this machine (its GPUs) to the metalic Ray cluster")
+    w.add_argument("--address", default=None, help="the Ray head, host:port (default METALIC_RAY_ADDRESS)")
+    w.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer (default: all this machine has)")
+    w.add_argument("--check", action="store_true", help="only check that the store is reachable, then exit")
 
     pr = sub.add_parser("predict", help="evaluate a saved model at points")
     pr.add_argument("model", type=Path)
@@ -240,15 +260,53 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(create: bool = True):
+    """The settings' store, with its schema checked (an empty one is created when ``create``)."""
+    from metalic.store import SchemaError, open_store
+
+    store = open_store()
+    try:
+        store.ensure_schema() if create else store.check_schema()
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # unreachable server, bad URL, ...
+        raise UsageError(f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return store
+
+
+def _dispatcher(store, max_batch: int | None, inline: bool, device: str = "auto", exclusive: bool = True):
+    """A dispatcher on this store with Ray trainers (local Ray, or METALIC_RAY_ADDRESS), or one
+    thread of this process with ``inline``."""
+    from workers.dispatcher import Dispatcher
+
+    settings = get_settings()
+    if inline:
+        from workers.executors import InlineExecutor
+
+        executor = InlineExecutor(store, settings, device, max_batch)
+    else:
+        from workers.cluster import connect
+        from workers.executors import RayExecutor
+
+        connect(settings.ray_address or None)
+        executor = RayExecutor(store.url, settings, max_batch)
+    try:
+        return Dispatcher(store, executor, settings, max_batch, exclusive=exclusive)
+    except Exception:
+        executor.shutdown()
+        raise
+
+
 def cmd_campaign(args: argparse.Namespace) -> int:
     import json
 
-    from metalic.bandit.campaign import CampaignConfig, run_heuristic, summarise, write_outputs
+    from metalic.bandit.campaign import CampaignConfig, summarise, write_outputs
     from metalic.pinn.problem import PinnConfig
     from metalic.pinn.trainer import TrainConfig
-    from metalic.settings import resolve_device
 
     _check_budgets(args)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
     try:
         config = CampaignConfig(
             family=args.family,
@@ -264,28 +322,61 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 n_collocation=args.collocation, n_boundary=args.boundary, n_interface=args.interface_points
             ),
             ucb_schedule=args.ucb_schedule,
-            device=str(resolve_device(args.device)),
+            device=args.device,
+            dtype=args.dtype,
         )
         config.validate()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        raise UsageError(_one_line(exc)) from None
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a folder")
     if not args.out.parent.exists():
         raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
 
+    from workers import campaigns
+    from workers.dispatcher import DispatcherBusy
+
+    store = _open_store()
+    name = str(args.out.resolve())
+    camp = campaigns.find(store, name)
+    if camp is not None and not args.resume:
+        raise UsageError(f"a campaign already writes to {args.out} ({camp.state}): add --resume to continue it")
+    if camp is None and args.resume:
+        raise UsageError(f"no campaign writes to {args.out}: nothing to resume")
+    if camp is None:
+        camp = campaigns.create(store, config, name=name)
+    config = CampaignConfig.from_dict(camp.config)  # a resumed campaign keeps its own settings
+
     from tqdm import tqdm
 
-    per = config.warmup + config.rounds + config.test
-    rows, engines = [], {}
-    with tqdm(total=per * len(config.heuristics), disable=args.quiet, unit="training", file=sys.stderr) as bar:
-        for h in config.heuristics:
-            bar.set_description(h)
-            base = bar.n
-            got, engine = run_heuristic(config, h, progress=lambda n, b=base: bar.update(b + n - bar.n))
-            rows.extend(got)
-            engines[h] = engine
-    write_outputs(rows, engines, args.out)
+    try:
+        dispatcher = _dispatcher(store, args.max_batch, args.inline)
+    except DispatcherBusy:
+        dispatcher = None  # a running service advances the campaign; follow it
+    bar = tqdm(total=camp.steps, initial=camp.step, disable=args.quiet, unit="step", file=sys.stderr)
+
+    def finished() -> bool:
+        now = campaigns.get(store, camp.id)
+        bar.update(now.step - bar.n)
+        return now.state != "running"
+
+    try:
+        if dispatcher is not None:
+            dispatcher.run(until=finished)
+        else:
+            while not finished():
+                time.sleep(get_settings().poll_seconds)
+    finally:
+        bar.close()
+        if dispatcher is not None:
+            dispatcher.stop()
+    camp = campaigns.get(store, camp.id)
+    if camp.state != "succeeded":
+        print(f"metalic: campaign {camp.state}: {camp.error}", file=sys.stderr)
+        return 1
+    args.out.mkdir(exist_ok=True)
+    rows = campaigns.rows(store, camp.id)
+    write_outputs(rows, campaigns.engines(store, camp.id), args.out)
     summary = summarise(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{'heuristic':24s} {'online acc. error':>18s} {'test mean':>10s} {'test median':>12s}")
@@ -296,6 +387,80 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         )
     print(f"outputs in {args.out}")
     return 0
+
+
+def _one_line(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    from metalic.jobs import describe_validation_error
+
+    return describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from metalic.store import open_store
+    from metalic.store.db import _safe_url, head_revision
+
+    store = open_store()
+    try:
+        if args.db_command == "upgrade":
+            store.upgrade(args.revision)
+        current = store.current_revision()
+    except Exception as exc:
+        raise UsageError(f"cannot migrate the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    print(f"database  {_safe_url(store.url)}")
+    print(f"revision  {current or 'none (empty)'} (newest: {head_revision()})")
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    import signal
+
+    from workers.dispatcher import DispatcherBusy
+
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
+    store = _open_store(create=False)
+    try:
+        dispatcher = _dispatcher(store, args.max_batch, args.inline, args.device)
+    except DispatcherBusy as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    def stop(signum, frame) -> None:
+        dispatcher._stopping.set()
+        dispatcher.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"metalic dispatcher {dispatcher.id} on {len(dispatcher.executor.slots)} trainer(s)", file=sys.stderr)
+    dispatcher.run()
+    dispatcher.stop(drain=get_settings().lease_seconds)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    address = args.address or get_settings().ray_address
+    _open_store(create=False)  # reachable and at the right schema: trainers write there
+    print("store     reachable, schema current", file=sys.stderr)
+    if args.check:
+        return 0
+    if not address:
+        raise UsageError("--address (or METALIC_RAY_ADDRESS) must name the Ray head, host:port")
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        raise UsageError("the ray command is not installed (pip install 'metalic[service]')")
+    import torch
+
+    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
+    command = [ray_cli, "start", f"--address={address}", f"--num-gpus={gpus}", "--block"]
+    print("starting  " + " ".join(command), file=sys.stderr)
+    os.execv(ray_cli, command)
+    return 0  # not reached
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -332,6 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_solve(args)
         if args.command == "campaign":
             return cmd_campaign(args)
+        if args.command == "db":
+            return cmd_db(args)
+        if args.command == "dispatcher":
+            return cmd_dispatcher(args)
+        if args.command == "worker":
+            return cmd_worker(args)
         return cmd_predict(args)
     except UsageError as exc:
         print(f"metalic: error: {exc}", file=sys.stderr)

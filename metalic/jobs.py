@@ -84,7 +84,7 @@ class SolveRequest(BaseModel):
     params: dict[str, float] = Field(default_factory=dict)
     mode: Literal["single", "sequential"] = "single"
     arm: str = LEARNED
-    arm_lbfgs: str | None = None
+    arm_lbfgs: str | None = Field(None, validate_default=True)
     adam: int = Field(1000, ge=0, description="Adam iterations")
     lbfgs: int = Field(1000, ge=0, description="L-BFGS iterations")
     adam_lr: float = Field(1e-3, gt=0, le=1.0)
@@ -128,6 +128,8 @@ class SolveRequest(BaseModel):
     @field_validator("adam", "lbfgs", "collocation", "boundary", "interface_points", "subdomains")
     @classmethod
     def _caps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if info.context and info.context.get("trusted"):  # a worker re-reading a queued request
+            return value
         caps = get_settings()
         limit = {
             "adam": caps.max_adam_iters,
@@ -267,6 +269,14 @@ class SolveResult:
     device: str
     model: bytes | None = field(default=None, repr=False)
     solution: bytes | None = field(default=None, repr=False)
+
+    @staticmethod
+    def from_summary(data: Mapping[str, Any]) -> SolveResult:
+        """Back from ``summary()`` (without the bytes)."""
+        fields = {k: v for k, v in data.items() if k not in ("arm_adam_terms", "arm_lbfgs_terms")}
+        fields["arm_adam"] = tuple(fields["arm_adam"])
+        fields["arm_lbfgs"] = tuple(fields["arm_lbfgs"])
+        return SolveResult(**fields)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready (no bytes; non-finite numbers as None)."""

@@ -12,7 +12,7 @@ stamp=.venv/.metalic-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install --quiet -e ".[service,dev]" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import torch, metalic" >/dev/null
   touch "$stamp"
 fi

@@ -1,5 +1,107 @@
+"""Shared fixtures: real stores (SQLite files and PostgreSQL schemas) and one local Ray per session."""
+
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
+
+import pytest
 import torch
 
 torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_BASE = os.environ.get("METALIC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Every process of the session (Ray workers, CLI subprocesses) sees the test families.
+os.environ["METALIC_PLUGINS"] = "tests.plugins.broken_family,tests.plugins.nan_family"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _postgres_ok() -> bool:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(PG_BASE, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    return _postgres_ok()
+
+
+def make_pg_url() -> tuple[str, str]:
+    """A fresh schema in the test database: (url whose search_path is that schema, schema)."""
+    import sqlalchemy
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    engine = sqlalchemy.create_engine(PG_BASE)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine.dispose()
+    return f"{PG_BASE}?options=-csearch_path%3D{schema}", schema
+
+
+def drop_pg_schema(schema: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(PG_BASE)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path, postgres_available):
+    """An empty database of each kind (the URL only; nothing created yet)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'metalic.db'}"
+        return
+    if not postgres_available:
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (make test starts it)")
+    url, schema = make_pg_url()
+    yield url
+    from metalic.store import db as store_db
+
+    store = store_db._stores.pop(url, None)
+    if store is not None:
+        store.dispose()
+    drop_pg_schema(schema)
+
+
+@pytest.fixture
+def store(db_url):
+    """A migrated store on each kind of database."""
+    from metalic.store import Store
+
+    s = Store(db_url)
+    s.upgrade()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    from metalic.store import Store
+
+    s = Store(f"sqlite:///{tmp_path / 'metalic.db'}")
+    s.upgrade()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray for the whole session (2 CPUs), shut down at its end."""
+    from workers.cluster import connect, disconnect
+
+    address = connect(None, num_cpus=2)
+    yield address
+    disconnect()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 
 from metalic.bandit.campaign import CampaignConfig, contexts_for, run_heuristic, summarise, write_outputs
+from metalic.cli import main
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
@@ -67,14 +66,10 @@ def test_single_domain_baseline_runs_one_network():
         (["--rounds", "-1"], "rounds"),
     ],
 )
-def test_campaign_cli_bad_input(args, message, tmp_path):
+def test_campaign_cli_bad_input(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METALIC_HOME", str(tmp_path / "home"))
     out = tmp_path / "camp"
-    run = subprocess.run(
-        [sys.executable, "-m", "metalic.cli", "campaign", "advection", *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2
-    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr
-    assert not out.exists()
+    assert main(["campaign", "advection", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not out.exists() and not (tmp_path / "home").exists()  # nothing written, not even a database

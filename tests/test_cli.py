@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from metalic.cli import main
+
 CLI = [sys.executable, "-m", "metalic.cli"]
 
 
@@ -41,14 +43,25 @@ def test_families_lists_all_six_with_ranges():
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
-    out = run(*args, "--out", str(tmp_path / "m.pt")) if "--out" not in args and args[0] == "solve" else run(*args)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys, monkeypatch):
+    # In this process (the same main() as the executable; one real subprocess is checked below).
+    monkeypatch.setenv("METALIC_HOME", str(tmp_path / "home"))
+    argv = [*args, "--out", str(tmp_path / "m.pt")] if "--out" not in args and args[0] == "solve" else list(args)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith("metalic: error:")
     assert message in lines[0]
-    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_executable_reports_bad_input_without_a_traceback(tmp_path):
+    out = run("solve", "burgers", "--param", "nu=0.5", "--out", str(tmp_path / "m.pt"))
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip() == "metalic: error: --param: parameter nu=0.5 is outside [0.001, 0.05] for family 'burgers'"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

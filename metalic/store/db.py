@@ -1,0 +1,162 @@
+"""Opening the store: engines, short transactions, and the schema version check.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, and every write transaction
+starts with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes can fail at
+once with "database is locked" when another writer got in between (the busy timeout does not
+apply to that upgrade), an immediate one waits its turn. PostgreSQL goes through psycopg 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from metalic.store.models import utc_now
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SchemaError(RuntimeError):
+    """The database is not at the schema this code expects."""
+
+
+class Store:
+    """A database and its sessions. ``write()`` and ``read()`` are short transactions."""
+
+    def __init__(self, url: str, echo: bool = False):
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, echo=echo, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _sqlite_setup(self.engine)
+        else:
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        self._write_engine = self.engine.execution_options(metalic_write=True)
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed on exit, rolled back on an exception."""
+        with self._writer() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._reader() as session, session.begin():
+            yield session
+
+    def now(self) -> datetime:
+        """The database clock (naive UTC)."""
+        with self.read() as s:
+            return s.execute(select(utc_now())).scalar_one()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- schema ----------------------------------------------------------------------------------
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def is_empty(self) -> bool:
+        with self.engine.connect() as conn:
+            return not inspect(conn).get_table_names()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply the migrations up to ``revision``."""
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), revision)
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.downgrade(alembic_config(conn), revision)
+
+    def check_schema(self) -> None:
+        """SchemaError unless the database is at the newest migration."""
+        head = head_revision()
+        current = self.current_revision()
+        if current != head:
+            where = "an empty database" if current is None else f"revision {current}"
+            raise SchemaError(
+                f"the database ({_safe_url(self.url)}) is at {where}; this metalic needs {head}: "
+                "run `metalic db upgrade`"
+            )
+
+    def ensure_schema(self) -> None:
+        """Create the schema in an empty database (the embedded default's first start); refuse a
+        database at another revision (upgrading one is an explicit ``metalic db upgrade``)."""
+        if self.current_revision() is None and self.is_empty():
+            self.upgrade()
+        self.check_schema()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun below, explicitly
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        immediate = conn.get_execution_options().get("metalic_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def migrations_dir() -> Path:
+    import migrations
+
+    return Path(migrations.__file__).parent
+
+
+def alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+_stores: dict[str, Store] = {}
+
+
+def open_store(url: str | None = None) -> Store:
+    """The process's Store for ``url`` (default: the settings' database), created once."""
+    from metalic.settings import get_settings
+
+    url = url or get_settings().resolved_database_url()
+    if url not in _stores:
+        _stores[url] = Store(url)
+    return _stores[url]

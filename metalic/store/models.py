@@ -1,0 +1,245 @@
+"""The service's tables (SQLAlchemy 2 typed ORM). Migrations in ``migrations/`` must match them.
+
+Times are naive UTC from the database clock (``utc_now``). A finished observation is insert-only
+and unique per task; every state change of a task is a guarded update (see ``store.tasks``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.functions import FunctionElement
+
+# Task states.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TASK_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class utc_now(FunctionElement):
+    """The database's current UTC time, with microseconds, as a naive timestamp."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(utc_now, "sqlite")
+def _utc_now_sqlite(element, compiler, **kw) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+@compiles(utc_now, "postgresql")
+def _utc_now_postgresql(element, compiler, **kw) -> str:
+    return "(clock_timestamp() AT TIME ZONE 'utc')"
+
+
+@compiles(utc_now)
+def _utc_now_default(element, compiler, **kw) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+# Named constraints, so that later migrations can alter them on SQLite too (batch mode).
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime()}
+
+
+class Campaign(Base):
+    """A METALIC campaign run as tasks: ``step`` = steps submitted so far (of ``steps``)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(500), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(100))
+    family: Mapped[str] = mapped_column(String(40))
+    config: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), default=RUNNING)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+    finished_at: Mapped[datetime | None]
+
+
+class Study(Base):
+    """One bandit: a family, a mode and a budget profile (or one heuristic of a campaign)."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    family: Mapped[str] = mapped_column(String(40), index=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    profile_key: Mapped[str] = mapped_column(String(100))
+    profile: Mapped[dict[str, Any]]
+    policy: Mapped[str] = mapped_column(String(200), default="ucb")
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    heuristic: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+
+
+class Batch(Base):
+    """Tasks trained together in one ``train_batch`` on one worker."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dispatcher_id: Mapped[str] = mapped_column(String(40), index=True)
+    worker_id: Mapped[str | None] = mapped_column(String(40))
+    batch_key: Mapped[str] = mapped_column(String(300))
+    family: Mapped[str] = mapped_column(String(40))
+    device: Mapped[str] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=RUNNING)  # running / done / lost
+    created_at: Mapped[datetime] = mapped_column(default=utc_now(), index=True)
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class Task(Base):
+    """One solve request and its life: queued -> running -> succeeded / failed / cancelled."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_tasks_owner_idempotency_key"),
+        Index("ix_tasks_state_id", "state", "id"),
+        Index("ix_tasks_owner_id", "owner", "id"),
+        Index("ix_tasks_campaign_step", "campaign_id", "campaign_step"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(100))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
+    campaign_step: Mapped[int | None] = mapped_column(Integer)
+    campaign_stage: Mapped[str | None] = mapped_column(String(16))
+    campaign_round: Mapped[int | None] = mapped_column(Integer)
+    family: Mapped[str] = mapped_column(String(40))
+    request: Mapped[dict[str, Any]]
+    batch_key: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # dispatches so far
+    solo: Mapped[bool] = mapped_column(Boolean, default=False)  # next try alone (its batch failed)
+    arm_adam: Mapped[str | None] = mapped_column(String(9))  # bits, once decided
+    arm_lbfgs: Mapped[str | None] = mapped_column(String(9))
+    lbfgs_policy: Mapped[str | None] = mapped_column(String(16))  # sequential: chosen after Adam
+    arm_policy: Mapped[str | None] = mapped_column(String(200))  # which policy chose the Adam arm
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    worker_id: Mapped[str | None] = mapped_column(String(40))
+    progress_phase: Mapped[str | None] = mapped_column(String(8))
+    progress_iteration: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_loss: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    rel_l2: Mapped[float | None] = mapped_column(Float)
+    reward: Mapped[float | None] = mapped_column(Float)
+
+
+class Observation(Base):
+    """A finished training as the bandit sees it. Insert-only; one per task."""
+
+    __tablename__ = "observations"
+    __table_args__ = (Index("ix_observations_study_id_id", "study_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
+    context: Mapped[dict[str, Any]]
+    arm_adam: Mapped[str] = mapped_column(String(9))
+    arm_lbfgs: Mapped[str | None] = mapped_column(String(9))
+    reward: Mapped[float] = mapped_column(Float)
+    reward_phase0: Mapped[float | None] = mapped_column(Float)
+    rel_l2: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+
+
+class PolicySnapshot(Base):
+    """The study's engine after a refit: hyper-parameters, random state, the observations it saw."""
+
+    __tablename__ = "policy_snapshots"
+    __table_args__ = (UniqueConstraint("study_id", "version", name="uq_policy_snapshots_study_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    engine: Mapped[dict[str, Any]]
+    observation_count: Mapped[int] = mapped_column(Integer)
+    last_observation_id: Mapped[int | None] = mapped_column(Integer)
+    fit_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+
+
+class Artefact(Base):
+    """A succeeded task's trained model (``metalic-model/1`` bytes) and solution grid (``.npz``)."""
+
+    __tablename__ = "artefacts"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    model: Mapped[bytes] = mapped_column(LargeBinary)
+    solution: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+
+
+class Worker(Base):
+    """A trainer actor or a dispatcher, with its heartbeat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # trainer / dispatcher
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), default="idle")  # idle / busy / stopped
+    current_batch: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utc_now())
+    last_seen: Mapped[datetime] = mapped_column(default=utc_now(), index=True)
+
+
+class ProgressPoint(Base):
+    """Loss during training, written at a bounded rate (the task page's live curve)."""
+
+    __tablename__ = "progress_points"
+    __table_args__ = (Index("ix_progress_points_task_id_id", "task_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(8))
+    iteration: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(default=utc_now())

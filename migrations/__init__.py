@@ -1,0 +1,1 @@
+"""Alembic migrations of the metalic store (``metalic db upgrade`` applies them)."""

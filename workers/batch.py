@@ -1,0 +1,167 @@
+"""A worker's batch function: train one batch of tasks and record each result in the store.
+
+No Ray here: the Ray actor (``workers.actor``) and the in-process executor both call ``run_batch``,
+and a GPU benchmark can call it directly. While the batch trains, progress is written at most
+every ``progress_seconds`` (each write also says which tasks were cancelled or requeued, and those
+runs stop at the next progress point), and a background thread keeps the tasks' heartbeats fresh
+even while nothing reports progress (compiling, evaluating).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from metalic.bandit.engine import BanditEngine
+from metalic.jobs import SolveRequest, Training, run_solve_batch
+from metalic.pinn.trainer import Progress
+from metalic.settings import Settings, get_settings
+from metalic.store import tasks as task_store
+from metalic.store import workers as worker_store
+from metalic.store.studies import arm_of_bits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as dispatched: its attempt, request (JSON) and decided arms (bits)."""
+
+    task_id: int
+    attempt: int
+    study_id: int
+    request: dict[str, Any]
+    arm_adam: str
+    arm_lbfgs: str | None = None
+    lbfgs_policy: str | None = None
+
+    def training(self) -> Training:
+        request = SolveRequest.model_validate(self.request, context={"trusted": True})
+        return Training(
+            request,
+            arm_of_bits(self.arm_adam),
+            arm_of_bits(self.arm_lbfgs),
+            self.lbfgs_policy,
+            str(self.study_id) if self.lbfgs_policy else None,
+        )
+
+
+@dataclass
+class BatchPayload:
+    """What a worker needs to train a batch: the tasks and, for learned L-BFGS arms, the engine
+    snapshots (with observations) of their studies, keyed by study id."""
+
+    batch_id: int
+    tasks: list[TaskSpec]
+    engines: dict[str, dict] = field(default_factory=dict)
+    compile: bool | None = None
+
+    @property
+    def items(self) -> list[tuple[int, int]]:
+        return [(t.task_id, t.attempt) for t in self.tasks]
+
+
+@dataclass
+class BatchReport:
+    batch_id: int
+    worker_id: str | None
+    recorded: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # finished, but the task had moved on
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class _Reporter:
+    """Bounded-rate progress writes; remembers which runs must stop."""
+
+    def __init__(self, store, payload: BatchPayload, every_seconds: float):
+        self.store, self.payload, self.every = store, payload, every_seconds
+        self.last = 0.0
+        self.stopped: set[int] = set()  # run indices
+
+    def progress(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and p.iteration < p.total:
+            return
+        self.last = now
+        items = [
+            task_store.ProgressItem(t.task_id, t.attempt, p.phase, p.iteration, p.total, float(p.loss[j]))
+            for j, t in enumerate(self.payload.tasks)
+            if j not in self.stopped
+        ]
+        gone = task_store.write_progress(self.store, items)
+        self.stopped |= {j for j, t in enumerate(self.payload.tasks) if t.task_id in gone}
+
+    def should_stop(self) -> set[int]:
+        return self.stopped
+
+    def live_items(self) -> list[tuple[int, int]]:
+        return [(t.task_id, t.attempt) for j, t in enumerate(self.payload.tasks) if j not in self.stopped]
+
+
+def _heartbeats(store, reporter: _Reporter, worker_id: str | None, batch_id: int, every: float, done: threading.Event):
+    while not done.wait(every):
+        try:
+            task_store.heartbeat_tasks(store, reporter.live_items())
+            if worker_id is not None:
+                worker_store.heartbeat(store, worker_id, state="busy", current_batch=batch_id)
+        except Exception:  # a missed heartbeat is retried; the lease is many periods long
+            log.exception("heartbeat failed")
+
+
+def run_batch(
+    store,
+    payload: BatchPayload,
+    device: str | None = None,
+    worker_id: str | None = None,
+    settings: Settings | None = None,
+) -> BatchReport:
+    """Train the batch and record every task's outcome (see the module docstring)."""
+    settings = settings or get_settings()
+    report = BatchReport(payload.batch_id, worker_id)
+    start = time.perf_counter()
+    reporter = _Reporter(store, payload, settings.progress_seconds)
+    done = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeats,
+        args=(store, reporter, worker_id, payload.batch_id, settings.heartbeat_seconds, done),
+        daemon=True,
+    )
+    beat.start()
+    try:
+        trainings = [t.training() for t in payload.tasks]
+        engines = {k: BanditEngine.from_snapshot(v) for k, v in payload.engines.items()}
+        results = run_solve_batch(
+            trainings,
+            device=device,
+            progress=reporter.progress,
+            should_stop=reporter.should_stop,
+            engines=engines,
+            compile=payload.compile,
+        )
+    except Exception as exc:
+        report.error = f"{type(exc).__name__}: {exc}"
+        log.error("batch %s failed: %s", payload.batch_id, traceback.format_exc())
+        moved = task_store.retry_or_fail(
+            store, payload.items, report.error, settings.max_attempts, solo=len(payload.tasks) > 1
+        )
+        report.requeued, report.failed = moved["requeued"], moved["failed"]
+        return report
+    finally:
+        done.set()
+        beat.join()
+        report.seconds = time.perf_counter() - start
+        if worker_id is not None:
+            worker_store.heartbeat(store, worker_id, state="idle", current_batch=None)
+    for spec, result in zip(payload.tasks, results, strict=True):
+        if task_store.record_result(store, spec.task_id, spec.attempt, result):
+            report.recorded.append(spec.task_id)
+        else:
+            report.refused.append(spec.task_id)
+    return report

@@ -1,0 +1,43 @@
+"""Joining Ray: the embedded single-machine default, or an existing cluster.
+
+``connect(address)``: with no address, ``ray.init()`` starts a local Ray on this machine (its
+CPUs, and its GPU if it has one); with one (``METALIC_RAY_ADDRESS``, e.g. ``10.0.0.5:6379``),
+this process joins that cluster, where GPU machines have joined with ``metalic worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Connect this process to Ray once; returns the cluster's address."""
+    import ray
+
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+    return ray.get_runtime_context().gcs_address
+
+
+def disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def reachable(address: str | None) -> bool:
+    """Whether this process is connected to a live Ray (the readiness probe)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and bool(ray.nodes())
+    except Exception:
+        return False
