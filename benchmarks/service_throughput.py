@@ -79,8 +79,7 @@ def through_service(args, reqs: list[SolveRequest], warm: list[SolveRequest]) ->
     folder = tempfile.mkdtemp(prefix="metalic-bench-")
     store = Store(f"sqlite:///{folder}/bench.db")
     store.upgrade()
-    settings = Settings(max_batch_cpu=args.max_batch, max_batch_gpu=args.max_batch, cpu_workers=1,
-                        poll_seconds=0.02)  # fmt: skip
+    settings = Settings(max_batch_cpu=args.max_batch, max_batch_gpu=args.max_batch, cpu_workers=1)
     t0 = time.perf_counter()
     if args.inline:
         executor = InlineExecutor(store, settings, args.device or "auto", args.max_batch)
@@ -96,15 +95,13 @@ def through_service(args, reqs: list[SolveRequest], warm: list[SolveRequest]) ->
 
     def wait(n: int) -> None:
         while finished() < n:
-            time.sleep(0.01)
+            time.sleep(0.1)
 
-    for r in warm:
-        task_store.submit(store, r)
+    task_store.submit_many(store, warm)
     wait(len(warm))
     disp.wait_idle()
     start = time.perf_counter()
-    for r in reqs:
-        task_store.submit(store, r)
+    task_store.submit_many(store, reqs)  # one transaction, as a client submitting a batch of instances
     disp.wake.set()
     wait(len(warm) + len(reqs))
     wall = time.perf_counter() - start

@@ -19,7 +19,9 @@ go back to the queue, and any late result of theirs is refused by the attempt gu
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +41,12 @@ from workers.batch import BatchPayload, BatchReport, TaskSpec
 from workers.executors import Slot
 
 log = logging.getLogger(__name__)
+
+
+def _lower_priority() -> None:
+    """Refits yield the CPU to trainings that share the machine (Linux: per-thread nice)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 class DispatcherBusy(RuntimeError):
@@ -73,7 +81,7 @@ class Dispatcher:
         self.flights: dict[int, _Flight] = {}
         self.engines = EngineCache()
         self._live_engines: dict = {}  # the refit thread's engines
-        self._refit_pool = ThreadPoolExecutor(1, thread_name_prefix="metalic-refit")
+        self._refit_pool = ThreadPoolExecutor(1, thread_name_prefix="metalic-refit", initializer=_lower_priority)
         self._refits: dict[int, Future] = {}
         self._dirty: set[int] = set()
         self._refit_lock = threading.Lock()
@@ -156,8 +164,16 @@ class Dispatcher:
                 log.exception("dispatcher tick failed; retrying")
                 busy = False
             if not busy:
-                self.wake.wait(self.settings.poll_seconds)
-                self.wake.clear()
+                self._idle(self.settings.poll_seconds)
+
+    def _idle(self, seconds: float) -> None:
+        """Wait until a batch finishes, a task is submitted here (``wake``), or ``seconds`` pass;
+        blocking in the executor keeps the loop off the CPU that trains."""
+        if self.flights and not any(not s.busy for s in self.executor.slots):
+            self.executor.wait(seconds)
+        else:
+            self.wake.wait(seconds)
+            self.wake.clear()
 
     def start(self) -> Dispatcher:
         """Run the loop in a background thread."""

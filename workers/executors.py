@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,11 @@ class RayExecutor:
             out.append((slot, payload, outcome))
         return out
 
+    def wait(self, timeout: float) -> None:
+        """Block until one running batch finishes (not collected) or ``timeout`` passes."""
+        if self._refs:
+            self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+
     def _check_pings(self) -> None:
         """A restarting actor refuses calls; a slot takes batches again once its ping answers."""
         for slot in self.slots:
@@ -190,6 +196,10 @@ class InlineExecutor:
             exc = future.exception()
             out.append((slot, payload, exc if exc is not None else future.result()))
         return out
+
+    def wait(self, timeout: float) -> None:
+        if self._futures:
+            futures_wait(list(self._futures), timeout=timeout, return_when=FIRST_COMPLETED)
 
     def abandon(self, slot: Slot) -> None:
         for f, (s, _) in list(self._futures.items()):

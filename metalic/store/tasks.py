@@ -56,6 +56,21 @@ def submit(
         return task, True
 
 
+def submit_many(store, requests: Sequence[SolveRequest], owner: str | None = None, policy: str = "ucb") -> list[int]:
+    """Queue several validated requests in one transaction; returns their task ids in order."""
+    with store.write() as s:
+        studies: dict[str, int] = {}
+        tasks = []
+        for request in requests:
+            key = f"{request.family}/{request.mode}/{request.profile_key()}"
+            if key not in studies:
+                studies[key] = study_for_request(s, request, policy).id
+            tasks.append(new_task(request, studies[key], owner=owner))
+        s.add_all(tasks)
+        s.flush()
+        return [t.id for t in tasks]
+
+
 def new_task(request: SolveRequest, study_id: int, **fields) -> Task:
     """A queued task row for ``request`` (explicit arms are decided now, learned ones at dispatch)."""
     first, second = request.arm_choice, request.arm_lbfgs_choice
