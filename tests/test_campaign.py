@@ -73,3 +73,24 @@ def test_campaign_cli_bad_input(args, message, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not out.exists() and not (tmp_path / "home").exists()  # nothing written, not even a database
+
+
+def test_a_campaign_over_the_caps_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METALIC_HOME", str(tmp_path / "home"))
+    args = ["campaign", "advection", "--collocation", "100000000", "--out", str(tmp_path / "camp")]
+    assert main(args) == 2
+    assert "collocation: at most 20000 (server cap)" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists() and not (tmp_path / "camp").exists()
+
+
+def test_creating_an_invalid_campaign_writes_no_row(sqlite_store):
+    from sqlalchemy import func, select
+
+    from metalic.store.models import Campaign, Study
+    from workers import campaigns
+
+    with pytest.raises(ValueError, match="heuristic"):
+        campaigns.create(sqlite_store, replace(TOY, heuristics=("ucb", "greedy")))
+    with sqlite_store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Campaign)) == 0
+        assert s.scalar(select(func.count()).select_from(Study)) == 0

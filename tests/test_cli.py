@@ -81,3 +81,26 @@ def test_solve_trains_saves_plots_and_predict_reads_the_model(tmp_path):
     assert len(rows) == 2 and rows[0].startswith("1 0.5 ")
     bad = run("predict", str(tmp_path / "missing.pt"), "--at", "1,1")
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["dispatcher"], ["worker"], ["campaign"]])
+def test_service_commands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: metalic" in capsys.readouterr().out
+
+
+def test_worker_check_reports_an_unreachable_store_in_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("METALIC_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    from metalic import settings
+    from metalic.store import db
+
+    settings.get_settings.cache_clear()
+    try:
+        assert main(["worker", "--check"]) == 2
+    finally:
+        settings.get_settings.cache_clear()
+        db._stores.clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metalic: error: cannot open the database: OperationalError")

@@ -220,3 +220,16 @@ def test_between_phases_hook_sees_phase0_errors_and_sets_the_lbfgs_arms():
     again = train_batch(fam, fixed, SMALL, SHORT)
     for a, b in zip(batch.outcomes, again.outcomes, strict=True):
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
+def test_the_trainer_gives_back_frozen_objects_even_when_a_callback_raises():
+    import gc
+
+    def explode(progress):
+        if progress.iteration >= 20:
+            raise KeyboardInterrupt("stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_batch(get_family("advection"), [RunSpec({"beta": 2.0}, "u")], SMALL, replace(SHORT, adam_iters=40),
+                    progress=explode, progress_every=10)  # fmt: skip
+    assert gc.get_freeze_count() == 0
