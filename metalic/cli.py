@@ -1,4 +1,4 @@
-"""Command line: ``metalic families | solve | predict | campaign | db | dispatcher | worker``.
+"""Command line: ``metalic families | solve | predict | campaign | serve | token | db | dispatcher | worker``.
 
 Bad input prints one line ``metalic: error: ...`` and exits with code 2 before anything is
 trained or written.
@@ -100,6 +100,29 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-batch", type=int, default=None, help="runs per batch (default 8 on CPU, 256 on a GPU)")
     d.add_argument("--inline", action="store_true", help="train in this process (no Ray)")
     d.add_argument("--device", default="auto", help="--inline only: auto, cpu, cuda")
+
+    sv = sub.add_parser("serve", help="the whole service: migrate, Ray, dispatcher and the REST API")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=None, help="CPU trainer actors when there is no GPU (default 1)")
+    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="which trainers to start")
+    sv.add_argument("--max-batch", type=int, default=None, help="runs per batch (default 8 on CPU, 256 on a GPU)")
+    sv.add_argument(
+        "--ray-head",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="start a Ray head node on PORT that GPU machines join with `metalic worker`",
+    )
+
+    tk = sub.add_parser("token", help="API bearer tokens")
+    tks = tk.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tc = tks.add_parser("create", help="create a token and print it (once)")
+    tc.add_argument("--role", required=True, choices=["user", "admin"])
+    tc.add_argument("--name", default=None, help="whose tasks these are (default: a generated name)")
+    tr = tks.add_parser("revoke", help="revoke every token of a name, or one token by id")
+    tr.add_argument("name_or_id")
+    tks.add_parser("list", help="the tokens (names, roles, ids; never the tokens themselves)")
 
     w = sub.add_parser("worker", help="join this machine (its GPUs) to the metalic Ray cluster")
     w.add_argument("--address", default=None, help="the Ray head, host:port (default METALIC_RAY_ADDRESS)")
@@ -440,6 +463,59 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    for flag, value in (("--workers", args.workers), ("--max-batch", args.max_batch)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1-65535, got {args.port}")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from metalic.store import open_store
+
+    try:
+        open_store().upgrade()  # serve migrates; a database it cannot reach is one line here
+    except Exception as exc:
+        raise UsageError(f"cannot migrate the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    from api.serve import serve
+
+    return serve(args.host, args.port, args.workers, args.device, args.max_batch, args.ray_head)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    from metalic.store import tokens as token_store
+
+    store = _open_store()
+    if args.token_command == "create":
+        name = args.name or f"{args.role}-{secrets.token_hex(3)}"
+        try:
+            token, row = token_store.create(store, name, args.role)
+        except ValueError as exc:
+            raise UsageError(f"--name: {exc}") from None
+        print(token)
+        print(f"token {row.id} for {name!r} ({args.role}); it is not shown again", file=sys.stderr)
+        return 0
+    if args.token_command == "revoke":
+        n = token_store.revoke(store, args.name_or_id)
+        if n == 0:
+            raise UsageError(f"no live token named or numbered {args.name_or_id!r}")
+        print(f"revoked {n} token(s)")
+        return 0
+    from sqlalchemy import select
+
+    from metalic.store.models import Token
+
+    with store.read() as s:
+        for t in s.scalars(select(Token).order_by(Token.id)).all():
+            state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
+            print(f"{t.id:5d}  {t.name:24s} {t.role:6s} created {t.created_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import os
     import shutil
@@ -503,6 +579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_dispatcher(args)
         if args.command == "worker":
             return cmd_worker(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "token":
+            return cmd_token(args)
         return cmd_predict(args)
     except UsageError as exc:
         print(f"metalic: error: {exc}", file=sys.stderr)

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_interface_points: int = Field(5_000, ge=2)
     max_subdomains: int = Field(16, ge=1)
     max_predict_points: int = Field(100_000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1_000, description="largest HTTP request body")
+    max_page: int = Field(100, ge=1, description="largest page of a list endpoint")
+
+    # API
+    token_cache_seconds: float = Field(2.0, ge=0, description="a revoked token stops working within this")
+    drain_seconds: float = Field(30.0, ge=0, description="on shutdown, running batches get this long to finish")
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -105,3 +105,55 @@ def ray_address():
     address = connect(None, num_cpus=2)
     yield address
     disconnect()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real uvicorn server for an app, on 127.0.0.1 and a free port, in a thread of this process."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def api_settings():
+    from metalic.settings import Settings
+
+    return Settings(
+        poll_seconds=0.05,
+        heartbeat_seconds=0.5,
+        progress_seconds=0.2,
+        token_cache_seconds=0.0,
+        max_batch_cpu=8,
+        cpu_workers=1,
+        max_body_bytes=20_000,
+        max_predict_points=500,
+    )

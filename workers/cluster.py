@@ -14,7 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Connect this process to Ray once; returns the cluster's address."""
+    """Connect this process to Ray once; returns the cluster's address.
+
+    Ray's C++ failure-signal handler would end the process on SIGTERM before our graceful shutdown
+    runs; it is switched off (before Ray is first imported) so that SIGTERM means "drain and stop".
+    """
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     import ray
 
     if not ray.is_initialized():
@@ -33,7 +38,7 @@ def disconnect() -> None:
         ray.shutdown()
 
 
-def reachable(address: str | None) -> bool:
+def reachable() -> bool:
     """Whether this process is connected to a live Ray (the readiness probe)."""
     try:
         import ray

@@ -43,18 +43,29 @@ Finished = tuple[Slot, BatchPayload, "BatchReport | BaseException"]
 
 class RayExecutor:
     """One ``TrainerActor`` per GPU of the Ray cluster (``num_gpus=1``), or ``cpu_workers`` CPU
-    actors when it has none. GPUs that join later get actors at the next ``refresh``.
+    actors when it has none. GPUs that join later get actors at the next ``refresh``. ``device``:
+    ``auto`` (as said), ``cpu`` (CPU actors only) or ``cuda`` (GPU actors only, as GPUs join).
 
     Actors restart after a crash (``max_restarts``); the call that was running fails with a
     ``RayActorError``, reported by ``poll`` as that batch's outcome.
     """
 
-    def __init__(self, database_url: str, settings, max_batch: int | None = None, cpu_workers: int | None = None):
+    def __init__(
+        self,
+        database_url: str,
+        settings,
+        max_batch: int | None = None,
+        cpu_workers: int | None = None,
+        device: str = "auto",
+    ):
         import ray
 
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
         self.ray = ray
         self.url, self.settings = database_url, settings
         self.max_batch = max_batch
+        self.device = device
         self.cpu_workers = settings.cpu_workers if cpu_workers is None else cpu_workers
         self.slots: list[Slot] = []
         self._refs: dict[Any, tuple[Slot, BatchPayload]] = {}
@@ -83,11 +94,11 @@ class RayExecutor:
 
     def refresh(self) -> None:
         """Actors for GPUs that joined the cluster since the last call."""
-        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        gpus = int(self.ray.cluster_resources().get("GPU", 0)) if self.device != "cpu" else 0
         have = sum(s.device == "cuda" for s in self.slots)
         for _ in range(gpus - have):
             self._add("cuda")
-        if gpus == 0 and not self.slots:
+        if gpus == 0 and self.device != "cuda" and not self.slots:
             for _ in range(self.cpu_workers):
                 self._add("cpu")
 
@@ -156,11 +167,21 @@ class RayExecutor:
         """Stop the actors (``kill=False`` leaves them to finish what they run)."""
         if not kill:
             return
+        busy = [s.worker_id for s in self.slots if s.busy and s.worker_id]
         for slot in self.slots:
-            with contextlib.suppress(Exception):
-                self.ray.get(slot.handle.stop.remote(), timeout=5)
+            if not slot.busy:  # an idle actor marks itself stopped; a busy one would answer too late
+                with contextlib.suppress(Exception):
+                    self.ray.get(slot.handle.stop.remote(), timeout=5)
             self.ray.kill(slot.handle, no_restart=True)
         self.slots = []
+        if busy:
+            from metalic.store import Store
+            from metalic.store import workers as worker_store
+
+            store = Store(self.url)
+            for worker_id in busy:
+                worker_store.stop(store, worker_id)
+            store.dispose()
 
 
 class InlineExecutor:

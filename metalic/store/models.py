@@ -243,3 +243,17 @@ class ProgressPoint(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     loss: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(default=utc_now())
+
+
+class Token(Base):
+    """An API bearer token, stored as its SHA-256 (the token itself is shown once, at creation).
+    ``name`` is the principal: tasks belong to it, whichever of its tokens submitted them."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # user / admin
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+    revoked_at: Mapped[datetime | None]

@@ -1,0 +1,54 @@
+"""Prometheus metrics: request latencies (measured here) and the service's state (read from the
+store at scrape time, with aggregate queries only: tasks by state, batches, training seconds)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select
+
+from metalic.store.models import TASK_STATES, Batch, Observation, Task
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REQUESTS = Histogram(
+    "metalic_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(method, route, str(status)).observe(seconds)
+
+
+class StoreCollector:
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        with self.store.read() as s:
+            by_state = dict(s.execute(select(Task.state, func.count()).group_by(Task.state)).all())
+            batches, runs, seconds = s.execute(
+                select(
+                    func.count(), func.coalesce(func.sum(Batch.size), 0), func.coalesce(func.sum(Batch.seconds), 0.0)
+                )
+                .select_from(Batch)
+                .where(Batch.state == "done")
+            ).one()
+            observations = s.scalar(select(func.count()).select_from(Observation))
+        tasks = GaugeMetricFamily("metalic_tasks", "tasks by state", labels=["state"])
+        for state in TASK_STATES:
+            tasks.add_metric([state], by_state.get(state, 0))
+        yield tasks
+        yield CounterMetricFamily("metalic_batches", "finished training batches", value=batches)
+        yield CounterMetricFamily("metalic_batch_runs", "runs in finished batches (batches x size)", value=runs)
+        yield CounterMetricFamily("metalic_training_seconds", "wall seconds of finished batches", value=seconds)
+        yield CounterMetricFamily("metalic_observations", "bandit observations recorded", value=observations)
+
+
+def render(store) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    return generate_latest(REGISTRY) + generate_latest(registry)

@@ -1,0 +1,213 @@
+"""Admin: campaigns (start, follow, cancel), studies (what each bandit has learned), workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from api.auth import Admin
+from api.schemas import CampaignBody, CampaignOut, Id, Problem, StudyOut, WorkerOut
+from metalic.bandit.campaign import CampaignConfig, summarise
+from metalic.pinn.problem import PinnConfig
+from metalic.pinn.trainer import TrainConfig
+from metalic.store.models import Campaign, Observation, PolicySnapshot, Study, Task, Worker, utc_now
+from metalic.store.workers import is_alive
+from workers import campaigns
+
+router = APIRouter(tags=["admin"], responses={401: {"model": Problem}, 403: {"model": Problem}})
+NOT_FOUND = {404: {"model": Problem}}
+
+
+def campaign_out(session, camp: Campaign, store=None) -> CampaignOut:
+    by_state = dict(
+        session.execute(select(Task.state, func.count()).where(Task.campaign_id == camp.id).group_by(Task.state)).all()
+    )
+    summary = summarise(campaigns.rows(store, camp.id)) if store is not None and camp.state == "succeeded" else None
+    return CampaignOut(
+        id=camp.id,
+        name=camp.name,
+        family=camp.family,
+        state=camp.state,
+        step=camp.step,
+        steps=camp.steps,
+        config=camp.config,
+        error=camp.error,
+        created_at=camp.created_at,
+        finished_at=camp.finished_at,
+        tasks=by_state,
+        summary=summary,
+    )
+
+
+BODY_PLACES = {
+    "adam": ("budget", "adam"),
+    "lbfgs": ("budget", "lbfgs"),
+    "collocation": ("points", "collocation"),
+    "boundary": ("points", "boundary"),
+    "interface_points": ("points", "interface"),
+    "heuristic": ("heuristics",),
+}
+
+
+def _campaign_error(exc: ValueError) -> RequestValidationError:
+    """The first problem of a campaign body, at its place in the body."""
+    if isinstance(exc, ValidationError):
+        e = exc.errors()[0]
+        field, message, kind = (e["loc"][0] if e["loc"] else "body"), e["msg"].removeprefix("Value error, "), e["type"]
+    else:
+        message, kind = str(exc), "value_error"
+        head = message.split(":", 1)[0]
+        field = head if ":" in message and " " not in head else "family"
+    where = BODY_PLACES.get(field, (field,))
+    return RequestValidationError([{"loc": ("body", *where), "msg": message, "type": kind}])
+
+
+@router.post("/campaigns", status_code=202, response_model=CampaignOut, responses={422: {"model": Problem}})
+def start_campaign(body: CampaignBody, who: Admin, request: Request) -> CampaignOut:
+    """Start a METALIC campaign; the dispatcher runs it step by step through the task queue."""
+    try:
+        config = CampaignConfig(
+            family=body.family,
+            heuristics=tuple(body.heuristics),
+            mode=body.mode,
+            warmup=body.warmup,
+            rounds=body.rounds,
+            test=body.test,
+            batch=body.batch,
+            seed=body.seed,
+            train=TrainConfig(adam_iters=body.budget.adam, lbfgs_iters=body.budget.lbfgs),
+            pinn=PinnConfig(
+                n_collocation=body.points.collocation,
+                n_boundary=body.points.boundary,
+                n_interface=body.points.interface,
+            ),
+            dtype=body.dtype,
+        )
+        config.validate()
+        if body.warmup + body.rounds + body.test > 10_000:
+            raise ValueError("warmup: warm-up, online and test rounds together are at most 10000")
+    except ValueError as exc:  # pydantic's ValidationError included
+        raise _campaign_error(exc) from None
+    service = request.app.state.service
+    camp = campaigns.create(service.store, config, owner=who.name)
+    service.wake()
+    with service.store.read() as s:
+        return campaign_out(s, s.get(Campaign, camp.id))
+
+
+@router.get("/campaigns", response_model=list[CampaignOut])
+def list_campaigns(_: Admin, request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[CampaignOut]:
+    with request.app.state.service.store.read() as s:
+        rows = s.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit)).all()
+        return [campaign_out(s, c) for c in rows]
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=NOT_FOUND)
+def get_campaign(campaign_id: Id, _: Admin, request: Request) -> CampaignOut:
+    """Progress (steps, tasks by state) and, once finished, each heuristic's accumulated error."""
+    store = request.app.state.service.store
+    with store.read() as s:
+        camp = s.get(Campaign, campaign_id)
+        if camp is None:
+            raise HTTPException(404, f"no campaign {campaign_id}")
+        return campaign_out(s, camp, store)
+
+
+@router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, responses=NOT_FOUND)
+def cancel_campaign(campaign_id: Id, _: Admin, request: Request) -> CampaignOut:
+    store = request.app.state.service.store
+    if campaigns.get(store, campaign_id) is None:
+        raise HTTPException(404, f"no campaign {campaign_id}")
+    campaigns.cancel(store, campaign_id)
+    with store.read() as s:
+        return campaign_out(s, s.get(Campaign, campaign_id))
+
+
+def _studies(session, where) -> list[StudyOut]:
+    counts = dict(session.execute(select(Observation.study_id, func.count()).group_by(Observation.study_id)).all())
+    latest = (
+        select(PolicySnapshot.study_id, func.max(PolicySnapshot.version).label("v"))
+        .group_by(PolicySnapshot.study_id)
+        .subquery()
+    )
+    snaps = {
+        p.study_id: p
+        for p in session.scalars(
+            select(PolicySnapshot).join(
+                latest, (latest.c.study_id == PolicySnapshot.study_id) & (latest.c.v == PolicySnapshot.version)
+            )
+        ).all()
+    }
+    out = []
+    for st in session.scalars(select(Study).where(*where).order_by(Study.id)).all():
+        snap = snaps.get(st.id)
+        out.append(
+            StudyOut(
+                id=st.id,
+                key=st.key,
+                family=st.family,
+                mode=st.mode,
+                policy=st.policy,
+                profile=st.profile,
+                campaign_id=st.campaign_id,
+                heuristic=st.heuristic,
+                observations=counts.get(st.id, 0),
+                snapshot_version=snap.version if snap else 0,
+                last_refit=snap.created_at if snap else None,
+                hyperparameters=snap.engine.get("hyperparameters") if snap else None,
+            )
+        )
+    return out
+
+
+@router.get("/studies", response_model=list[StudyOut])
+def list_studies(_: Admin, request: Request, family: str | None = None, campaigns_too: bool = False) -> list[StudyOut]:
+    """Every service study (and campaign studies with ``campaigns_too``)."""
+    where = [] if campaigns_too else [Study.campaign_id.is_(None)]
+    if family is not None:
+        where.append(Study.family == family)
+    with request.app.state.service.store.read() as s:
+        return _studies(s, where)
+
+
+@router.get("/studies/{study_id}", response_model=StudyOut, responses=NOT_FOUND)
+def get_study(study_id: Id, _: Admin, request: Request) -> StudyOut:
+    """Observation count, snapshot version, GP hyper-parameters and the last refit's time."""
+    with request.app.state.service.store.read() as s:
+        found = _studies(s, [Study.id == study_id])
+    if not found:
+        raise HTTPException(404, f"no study {study_id}")
+    return found[0]
+
+
+@router.get("/workers", response_model=list[WorkerOut])
+def list_workers(_: Admin, request: Request, stopped: bool = False) -> list[WorkerOut]:
+    """Trainers and dispatchers with their heartbeats (``alive`` false: stale or stopped)."""
+    service = request.app.state.service
+    stale = 3 * service.settings.heartbeat_seconds + 5
+    with service.store.read() as s:
+        now = s.execute(select(utc_now())).scalar_one()
+        q = select(Worker).order_by(Worker.kind, Worker.started_at)
+        if not stopped:
+            q = q.where(Worker.state != "stopped", Worker.last_seen >= now - timedelta(hours=1))
+        rows = s.scalars(q).all()
+    return [
+        WorkerOut(
+            id=w.id,
+            kind=w.kind,
+            host=w.host,
+            pid=w.pid,
+            device=w.device,
+            state=w.state,
+            current_batch=w.current_batch,
+            started_at=w.started_at,
+            last_seen=w.last_seen,
+            alive=is_alive(w, now, stale),
+        )
+        for w in rows
+    ]

@@ -1,0 +1,46 @@
+"""Probes and metrics: GET /healthz (the process answers), /readyz (database and Ray reachable),
+/metrics (Prometheus text). No token: they are meant for the orchestrator and the scraper."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api import metrics
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "not ready: see the checks"}})
+def readyz(request: Request) -> JSONResponse:
+    service = request.app.state.service
+    checks: dict[str, str] = {}
+    try:
+        with service.store.read() as s:
+            s.execute(text("SELECT 1"))
+        service.store.check_schema()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if service.started:
+        from workers.cluster import reachable
+
+        if service.dispatcher_error:
+            checks["ray"] = service.dispatcher_error
+        elif service.dispatcher is None:
+            checks["ray"] = "starting"
+        else:
+            checks["ray"] = "ok" if reachable() else "unreachable"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def prometheus(request: Request) -> Response:
+    return Response(metrics.render(request.app.state.service.store), media_type="text/plain; version=0.0.4")

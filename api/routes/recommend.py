@@ -1,0 +1,122 @@
+"""GET /v1/families/{family}/recommendation: ranked arms from the latest policy snapshot.
+
+The context is given as query parameters named after the family's parameters (``?nu=0.01``);
+missing ones take their defaults. The answer comes from the study's latest snapshot (its engine is
+restored once per version and cached), never from a fit in the request.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import func, select
+
+from api.auth import User
+from api.routes.families import family_or_404
+from api.schemas import MAX_ID, ArmOut, Mode, Problem, RecommendationOut
+from metalic.bandit.engine import R0_SCALE, Recommendation
+from metalic.store.models import Observation, Study
+from metalic.store.studies import bits, latest_version
+
+router = APIRouter(tags=["recommendations"], responses={401: {"model": Problem}})
+
+
+def _arm(r: Recommendation) -> ArmOut:
+    return ArmOut(
+        terms=r.terms,
+        bits=bits(r.arm),
+        predicted_error=r.predicted_error,
+        error_interval=r.error_interval,
+        reward_mean=r.reward_mean,
+        reward_std=r.reward_std,
+    )
+
+
+def pick_study(session, family: str, mode: str, study_id: int | None) -> Study:
+    """The study asked for, else the service study of (family, mode) with the most observations."""
+    if study_id is not None:
+        study = session.get(Study, study_id)
+        if study is None or study.family != family or study.mode != mode:
+            raise HTTPException(404, f"no {mode} study {study_id} of {family}")
+        return study
+    counts = (
+        select(Study, func.count(Observation.id).label("n"))
+        .outerjoin(Observation, Observation.study_id == Study.id)
+        .where(Study.family == family, Study.mode == mode, Study.campaign_id.is_(None))
+        .group_by(Study.id)
+        .order_by(func.count(Observation.id).desc(), Study.id)
+        .limit(1)
+    )
+    row = session.execute(counts).first()
+    if row is None:
+        raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: nothing has been solved")
+    return row[0]
+
+
+@router.get(
+    "/families/{family}/recommendation",
+    response_model=RecommendationOut,
+    responses={404: {"model": Problem, "description": "unknown family, or no policy yet"}},
+)
+def recommendation(
+    family: str,
+    who: User,
+    request: Request,
+    mode: Mode = "single",
+    top: Annotated[int, Query(ge=1, le=512)] = 5,
+    study: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="a study id (default: the one with most data)")
+    ] = None,
+    reward_phase0: Annotated[
+        float | None, Query(ge=-2, le=20, description="sequential: the Adam phase's reward, -log10(rel. L2)")
+    ] = None,
+) -> RecommendationOut:
+    """Arms ranked by posterior mean reward at the context, with predicted error and 95% interval
+    (per phase in sequential mode). Context: ``?<parameter>=<value>`` for the family's parameters."""
+    fam = family_or_404(family)
+    raw = {p.name: request.query_params[p.name] for p in fam.params if p.name in request.query_params}
+    context = {}
+    for name, value in raw.items():
+        try:
+            context[name] = float(value)
+        except ValueError:
+            raise RequestValidationError(
+                [{"loc": ("query", name), "msg": f"{value!r} is not a number", "type": "float_parsing"}]
+            ) from None
+    try:
+        context = fam.validate_params(context)
+    except ValueError as exc:
+        name = next((n for n in raw if f"{n}=" in str(exc)), "params")
+        raise RequestValidationError([{"loc": ("query", name), "msg": str(exc), "type": "value_error"}]) from None
+    service = request.app.state.service
+    with service.store.read() as s:
+        chosen = pick_study(s, fam.name, mode, study)
+        version = latest_version(s, chosen.id)
+        if version == 0:
+            raise HTTPException(404, f"no learned policy for {fam.name} ({mode}) yet: its first refit is pending")
+        with service.engine_lock:
+            _, engine = service.engines.get(s, chosen, version)
+    if engine.n_observations < 2:
+        raise HTTPException(404, f"no learned policy for {fam.name} ({mode}) yet: it needs two observations")
+    arms = [_arm(r) for r in engine.recommend(context, top=top)]
+    arms_lbfgs, r0 = None, None
+    if mode == "sequential":
+        r0 = reward_phase0
+        if r0 is None:  # the median Adam-phase reward seen so far
+            r0 = statistics.median(float(x[0]) * R0_SCALE for x in engine.phase1.x)
+        arms_lbfgs = [_arm(r) for r in engine.recommend(context, top=top, reward_phase0=r0)]
+    return RecommendationOut(
+        family=fam.name,
+        mode=mode,
+        context=context,
+        study_id=chosen.id,
+        profile=chosen.profile,
+        snapshot_version=version,
+        observations=engine.n_observations,
+        arms=arms,
+        arms_lbfgs=arms_lbfgs,
+        assumed_reward_phase0=r0 if mode == "sequential" and reward_phase0 is None else None,
+    )

@@ -1,0 +1,260 @@
+"""The REST API's request and response bodies (Pydantic). They describe the OpenAPI schema too."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from metalic.jobs import SolveRequest
+
+Mode = Literal["single", "sequential"]
+MAX_ID = 2**53  # ids and cursors stay exact in JSON numbers
+Id = Annotated[int, Path(ge=1, le=MAX_ID, description="an id")]
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` is a message, or a list of ``{loc, msg, type}`` naming each bad field."""
+
+    detail: str | list[dict]
+
+
+# ---- families ---------------------------------------------------------------------------------------
+class ParamOut(BaseModel):
+    name: str
+    lo: float
+    hi: float
+    default: float
+    description: str
+
+
+class TermOut(BaseModel):
+    bit: int
+    name: str
+    formula: str
+
+
+class FamilyOut(BaseModel):
+    name: str
+    equation: str
+    coords: list[str]
+    params: list[ParamOut]
+    subdomains: int
+    interfaces: int
+    terms: list[TermOut]
+    default_budget: dict[str, int]
+    default_points: dict[str, int | None]
+    links: dict[str, str]
+
+
+# ---- solving ----------------------------------------------------------------------------------------
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adam: int = Field(1000, description="Adam iterations")
+    lbfgs: int = Field(1000, description="L-BFGS iterations")
+
+
+class Points(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    collocation: int = Field(1000, description="collocation points per subdomain")
+    boundary: int = Field(100, description="boundary / initial points per subdomain")
+    interface: int | None = Field(None, description="points per interface (default: the family's)")
+
+
+class SolveBody(BaseModel):
+    """A PDE instance to solve. ``arm``: interface terms (``u,flux``, 9 bits, ``all``, ``none``) or
+    ``learned`` (the study's policy; ``learned:ts``, ``learned:ucb``, ``learned:mean``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, float] = Field(default_factory=dict)
+    arm: str = "learned"
+    mode: Mode = "single"
+    arm_lbfgs: str | None = Field(None, description="sequential mode: the L-BFGS arm (default learned)")
+    budget: Budget = Field(default_factory=Budget)
+    points: Points = Field(default_factory=Points)
+    subdomains: int | None = Field(None, description="N equal slabs instead of the family's split")
+    final_time_data: bool = False
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+
+    # SolveRequest field -> location in this body
+    LOCATIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "adam": ("budget", "adam"),
+        "lbfgs": ("budget", "lbfgs"),
+        "collocation": ("points", "collocation"),
+        "boundary": ("points", "boundary"),
+        "interface_points": ("points", "interface"),
+    }
+
+    def request(self, family: str) -> SolveRequest:
+        """The validated SolveRequest (pydantic's ValidationError names SolveRequest's fields)."""
+        return SolveRequest(
+            family=family,
+            params=self.params,
+            mode=self.mode,
+            arm=self.arm,
+            arm_lbfgs=self.arm_lbfgs,
+            adam=self.budget.adam,
+            lbfgs=self.budget.lbfgs,
+            collocation=self.points.collocation,
+            boundary=self.points.boundary,
+            interface_points=self.points.interface,
+            subdomains=self.subdomains,
+            final_time_data=self.final_time_data,
+            seed=self.seed,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+
+class ProgressOut(BaseModel):
+    phase: str | None = None
+    iteration: int | None = None
+    total: int | None = None
+    loss: float | None = None
+
+
+class ResultOut(BaseModel):
+    status: str = Field(description="ok, or diverged (recorded with the capped reward)")
+    rel_l2: float | None
+    max_abs: float | None
+    reward: float | None
+    reward_phase0: float | None
+    rel_l2_phase0: float | None
+    adam_iterations: int
+    lbfgs_iterations: int
+    lbfgs_stop: str
+    loss: float | None
+    seconds: float = Field(description="this task's share of its batch's wall time")
+    batch_size: int
+    device: str
+
+
+class TaskOut(BaseModel):
+    id: int
+    state: str
+    family: str
+    params: dict[str, float]
+    mode: str
+    arm_requested: str
+    arm_lbfgs_requested: str | None
+    arm_adam: str | None = Field(description="the Adam-phase terms, once decided")
+    arm_lbfgs: str | None = Field(description="the L-BFGS-phase terms, once decided")
+    arm_policy: str | None
+    owner: str | None
+    campaign_id: int | None
+    attempt: int
+    progress: ProgressOut
+    result: ResultOut | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: dict[str, str]
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next: str | None = Field(description="the next page, when there is one")
+
+
+class SolutionOut(BaseModel):
+    coords: list[str]
+    axis0: list[float]
+    axis1: list[float]
+    prediction: list[list[float]] = Field(description="u[i][j] at (axis0[i], axis1[j])")
+    reference: list[list[float]]
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    points: list[tuple[float, float]] = Field(description="[[x, y], ...] in the family's coordinates")
+
+
+class PredictOut(BaseModel):
+    values: list[float]
+
+
+# ---- recommendations --------------------------------------------------------------------------------
+class ArmOut(BaseModel):
+    terms: str
+    bits: str
+    predicted_error: float
+    error_interval: tuple[float, float] = Field(description="95% credible interval of the relative L2 error")
+    reward_mean: float
+    reward_std: float
+
+
+class RecommendationOut(BaseModel):
+    family: str
+    mode: str
+    context: dict[str, float]
+    study_id: int
+    profile: dict
+    snapshot_version: int
+    observations: int = Field(description="observations behind this snapshot")
+    arms: list[ArmOut] = Field(description="ranked arms (the Adam phase's in sequential mode)")
+    arms_lbfgs: list[ArmOut] | None = None
+    assumed_reward_phase0: float | None = None
+
+
+# ---- admin ------------------------------------------------------------------------------------------
+class CampaignBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: str
+    heuristics: list[str] = Field(default_factory=lambda: ["ucb"])
+    mode: Mode = "single"
+    warmup: int = 5
+    rounds: int = 20
+    test: int = 10
+    batch: int = 4
+    seed: int = 0
+    budget: Budget = Field(default_factory=lambda: Budget(adam=500, lbfgs=500))
+    points: Points = Field(default_factory=Points)
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str | None
+    family: str
+    state: str
+    step: int
+    steps: int
+    config: dict
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    tasks: dict[str, int] = Field(description="the campaign's tasks by state")
+    summary: list[dict] | None = Field(None, description="per heuristic, once finished")
+
+
+class StudyOut(BaseModel):
+    id: int
+    key: str
+    family: str
+    mode: str
+    policy: str
+    profile: dict
+    campaign_id: int | None
+    heuristic: str | None
+    observations: int
+    snapshot_version: int
+    last_refit: datetime | None
+    hyperparameters: dict | None = None
+
+
+class WorkerOut(BaseModel):
+    id: str
+    kind: str
+    host: str
+    pid: int
+    device: str
+    state: str
+    current_batch: int | None
+    started_at: datetime
+    last_seen: datetime
+    alive: bool

@@ -1,0 +1,56 @@
+"""API bearer tokens: created once (the plain token is returned, only its SHA-256 is stored),
+looked up by digest, revoked by name or id. Roles: ``user`` and ``admin``."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from sqlalchemy import func, or_, select, update
+
+from metalic.store.models import Token, utc_now
+
+ROLES = ("user", "admin")
+PREFIX = "mtl_"
+NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create(store, name: str, role: str) -> tuple[str, Token]:
+    """A new token for principal ``name``; returns (the token, its row)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not NAME.match(name):
+        raise ValueError(f"name must be 1-100 letters, digits or _.@-, got {name!r}")
+    token = PREFIX + secrets.token_urlsafe(32)
+    with store.write() as s:
+        row = Token(name=name, role=role, digest=digest(token))
+        s.add(row)
+        s.flush()
+    return token, row
+
+
+def lookup(store, token: str) -> Token | None:
+    """The live (not revoked) token row for ``token``."""
+    with store.read() as s:
+        return s.scalar(select(Token).where(Token.digest == digest(token), Token.revoked_at.is_(None)))
+
+
+def revoke(store, name_or_id: str) -> int:
+    """Revoke every live token of a name, or the token with that id; returns how many."""
+    cond = [Token.name == name_or_id]
+    if name_or_id.isdigit():
+        cond.append(Token.id == int(name_or_id))
+    with store.write() as s:
+        return s.execute(
+            update(Token).where(or_(*cond), Token.revoked_at.is_(None)).values(revoked_at=utc_now())
+        ).rowcount
+
+
+def count(store) -> int:
+    with store.read() as s:
+        return int(s.scalar(select(func.count()).select_from(Token)))
