@@ -1,8 +1,12 @@
-# The two entry points of the README. Both set up .venv on first use.
-.PHONY: setup demo test lint bench
+# The two entry points of the README (serve, test). Both set up .venv on first use.
+.PHONY: setup serve demo test lint bench
 
 setup:
 	@bash scripts/setup.sh
+
+# The whole service on the embedded default: SQLite in .metalic/, a local Ray, the API on :8000.
+serve: setup
+	.venv/bin/metalic serve
 
 # A sample solve on the embedded default: Advection (beta = 3), two subdomains, arm u,flux.
 demo: setup

@@ -8,9 +8,11 @@ refused (413) before they are read.
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -67,6 +69,34 @@ class BodyLimit:
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
+class Observe:
+    """Request latency by method, route template and status, for /metrics (plain ASGI: cheaper
+    than a BaseHTTPMiddleware on every request)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.observe_request(scope["method"], path, status, time.perf_counter() - start)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     """On shutdown (after the server stopped accepting and answered what was in flight): the
@@ -78,6 +108,10 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(service: Service) -> FastAPI:
+    # Requests run in a thread pool; torch ops inside them (posterior means) are small, and an
+    # OpenMP team per request thread oversubscribes the cores: one intra-op thread here (the
+    # trainers are other processes).
+    torch.set_num_threads(1)
     app = FastAPI(
         lifespan=lifespan,
         title="metalic",
@@ -95,18 +129,31 @@ def create_app(service: Service) -> FastAPI:
         errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe_request(
-            request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - start
-        )
-        return response
-
     for module in (families, tasks, recommend, admin):
         app.include_router(module.router, prefix="/v1")
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.add_middleware(Observe)
     return app
+
+
+def from_settings() -> FastAPI:
+    """An API-only app on the settings' store (no trainers): for API replicas beside one
+    ``metalic dispatcher``, e.g. ``uvicorn --factory api.app:from_settings --workers 4``."""
+    from metalic.settings import get_settings
+    from metalic.store import open_store
+
+    store = open_store()
+    store.check_schema()
+    app = create_app(Service(get_settings(), store))
+    tune_gc()
+    return app
+
+
+def tune_gc() -> None:
+    """For a long-running server: move what start-up created (torch, the app) out of the cyclic
+    collector's reach, and collect the young generation less often; a request allocates many
+    short-lived objects and the default threshold (700) runs the collector every few requests."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)

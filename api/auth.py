@@ -1,10 +1,9 @@
 """Bearer tokens and roles. ``user``: solve, own tasks, recommendations, families; ``admin``:
-everything (campaigns, studies, workers, every task). A token lookup is cached for
-``token_cache_seconds``, so a revoked token stops working within that time."""
+everything (campaigns, studies, workers, every task). A token lookup is kept for
+``token_cache_seconds`` (``Service.tokens``), so a revoked token stops working within that time."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -30,42 +29,30 @@ class Principal:
         return None if self.is_admin else self.name
 
 
-class TokenCache:
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._hits: dict[str, tuple[float, Principal | None]] = {}
-
-    def get(self, store, token: str) -> Principal | None:
-        now = time.monotonic()
-        digest = token_store.digest(token)
-        hit = self._hits.get(digest)
-        if hit is not None and now - hit[0] < self.seconds:
-            return hit[1]
-        row = token_store.lookup(store, token)
-        principal = None if row is None else Principal(row.name, row.role)
-        if len(self._hits) > 10_000:
-            self._hits.clear()
-        self._hits[digest] = (now, principal)
-        return principal
+def lookup(store, token: str) -> Principal | None:
+    row = token_store.lookup(store, token)
+    return None if row is None else Principal(row.name, row.role)
 
 
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def principal(
+async def principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
+    """The caller. A cached token costs no database read and no thread hop."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
     service = request.app.state.service
-    found = service.tokens.get(service.store, credentials.credentials)
+    token = credentials.credentials
+    found = await service.tokens.get(token_store.digest(token), lambda: lookup(service.store, token))
     if found is None:
         raise _unauthorized("unknown or revoked token")
     return found
 
 
-def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
     if not who.is_admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs an admin token")
     return who

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
-from api.app import create_app
+from api.app import create_app, tune_gc
 from api.service import Service
 from metalic.settings import Settings, get_settings
 from metalic.store import open_store
@@ -136,7 +136,9 @@ def serve(
         trainers.join()
 
     service.on_shutdown = stop_trainers
-    server = _Server(uvicorn.Config(create_app(service), host=host, port=port, log_level="info"))
+    app = create_app(service)
+    tune_gc()
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
     print(f"metalic serving on http://{host}:{port} (docs at /docs)", file=sys.stderr, flush=True)
     try:
         server.run()  # returns after SIGINT / SIGTERM

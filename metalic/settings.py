@@ -56,6 +56,9 @@ class Settings(BaseSettings):
 
     # API
     token_cache_seconds: float = Field(2.0, ge=0, description="a revoked token stops working within this")
+    snapshot_check_seconds: float = Field(
+        0.5, ge=0, description="recommendations look for a newer policy snapshot at most this often"
+    )
     drain_seconds: float = Field(30.0, ge=0, description="on shutdown, running batches get this long to finish")
 
     def resolved_database_url(self) -> str:

@@ -205,3 +205,24 @@ def test_binary_hamming_kernel_equals_botorch_categorical_kernel():
     torch.testing.assert_close(
         fast(a, b).to_dense(), reference(a, b).to_dense().to(torch.float64), rtol=1e-6, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern"])
+def test_the_plain_torch_kernel_equals_gpytorchs(kernel):
+    gp = RewardGP(n_cont=2, kernel=kernel)
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat(
+        [torch.rand(25, 2, generator=g, dtype=torch.float64), ALL_ARMS[torch.randint(512, (25,), generator=g)]], 1
+    )
+    assert gp.fit(x, torch.randn(25, generator=g, dtype=torch.float64))
+    test = torch.cat([torch.rand(512, 2, generator=g, dtype=torch.float64), ALL_ARMS], 1)
+    torch.testing.assert_close(gp._kernel(test, x), gp.model.covar_module(test, x).to_dense(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gp.mean(test), gp.marginal(test)[0], rtol=1e-12, atol=1e-12)
+    post = gp.model.posterior(test)
+    torch.testing.assert_close(gp.mean(test), post.mean.squeeze(-1), rtol=1e-6, atol=1e-8)
+    at_one = torch.cat([torch.full((512, 2), 0.3, dtype=torch.float64), ALL_ARMS], 1)
+    order, mean, std = gp.rank_arms(at_one[0, :2], ALL_ARMS, 7)
+    full_mean, full_std = gp.marginal(at_one)
+    torch.testing.assert_close(order, torch.argsort(full_mean, descending=True)[:7])
+    torch.testing.assert_close(mean, full_mean[order], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(std, full_std[order], rtol=1e-8, atol=1e-10)

@@ -13,7 +13,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     return {"status": "ok"}
 
 

@@ -8,16 +8,18 @@ restored once per version and cached), never from a fit in the request.
 from __future__ import annotations
 
 import statistics
+import time
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import func, select
 
 from api.auth import User
 from api.routes.families import family_or_404
 from api.schemas import MAX_ID, ArmOut, Mode, Problem, RecommendationOut
-from metalic.bandit.engine import R0_SCALE, Recommendation
+from metalic.bandit.engine import R0_SCALE, BanditEngine, Recommendation
 from metalic.store.models import Observation, Study
 from metalic.store.studies import bits, latest_version
 
@@ -56,27 +58,29 @@ def pick_study(session, family: str, mode: str, study_id: int | None) -> Study:
     return row[0]
 
 
-@router.get(
-    "/families/{family}/recommendation",
-    response_model=RecommendationOut,
-    responses={404: {"model": Problem, "description": "unknown family, or no policy yet"}},
-)
-def recommendation(
-    family: str,
-    who: User,
-    request: Request,
-    mode: Mode = "single",
-    top: Annotated[int, Query(ge=1, le=512)] = 5,
-    study: Annotated[
-        int | None, Query(ge=1, le=MAX_ID, description="a study id (default: the one with most data)")
-    ] = None,
-    reward_phase0: Annotated[
-        float | None, Query(ge=-2, le=20, description="sequential: the Adam phase's reward, -log10(rel. L2)")
-    ] = None,
-) -> RecommendationOut:
-    """Arms ranked by posterior mean reward at the context, with predicted error and 95% interval
-    (per phase in sequential mode). Context: ``?<parameter>=<value>`` for the family's parameters."""
-    fam = family_or_404(family)
+@dataclass(frozen=True)
+class Policy:
+    """The engine a (family, mode, study) question is answered with, and when that was checked."""
+
+    checked: float
+    study: Study
+    version: int
+    engine: BanditEngine
+
+
+def latest_policy(service, family: str, mode: str, study_id: int | None) -> Policy:
+    """The chosen study's latest snapshot, its engine restored once per version (thread pool)."""
+    with service.store.read() as s:
+        chosen = service.studies.get((family, mode, study_id), lambda: pick_study(s, family, mode, study_id))
+        version = latest_version(s, chosen.id)
+        if version == 0:
+            raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: its first refit is pending")
+        with service.engine_lock:
+            _, engine = service.engines.get(s, chosen, version)
+    return Policy(time.monotonic(), chosen, version, engine)
+
+
+def _context(fam, request: Request) -> dict[str, float]:
     raw = {p.name: request.query_params[p.name] for p in fam.params if p.name in request.query_params}
     context = {}
     for name, value in raw.items():
@@ -87,18 +91,38 @@ def recommendation(
                 [{"loc": ("query", name), "msg": f"{value!r} is not a number", "type": "float_parsing"}]
             ) from None
     try:
-        context = fam.validate_params(context)
+        return fam.validate_params(context)
     except ValueError as exc:
         name = next((n for n in raw if f"{n}=" in str(exc)), "params")
         raise RequestValidationError([{"loc": ("query", name), "msg": str(exc), "type": "value_error"}]) from None
+
+
+@router.get(
+    "/families/{family}/recommendation",
+    response_model=RecommendationOut,
+    responses={404: {"model": Problem, "description": "unknown family, or no policy yet"}},
+)
+async def recommendation(
+    family: str,
+    who: User,
+    request: Request,
+    mode: Mode = "single",
+    top: Annotated[int, Query(ge=1, le=512)] = 5,
+    study: Annotated[int | None, Query(ge=1, le=MAX_ID, description="a study id (default: most data)")] = None,
+    reward_phase0: Annotated[
+        float | None, Query(ge=-2, le=20, description="sequential: the Adam phase's reward, -log10(rel. L2)")
+    ] = None,
+) -> Response:
+    """Arms ranked by posterior mean reward at the context, with predicted error and 95% interval
+    (per phase in sequential mode). Context: ``?<parameter>=<value>`` for the family's parameters.
+
+    The latest snapshot version is looked up at most every ``snapshot_check_seconds``; between
+    lookups, and always for the posterior itself, nothing touches the database."""
+    fam = family_or_404(family)
+    context = _context(fam, request)
     service = request.app.state.service
-    with service.store.read() as s:
-        chosen = pick_study(s, fam.name, mode, study)
-        version = latest_version(s, chosen.id)
-        if version == 0:
-            raise HTTPException(404, f"no learned policy for {fam.name} ({mode}) yet: its first refit is pending")
-        with service.engine_lock:
-            _, engine = service.engines.get(s, chosen, version)
+    policy = await service.policies.get((fam.name, mode, study), lambda: latest_policy(service, fam.name, mode, study))
+    engine = policy.engine
     if engine.n_observations < 2:
         raise HTTPException(404, f"no learned policy for {fam.name} ({mode}) yet: it needs two observations")
     arms = [_arm(r) for r in engine.recommend(context, top=top)]
@@ -108,15 +132,17 @@ def recommendation(
         if r0 is None:  # the median Adam-phase reward seen so far
             r0 = statistics.median(float(x[0]) * R0_SCALE for x in engine.phase1.x)
         arms_lbfgs = [_arm(r) for r in engine.recommend(context, top=top, reward_phase0=r0)]
-    return RecommendationOut(
+    out = RecommendationOut(
         family=fam.name,
         mode=mode,
         context=context,
-        study_id=chosen.id,
-        profile=chosen.profile,
-        snapshot_version=version,
+        study_id=policy.study.id,
+        profile=policy.study.profile,
+        snapshot_version=policy.version,
         observations=engine.n_observations,
         arms=arms,
         arms_lbfgs=arms_lbfgs,
         assumed_reward_phase0=r0 if mode == "sequential" and reward_phase0 is None else None,
     )
+    # Built and checked once here; FastAPI would validate it a second time against the model.
+    return Response(out.model_dump_json(), media_type="application/json")

@@ -129,7 +129,7 @@ def _mapped(exc: ValidationError) -> RequestValidationError:
         413: {"model": Problem},
     },
 )
-def solve(
+async def solve(
     family: str,
     body: SolveBody,
     who: User,
@@ -145,7 +145,7 @@ def solve(
     except ValidationError as exc:
         raise _mapped(exc) from None
     service = request.app.state.service
-    task, created = task_store.submit(service.store, req, owner=who.name, idempotency_key=idempotency_key)
+    task, created = await service.submitter.submit(req, who.name, idempotency_key)
     if not created:
         if task.request != req.model_dump(mode="json"):
             raise HTTPException(409, "Idempotency-Key was already used for a different request")

@@ -276,11 +276,10 @@ class BanditEngine:
             phase, r0 = self.phase1, reward_phase0
         if not phase.ready:
             raise ValueError("recommend: the surrogate has fewer than two observations")
-        mean, std = phase.gp.marginal(self._rows(unit, ALL_ARMS, r0))
-        order = torch.argsort(mean, descending=True)[:top]
+        cont = unit if r0 is None else torch.cat([torch.tensor([r0 / R0_SCALE], dtype=DTYPE), unit])
+        order, mean, std = phase.gp.rank_arms(cont, ALL_ARMS, top)
         out = []
-        for i in order.tolist():
-            m, s = float(mean[i]), float(std[i])
+        for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
             arm = arm_of(i)
             out.append(
                 Recommendation(

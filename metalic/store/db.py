@@ -8,6 +8,8 @@ apply to that upgrade), an immediate one waits its turn. PostgreSQL goes through
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -36,18 +38,27 @@ class Store:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(url, echo=echo, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            # As many pooled connections as a server has request threads: an overflow connection
+            # is closed when returned, and opening one (with its PRAGMAs) costs more than a query.
+            self.engine: Engine = create_engine(
+                url, echo=echo, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, pool_size=48, max_overflow=16
+            )
             _sqlite_setup(self.engine)
         else:
-            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=30)
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=40, max_overflow=10)
         self._write_engine = self.engine.execution_options(metalic_write=True)
+        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
         self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A write transaction: committed on exit, rolled back on an exception."""
-        with self._writer() as session, session.begin():
+        """A write transaction: committed on exit, rolled back on an exception.
+
+        On SQLite the writers of this process also queue on a lock: SQLite admits one writer at a
+        time anyway, and its busy handler waits by sleeping with back-off (a measured p90 of 0.9 s
+        at 32 concurrent submissions), where a lock hands over at once."""
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     @contextmanager
