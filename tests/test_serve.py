@@ -56,7 +56,7 @@ def test_sigterm_stops_within_bounds_and_a_restart_finishes_every_task_once(tmp_
     body = {
         "params": {"beta": 4.0},
         "arm": "u,flux",
-        "budget": {"adam": 1200, "lbfgs": 20},
+        "budget": {"adam": 600, "lbfgs": 20},
         "points": {"collocation": 200, "boundary": 50, "interface": 21},
     }
     ids = [

@@ -31,6 +31,44 @@ class LbfgsResult:
     reasons: list[str]  # why each run stopped
 
 
+def _inverse_hessian_times(
+    g: Tensor, ss_hist: Tensor, ys_hist: Tensor, head: Tensor, count: Tensor, h_diag: Tensor
+) -> Tensor:
+    """H g for every run [K, n], H the L-BFGS inverse-Hessian approximation of its history.
+
+    The compact form (Byrd, Nocedal and Schnabel 1994): with the run's pairs S, Y [m, n] in
+    chronological order, gamma = ``h_diag``, R the upper triangle of S Y^T and D its diagonal,
+    H g = gamma g + S^T p1 + gamma Y^T p2 with p2 = -R^-1 (S g) and
+    p1 = R^-T ((D + gamma Y Y^T) R^-1 (S g) - gamma Y g). It equals the two-loop recursion of
+    ``torch.optim.LBFGS`` (tested to 1e-10 in float64) in about 20 batched operations instead of
+    about 10 per stored pair, which on a CPU made the L-BFGS step cost as much as the loss.
+    Runs with fewer pairs are padded with zero pairs whose R diagonal is 1: they add nothing.
+    """
+    history, n = ss_hist.shape[1:]
+    m = int(count.max())
+    gamma = h_diag[:, None]
+    if m == 0:
+        return gamma * g
+    i = torch.arange(m, device=g.device)
+    valid = i[None, :] < count[:, None]  # [K, m]
+    order = ((head[:, None] - count[:, None] + i[None, :]) % history).clamp_min(0)  # oldest first
+    pick = order[:, :, None].expand(-1, -1, n)
+    mask = valid[:, :, None].to(g.dtype)
+    s_mat = ss_hist.gather(1, pick) * mask  # [K, m, n]
+    y_mat = ys_hist.gather(1, pick) * mask
+    sy = s_mat @ y_mat.transpose(1, 2)  # [K, m, m]: s_i . y_j
+    eye = torch.eye(m, device=g.device, dtype=g.dtype)
+    r = torch.triu(sy) + eye * (~valid)[:, None, :].to(g.dtype)
+    d_diag = torch.diagonal(sy, dim1=1, dim2=2)  # [K, m] (0 for padding)
+    a = s_mat @ g[:, :, None]  # [K, m, 1]
+    b = gamma[:, :, None] * (y_mat @ g[:, :, None])
+    r_inv_a = torch.linalg.solve_triangular(r, a, upper=True)
+    t = d_diag[:, :, None] * r_inv_a + gamma[:, :, None] * (y_mat @ (y_mat.transpose(1, 2) @ r_inv_a)) - b
+    p1 = torch.linalg.solve_triangular(r.transpose(1, 2), t, upper=False)
+    p2 = -r_inv_a
+    return gamma * g + (s_mat.transpose(1, 2) @ p1)[:, :, 0] + gamma * (y_mat.transpose(1, 2) @ p2)[:, :, 0]
+
+
 def batched_lbfgs(
     closure: Callable[[Tensor], tuple[Tensor, Tensor]],
     theta: Tensor,
@@ -59,7 +97,6 @@ def batched_lbfgs(
 
     ys_hist = torch.zeros(k, history, n, device=dev, dtype=dt)  # y_i = g_{i+1} - g_i
     ss_hist = torch.zeros(k, history, n, device=dev, dtype=dt)  # s_i = step
-    ro = torch.zeros(k, history, device=dev, dtype=dt)
     count = torch.zeros(k, dtype=torch.long, device=dev)  # stored pairs
     head = torch.zeros(k, dtype=torch.long, device=dev)  # next slot to write
     h_diag = torch.ones(k, device=dev, dtype=dt)
@@ -89,28 +126,10 @@ def batched_lbfgs(
                 slot = head[accept]
                 ys_hist[idx, slot] = y[accept]
                 ss_hist[idx, slot] = s[accept]
-                ro[idx, slot] = 1.0 / ys[accept]
                 h_diag = torch.where(accept, ys / (y * y).sum(-1), h_diag)
                 head = torch.where(accept, (head + 1) % history, head)
                 count = torch.where(accept, (count + 1).clamp_max(history), count)
-            # two-loop recursion, newest pair first
-            q = -g
-            alphas = []
-            for i in range(history):
-                valid = (i < count).to(dt)
-                if not valid.any():
-                    break
-                slot = (head - 1 - i) % history
-                s_i, y_i, ro_i = ss_hist[rows, slot], ys_hist[rows, slot], ro[rows, slot] * valid
-                al = ro_i * (s_i * q).sum(-1)
-                q = q - al[:, None] * y_i
-                alphas.append((slot, al, ro_i))
-            r = q * h_diag[:, None]
-            for slot, al, ro_i in reversed(alphas):
-                s_i, y_i = ss_hist[rows, slot], ys_hist[rows, slot]
-                be = ro_i * (y_i * r).sum(-1)
-                r = r + s_i * (al - be)[:, None]
-            d = torch.where(active[:, None], r, d)
+            d = torch.where(active[:, None], -_inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag), d)
         prev_g, prev_loss = g, loss
         t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr if it == 1 else torch.full_like(t, lr)
         gtd = (g * d).sum(-1)
