@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import metalic
 from api import metrics
+from api.dashboard import create_dashboard
 from api.routes import admin, families, ops, recommend, tasks
 from api.service import Service
 
@@ -132,6 +133,7 @@ def create_app(service: Service) -> FastAPI:
     for module in (families, tasks, recommend, admin):
         app.include_router(module.router, prefix="/v1")
     app.include_router(ops.router)
+    app.mount("/dashboard", create_dashboard(service))
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
     app.add_middleware(Observe)
     return app

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     )
     drain_seconds: float = Field(30.0, ge=0, description="on shutdown, running batches get this long to finish")
 
+    # Dashboard
+    secret_key: str | None = Field(
+        None, description="signs the dashboard's session cookies; empty = a random key kept in home/secret-key"
+    )
+    session_hours: float = Field(8.0, gt=0, description="a dashboard login lasts this long")
+    cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind TLS)")
+    dashboard_poll_seconds: float = Field(2.0, gt=0, description="open dashboard pages ask for changes this often")
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

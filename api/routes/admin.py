@@ -67,9 +67,8 @@ def _campaign_error(exc: ValueError) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", *where), "msg": message, "type": kind}])
 
 
-@router.post("/campaigns", status_code=202, response_model=CampaignOut, responses={422: {"model": Problem}})
-def start_campaign(body: CampaignBody, who: Admin, request: Request) -> CampaignOut:
-    """Start a METALIC campaign; the dispatcher runs it step by step through the task queue."""
+def create_campaign(service, body: CampaignBody, owner: str) -> Campaign:
+    """Validate a campaign body (RequestValidationError at the body's field) and queue it."""
     try:
         config = CampaignConfig(
             family=body.family,
@@ -93,9 +92,16 @@ def start_campaign(body: CampaignBody, who: Admin, request: Request) -> Campaign
             raise ValueError("warmup: warm-up, online and test rounds together are at most 10000")
     except ValueError as exc:  # pydantic's ValidationError included
         raise _campaign_error(exc) from None
-    service = request.app.state.service
-    camp = campaigns.create(service.store, config, owner=who.name)
+    camp = campaigns.create(service.store, config, owner=owner)
     service.wake()
+    return camp
+
+
+@router.post("/campaigns", status_code=202, response_model=CampaignOut, responses={422: {"model": Problem}})
+def start_campaign(body: CampaignBody, who: Admin, request: Request) -> CampaignOut:
+    """Start a METALIC campaign; the dispatcher runs it step by step through the task queue."""
+    service = request.app.state.service
+    camp = create_campaign(service, body, who.name)
     with service.store.read() as s:
         return campaign_out(s, s.get(Campaign, camp.id))
 

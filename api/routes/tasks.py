@@ -281,6 +281,11 @@ def predict(task_id: Id, body: PredictBody, who: User, request: Request) -> Pred
 def plot(task_id: Id, who: User, request: Request) -> Response:
     """Prediction, reference and error, with the interfaces drawn."""
     task, artefact = _artefact(request, task_id, who)
+    return Response(plot_png(request.app.state.service, task, artefact), media_type="image/png")
+
+
+def plot_png(service, task: Task, artefact: Artefact) -> bytes:
+    """The solution figure of a succeeded task (PNG bytes), drawn once per task."""
 
     def draw() -> bytes:
         req = SolveRequest.model_validate(task.request, context={"trusted": True})
@@ -293,4 +298,4 @@ def plot(task_id: Id, who: User, request: Request) -> Response:
         )
         return buffer.getvalue()
 
-    return Response(request.app.state.service.plots.get(task_id, draw), media_type="image/png")
+    return service.plots.get(task.id, draw)

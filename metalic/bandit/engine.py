@@ -80,6 +80,18 @@ class Recommendation:
 
 
 @dataclass
+class Landscape:
+    """``BanditEngine.landscape``: over G contexts, the ``top`` arms' posterior reward (mean and std
+    [G, top], -log10 rel. L2 units) and the recommended arm with its mean [G]."""
+
+    arms: list[str]
+    mean: Tensor
+    std: Tensor
+    best: list[str]
+    best_mean: Tensor
+
+
+@dataclass
 class _Phase:
     """One GP and its training inputs."""
 
@@ -287,6 +299,29 @@ class BanditEngine:
                 )
             )
         return out
+
+    def landscape(self, contexts: Sequence[Mapping[str, float]], top: int = 5) -> Landscape:
+        """The learned policy over G contexts (a slice of the parameter box): the recommended arm
+        at each, and mean / std of the posterior reward of the ``top`` arms that matter most there
+        (those recommended somewhere, most often first, then the best on average). Phase 0: the
+        whole training in single mode, the Adam phase in sequential mode."""
+        if not self.phase0.ready:
+            raise ValueError("landscape: the surrogate has fewer than two observations")
+        units = torch.stack([self.space.encode(c) for c in contexts])
+        gp = self.phase0.gp
+        surface = gp.surface(units, ALL_ARMS)  # [G, 512]
+        best_mean, best = surface.max(dim=1)
+        wins = torch.bincount(best, minlength=len(ALL_ARMS))
+        ranked = sorted(range(len(ALL_ARMS)), key=lambda i: (-int(wins[i]), -float(surface[:, i].mean())))
+        order = torch.tensor(ranked[:top])
+        mean, std = gp.band(units, ALL_ARMS, order)
+        return Landscape(
+            arms=[arm_label(arm_of(i)) for i in order.tolist()],
+            mean=mean,
+            std=std,
+            best=[arm_label(arm_of(i)) for i in best.tolist()],
+            best_mean=best_mean,
+        )
 
     # ---- persistence -------------------------------------------------------------------------------
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from botorch.fit import fit_gpytorch_mll
@@ -194,18 +195,50 @@ class RewardGP:
         (fixed per fit, computed once), so this costs O(A n) for the ranking and O(top n^2) for
         the variances, instead of building A full input rows."""
         c = self._cache
-        if c.get("arms") is not arms:  # the Hamming block against the training arms, once per fit
-            train = c["x"][:, self.n_cont :]
-            hamming = arms @ (1 - train).T + (1 - arms) @ train.T
-            c["arms"], c["k_arms"] = arms, torch.exp(-(hamming / self.n_cat) / c["ls_cat"])
+        k_arms = self._arm_block(arms)
         row = torch.cat([cont.to(DTYPE), torch.zeros(self.n_cat, dtype=DTYPE)])[None]
         k_cont = self._kernel_cont(row, c["x"])[0]  # [n]
-        latent = c["prior_mean"] + c["k_arms"] @ (k_cont * c["alpha"])
+        latent = c["prior_mean"] + k_arms @ (k_cont * c["alpha"])
         order = torch.argsort(latent, descending=True)[:top]
-        cross = c["k_arms"][order] * k_cont  # [top, n]
+        cross = k_arms[order] * k_cont  # [top, n]
         v = torch.linalg.solve_triangular(c["chol"], cross.T, upper=False)
         var = (1.0 - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
         return order, latent[order] * c["y_std"] + c["y_mean"], var.sqrt()
+
+    def _arm_block(self, arms: Tensor) -> Tensor:
+        """The Hamming factor of the kernel between ``arms`` [A, n_cat] and the training arms [A, n],
+        computed once per fit and arm set."""
+        c = self._cache
+        if c.get("arms") is not arms:
+            train = c["x"][:, self.n_cont :]
+            hamming = arms @ (1 - train).T + (1 - arms) @ train.T
+            c["arms"], c["k_arms"] = arms, torch.exp(-(hamming / self.n_cat) / c["ls_cat"])
+        return c["k_arms"]
+
+    @torch.inference_mode()
+    def surface(self, conts: Tensor, arms: Tensor) -> Tensor:
+        """Posterior mean reward [G, A] of every arm of ``arms`` [A, n_cat] at each of G continuous
+        inputs ``conts`` [G, n_cont]: one [G, n] x [n, A] product (the kernel factorises)."""
+        c = self._cache
+        k_arms = self._arm_block(arms)
+        rows = torch.cat([conts.to(DTYPE), torch.zeros(len(conts), self.n_cat, dtype=DTYPE)], dim=1)
+        k_cont = self._kernel_cont(rows, c["x"])  # [G, n]
+        return (c["prior_mean"] + (k_cont * c["alpha"]) @ k_arms.T) * c["y_std"] + c["y_mean"]
+
+    @torch.inference_mode()
+    def band(self, conts: Tensor, arms: Tensor, which: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean [G, k], std [G, k]) of the latent reward for the arms ``arms[which]`` at each of G
+        continuous inputs ``conts`` [G, n_cont]."""
+        c = self._cache
+        k_arms = self._arm_block(arms)[which]  # [k, n]
+        rows = torch.cat([conts.to(DTYPE), torch.zeros(len(conts), self.n_cat, dtype=DTYPE)], dim=1)
+        k_cont = self._kernel_cont(rows, c["x"])  # [G, n]
+        cross = k_cont[:, None, :] * k_arms[None]  # [G, k, n]
+        mean = (c["prior_mean"] + cross @ c["alpha"]) * c["y_std"] + c["y_mean"]
+        flat = cross.reshape(-1, cross.shape[-1])
+        v = torch.linalg.solve_triangular(c["chol"], flat.T, upper=False)
+        var = (1.0 - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
+        return mean, var.sqrt().reshape(mean.shape)
 
     @torch.no_grad()
     def mean(self, x: Tensor) -> Tensor:
@@ -245,6 +278,21 @@ class RewardGP:
         """Observation noise in reward units squared."""
         noise = self.model.likelihood.noise.item()
         return noise * float(self.model.outcome_transform.stdvs.item()) ** 2
+
+    def fitted_values(self) -> dict[str, Any] | None:
+        """The fitted kernel in natural units (None before a fit): ``lengthscales`` [n_cont]
+        (unit-cube units), ``hamming_lengthscale``, ``noise`` (reward units squared), and the
+        outcome standardisation ``y_mean`` / ``y_std``."""
+        c = self._cache
+        if not c:
+            return None
+        return {
+            "lengthscales": c["ls_cont"].tolist(),
+            "hamming_lengthscale": float(c["ls_cat"]),
+            "noise": self.noise_variance,
+            "y_mean": float(c["y_mean"]),
+            "y_std": float(c["y_std"]),
+        }
 
     def hyperparameters(self) -> dict[str, list]:
         return {k: v.tolist() for k, v in (self.hyper or {}).items()}

@@ -36,8 +36,13 @@ def create(store, name: str, role: str) -> tuple[str, Token]:
 
 def lookup(store, token: str) -> Token | None:
     """The live (not revoked) token row for ``token``."""
+    return lookup_digest(store, digest(token))
+
+
+def lookup_digest(store, token_digest: str) -> Token | None:
+    """The live token row whose SHA-256 is ``token_digest`` (a dashboard session keeps only that)."""
     with store.read() as s:
-        return s.scalar(select(Token).where(Token.digest == digest(token), Token.revoked_at.is_(None)))
+        return s.scalar(select(Token).where(Token.digest == token_digest, Token.revoked_at.is_(None)))
 
 
 def revoke(store, name_or_id: str) -> int:

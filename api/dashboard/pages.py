@@ -1,0 +1,563 @@
+"""The dashboard's routes: pages (HTML), their data (JSON, with ETags so that polling transfers
+only what changed) and CSV downloads, all for a logged-in admin.
+
+Pages: ``/`` overview, ``/studies/{id}``, ``/tasks``, ``/tasks/{id}``, ``/campaigns``,
+``/campaigns/{id}``; ``/login`` and ``/logout``. Data: ``/data/...`` (401 without a session,
+where pages redirect to the login form). CSV: ``/csv/...``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import plotly
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from sqlalchemy import select
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.sessions import SessionMiddleware
+
+from api.auth import Principal
+from api.dashboard import data
+from api.dashboard.session import COOKIE, LoginRequired, csrf_ok, csrf_token, current_admin, log_in, secret_key
+from api.routes.admin import create_campaign
+from api.routes.tasks import plot_png
+from api.schemas import MAX_ID, CampaignBody
+from api.service import LRU, Service
+from metalic.bandit.engine import HEURISTICS
+from metalic.families import FAMILIES, get_family
+from metalic.store import tasks as task_store
+from metalic.store.models import TASK_STATES, Artefact, Study, Task, utc_now
+
+HERE = FilePath(__file__).parent
+PLOTLY_JS = FilePath(plotly.__file__).parent / "package_data" / "plotly.min.js"
+templates = Jinja2Templates(directory=HERE / "templates")
+Admin = Annotated[Principal, Depends(current_admin)]
+PageId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def create_dashboard(service: Service) -> FastAPI:
+    """The dashboard as an app of its own (mounted at ``/dashboard``): its session cookie never
+    touches the REST API's requests."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.state.landscapes = LRU(64)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret_key(service.settings),
+        session_cookie=COOKIE,
+        max_age=int(service.settings.session_hours * 3600),
+        path="/dashboard",
+        same_site="strict",
+        https_only=service.settings.cookie_secure,
+    )
+    app.add_middleware(GZipMiddleware, minimum_size=2000)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        base = request.scope.get("root_path", "")
+        path = request.url.path.removeprefix(base)
+        if path.startswith(("/data/", "/csv/")) or request.method != "GET":
+            return JSONResponse({"detail": "log in to the dashboard with an admin token"}, status_code=401)
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{base}/login?next={quote(target)}", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": json.loads(json.dumps(errors, default=str))}, status_code=422)
+
+    for route in ROUTES:
+        app.add_api_route(*route[:2], methods=route[2], include_in_schema=False)
+    return app
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+def _store(request: Request):
+    return request.app.state.service.store
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    base = request.scope.get("root_path", "")
+    settings = request.app.state.service.settings
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"base": base, "csrf": csrf_token(request), "poll_ms": int(settings.dashboard_poll_seconds * 1000), **context},
+        status_code=status,
+    )
+
+
+def etag_json(request: Request, payload: Any) -> Response:
+    """JSON with an ETag; 304 when the client already has this exact payload."""
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str).encode()
+    tag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def csv_response(name: str, columns: list[str], rows: Iterator[dict]) -> StreamingResponse:
+    """Rows as CSV, streamed (nested values as JSON)."""
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        for i, row in enumerate(rows):
+            writer.writerow([_cell(row.get(c)) for c in columns])
+            if i % 200 == 199:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    return StreamingResponse(
+        lines(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}.csv"'}
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _state(state: str | None) -> str | None:
+    if state in (None, "", "all"):
+        return None
+    if state not in TASK_STATES:
+        raise RequestValidationError(
+            [{"loc": ("query", "state"), "msg": f"must be one of {', '.join(TASK_STATES)}", "type": "value_error"}]
+        )
+    return state
+
+
+def _family(family: str | None) -> str | None:
+    if family in (None, ""):
+        return None
+    if family not in list(FAMILIES):
+        raise RequestValidationError(
+            [{"loc": ("query", "family"), "msg": f"unknown family {family!r}", "type": "value_error"}]
+        )
+    return family
+
+
+def _safe_next(target: str | None, base: str) -> str:
+    """Where to go after logging in: a path inside the dashboard, never another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return f"{base}/"
+    return base + target
+
+
+# ---- login ------------------------------------------------------------------------------------------
+async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
+    return render(request, "login.html", next=next or "/", error=None)
+
+
+async def login(request: Request) -> Response:
+    form = await request.form()
+    target = str(form.get("next") or "/")
+    if not csrf_ok(request, form.get("csrf")):
+        return render(request, "login.html", 403, next=target, error="the form expired: please try again")
+    who = await run_in_threadpool(log_in, request, str(form.get("token") or ""))
+    if who is None:
+        return render(request, "login.html", 401, next=target, error="unknown or revoked token")
+    if not who.is_admin:
+        return render(request, "login.html", 403, next=target, error="the dashboard needs an admin token")
+    return RedirectResponse(_safe_next(target, request.scope.get("root_path", "")), status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    form = await request.form()
+    if not csrf_ok(request, form.get("csrf")):
+        raise HTTPException(403, "CSRF token missing or wrong")
+    request.session.clear()
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/login", status_code=303)
+
+
+def plotly_js() -> FileResponse:
+    return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+
+# ---- overview ---------------------------------------------------------------------------------------
+def _stale(request: Request) -> float:
+    return 3 * request.app.state.service.settings.heartbeat_seconds + 5
+
+
+def overview_page(request: Request, who: Admin) -> HTMLResponse:
+    with _store(request).read() as s:
+        view = data.overview(s, _stale(request))
+    return render(request, "overview.html", who=who, view=view)
+
+
+def overview_data(request: Request, who: Admin) -> Response:
+    with _store(request).read() as s:
+        return etag_json(request, data.overview(s, _stale(request)))
+
+
+def workers_csv(request: Request, who: Admin) -> StreamingResponse:
+    with _store(request).read() as s:
+        now = s.execute(select(utc_now())).scalar_one()
+        rows = data.workers(s, _stale(request), now)
+    columns = ["id", "kind", "host", "device", "state", "current_batch", "last_seen", "seconds_ago", "alive"]
+    return csv_response("workers", columns, iter(rows))
+
+
+# ---- tasks ------------------------------------------------------------------------------------------
+def tasks_page(
+    request: Request,
+    who: Admin,
+    state: str | None = None,
+    family: str | None = None,
+    campaign: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> HTMLResponse:
+    state, family = _state(state), _family(family)
+    with _store(request).read() as s:
+        page = data.task_page(s, state, family, campaign, before)
+    filters = {"state": state or "", "family": family or "", "campaign": campaign or ""}
+    return render(
+        request,
+        "tasks.html",
+        who=who,
+        page=page,
+        filters=filters,
+        states=TASK_STATES,
+        families=list(FAMILIES),
+        query="&".join(f"{k}={v}" for k, v in filters.items() if v),
+    )
+
+
+def tasks_csv(
+    request: Request,
+    who: Admin,
+    state: str | None = None,
+    family: str | None = None,
+    campaign: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> StreamingResponse:
+    state, family = _state(state), _family(family)
+    store = _store(request)
+
+    def rows() -> Iterator[dict]:
+        with store.read() as s:
+            yield from data.iter_tasks(s, state, family, campaign)
+
+    return csv_response("tasks", list(data.TASK_COLUMNS), rows())
+
+
+def _task_or_404(s, task_id: int) -> dict:
+    found = data.task_detail(s, task_id)
+    if found is None:
+        raise HTTPException(404, f"no task {task_id}")
+    return found
+
+
+def task_page(request: Request, task_id: PageId, who: Admin) -> HTMLResponse:
+    with _store(request).read() as s:
+        view = _task_or_404(s, task_id)
+    return render(request, "task.html", who=who, view=view, task=view["task"])
+
+
+def task_data(
+    request: Request, task_id: PageId, who: Admin, since: Annotated[int, Query(ge=0, le=MAX_ID)] = 0
+) -> Response:
+    with _store(request).read() as s:
+        found = data.task_detail(s, task_id, since)
+    if found is None:
+        raise HTTPException(404, f"no task {task_id}")
+    return etag_json(request, found)
+
+
+def task_plot(request: Request, task_id: PageId, who: Admin) -> Response:
+    with _store(request).read() as s:
+        task, artefact = s.get(Task, task_id), s.get(Artefact, task_id)
+    if task is None or task.state != "succeeded" or artefact is None or artefact.solution is None:
+        raise HTTPException(404, f"task {task_id} has no solution figure")
+    return Response(plot_png(request.app.state.service, task, artefact), media_type="image/png")
+
+
+def progress_csv(request: Request, task_id: PageId, who: Admin) -> StreamingResponse:
+    with _store(request).read() as s:
+        found = _task_or_404(s, task_id)
+    p = found["points"]
+    rows = (
+        {"phase": ph, "iteration": it, "loss": lo}
+        for ph, it, lo in zip(p["phase"], p["iteration"], p["loss"], strict=True)
+    )
+    return csv_response(f"task-{task_id}-loss", ["phase", "iteration", "loss"], rows)
+
+
+async def cancel_task(request: Request, task_id: PageId, who: Admin) -> Response:
+    form = await request.form()
+    if not csrf_ok(request, form.get("csrf")):
+        raise HTTPException(403, "CSRF token missing or wrong")
+    await run_in_threadpool(task_store.cancel, _store(request), task_id, None)
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/tasks/{task_id}", status_code=303)
+
+
+# ---- studies ----------------------------------------------------------------------------------------
+def _slice(request: Request, family: str) -> dict:
+    q = request.query_params
+    fixed = {k[len("fix_") :]: v for k, v in q.items() if k.startswith("fix_")}
+    try:
+        return data.parse_slice(family, q.get("x"), q.get("y"), fixed)
+    except data.SliceError as exc:
+        raise RequestValidationError([{"loc": ("query", exc.field), "msg": str(exc), "type": "value_error"}]) from None
+
+
+def _study_view(request: Request, study_id: int, with_landscape: bool) -> dict:
+    service = request.app.state.service
+    with service.store.read() as s:
+        meta = data.study_meta(s, study_id)
+        if meta is None:
+            raise HTTPException(404, f"no study {study_id}")
+        cut = _slice(request, meta["family"])
+        view: dict[str, Any] = {"study": meta, "slice": cut}
+        view["terms"] = data.term_frequency(s, study_id)
+        view["rewards"] = data.reward_series(s, study_id)
+        view["landscape"], view["hyperparameters"] = None, []
+        if meta["snapshot_version"]:
+            study = s.get(Study, study_id)
+            version, engine = service.engines.get(s, study, meta["snapshot_version"])
+            view["hyperparameters"] = data.hyperparameters(engine)
+            if with_landscape and engine.phase0.ready:
+                key = (study_id, version, json.dumps(cut, sort_keys=True))
+                view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
+        if meta["campaign_id"] is not None:
+            view["campaign"] = data.campaign_state(s, meta["campaign_id"])
+    if meta["campaign_id"] is not None:
+        from workers import campaigns
+
+        view["campaign_charts"] = data.campaign_charts(campaigns.rows(service.store, meta["campaign_id"]))
+    return view
+
+
+def study_page(
+    request: Request, study_id: PageId, who: Admin, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+) -> HTMLResponse:
+    view = _study_view(request, study_id, with_landscape=False)
+    with _store(request).read() as s:
+        observations = data.observations_page(s, study_id, before)
+    family = get_family(view["study"]["family"])
+    return render(
+        request,
+        "study.html",
+        who=who,
+        view=view,
+        study=view["study"],
+        family=family,
+        observations=observations,
+        data_query=request.url.query,
+    )
+
+
+def study_data(request: Request, study_id: PageId, who: Admin) -> Response:
+    return etag_json(request, _study_view(request, study_id, with_landscape=True))
+
+
+def observations_csv(request: Request, study_id: PageId, who: Admin) -> StreamingResponse:
+    store = _store(request)
+    with store.read() as s:
+        if s.get(Study, study_id) is None:
+            raise HTTPException(404, f"no study {study_id}")
+
+    def rows() -> Iterator[dict]:
+        with store.read() as s:
+            yield from data.iter_observations(s, study_id)
+
+    return csv_response(f"study-{study_id}-observations", OBSERVATION_COLUMNS, rows())
+
+
+OBSERVATION_COLUMNS = [
+    "id",
+    "task_id",
+    "context",
+    "arm_adam",
+    "arm_lbfgs",
+    "reward",
+    "reward_phase0",
+    "rel_l2",
+    "status",
+    "created_at",
+]
+
+
+# ---- campaigns --------------------------------------------------------------------------------------
+FORM_DEFAULTS = {
+    "family": "advection",
+    "heuristics": ["ucb", "random"],
+    "mode": "single",
+    "warmup": 5,
+    "rounds": 20,
+    "test": 10,
+    "batch": 4,
+    "seed": 0,
+    "adam": 500,
+    "lbfgs": 500,
+    "collocation": 1000,
+    "boundary": 100,
+    "dtype": "float32",
+}
+
+
+def _campaigns_view(request: Request, who, before: int | None, form: dict, errors: dict, status: int = 200):
+    with _store(request).read() as s:
+        page = data.campaign_page(s, before)
+    return render(
+        request,
+        "campaigns.html",
+        status,
+        who=who,
+        page=page,
+        form=form,
+        errors=errors,
+        families=list(FAMILIES),
+        heuristics=[h for h in HEURISTICS if not h.startswith("fixed")] + ["single-domain"],
+    )
+
+
+def campaigns_page(
+    request: Request, who: Admin, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+) -> HTMLResponse:
+    return _campaigns_view(request, who, before, dict(FORM_DEFAULTS), {})
+
+
+def _campaign_body(form) -> dict:
+    """The form's fields as a campaign body (empty fields: the defaults)."""
+
+    def number(name: str) -> Any:
+        value = str(form.get(name) or "").strip()
+        return value if value else FORM_DEFAULTS.get(name)
+
+    heuristics = [str(h) for h in form.getlist("heuristics")]
+    heuristics += [h.strip() for h in str(form.get("fixed") or "").split(";") if h.strip()]
+    return {
+        "family": str(form.get("family") or ""),
+        "heuristics": heuristics,
+        "mode": str(form.get("mode") or "single"),
+        "warmup": number("warmup"),
+        "rounds": number("rounds"),
+        "test": number("test"),
+        "batch": number("batch"),
+        "seed": number("seed"),
+        "budget": {"adam": number("adam"), "lbfgs": number("lbfgs")},
+        "points": {"collocation": number("collocation"), "boundary": number("boundary")},
+        "dtype": str(form.get("dtype") or "float32"),
+    }
+
+
+FIELD_OF = {("budget", "adam"): "adam", ("budget", "lbfgs"): "lbfgs"}
+
+
+async def start_campaign(request: Request, who: Admin) -> Response:
+    form = await request.form()
+    shown = {k: form.get(k) for k in FORM_DEFAULTS} | {"heuristics": form.getlist("heuristics")}
+    shown["fixed"] = form.get("fixed") or ""
+    if not csrf_ok(request, form.get("csrf")):
+        return _campaigns_view(request, who, None, shown, {"form": "the form expired: please send it again"}, 403)
+    body = _campaign_body(form)
+    try:
+        if not body["heuristics"]:
+            raise RequestValidationError(
+                [{"loc": ("body", "heuristics"), "msg": "choose at least one heuristic", "type": "value_error"}]
+            )
+        parsed = CampaignBody.model_validate(body)
+        service = request.app.state.service
+        camp = await run_in_threadpool(create_campaign, service, parsed, who.name)
+    except (ValidationError, RequestValidationError) as exc:
+        errors = {}
+        for e in exc.errors():
+            loc = tuple(str(p) for p in e["loc"] if p != "body")
+            name = FIELD_OF.get(loc[:2], loc[-1] if loc else "form")
+            if name.isdigit() and loc:  # a list item (heuristics.0)
+                name = loc[0]
+            errors.setdefault(name, str(e["msg"]).removeprefix("Value error, "))
+        return _campaigns_view(request, who, None, shown, errors, 422)
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/campaigns/{camp.id}", status_code=303)
+
+
+def _campaign_view(request: Request, campaign_id: int) -> dict:
+    from workers import campaigns
+
+    store = _store(request)
+    with store.read() as s:
+        state = data.campaign_state(s, campaign_id)
+        if state is None:
+            raise HTTPException(404, f"no campaign {campaign_id}")
+        state["studies"] = data.studies(s, campaign_id)
+    return {"campaign": state, "charts": data.campaign_charts(campaigns.rows(store, campaign_id))}
+
+
+def campaign_page(request: Request, campaign_id: PageId, who: Admin) -> HTMLResponse:
+    view = _campaign_view(request, campaign_id)
+    return render(request, "campaign.html", who=who, view=view, campaign=view["campaign"])
+
+
+def campaign_data(request: Request, campaign_id: PageId, who: Admin) -> Response:
+    return etag_json(request, _campaign_view(request, campaign_id))
+
+
+def rounds_csv(request: Request, campaign_id: PageId, who: Admin) -> StreamingResponse:
+    from dataclasses import asdict
+
+    from workers import campaigns
+
+    if campaigns.get(_store(request), campaign_id) is None:
+        raise HTTPException(404, f"no campaign {campaign_id}")
+    rows = (asdict(r) for r in campaigns.rows(_store(request), campaign_id))
+    columns = ["heuristic", "stage", "round", "context", "arm", "arm_lbfgs", "rel_l2", "reward", "status", "seconds"]
+    return csv_response(f"campaign-{campaign_id}-rounds", columns, rows)
+
+
+async def cancel_campaign(request: Request, campaign_id: PageId, who: Admin) -> Response:
+    from workers import campaigns
+
+    form = await request.form()
+    if not csrf_ok(request, form.get("csrf")):
+        raise HTTPException(403, "CSRF token missing or wrong")
+    await run_in_threadpool(campaigns.cancel, _store(request), campaign_id)
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/campaigns/{campaign_id}", status_code=303)
+
+
+ROUTES = [
+    ("/login", login_form, ["GET"]),
+    ("/login", login, ["POST"]),
+    ("/logout", logout, ["POST"]),
+    ("/vendor/plotly.min.js", plotly_js, ["GET"]),
+    ("/", overview_page, ["GET"]),
+    ("/data/overview", overview_data, ["GET"]),
+    ("/csv/workers", workers_csv, ["GET"]),
+    ("/tasks", tasks_page, ["GET"]),
+    ("/csv/tasks", tasks_csv, ["GET"]),
+    ("/tasks/{task_id}", task_page, ["GET"]),
+    ("/data/tasks/{task_id}", task_data, ["GET"]),
+    ("/tasks/{task_id}/plot.png", task_plot, ["GET"]),
+    ("/csv/tasks/{task_id}/loss", progress_csv, ["GET"]),
+    ("/tasks/{task_id}/cancel", cancel_task, ["POST"]),
+    ("/studies/{study_id}", study_page, ["GET"]),
+    ("/data/studies/{study_id}", study_data, ["GET"]),
+    ("/csv/studies/{study_id}/observations", observations_csv, ["GET"]),
+    ("/campaigns", campaigns_page, ["GET"]),
+    ("/campaigns", start_campaign, ["POST"]),
+    ("/campaigns/{campaign_id}", campaign_page, ["GET"]),
+    ("/data/campaigns/{campaign_id}", campaign_data, ["GET"]),
+    ("/csv/campaigns/{campaign_id}/rounds", rounds_csv, ["GET"]),
+    ("/campaigns/{campaign_id}/cancel", cancel_campaign, ["POST"]),
+]

@@ -1,0 +1,327 @@
+// metalic dashboard: fetch the page's data, draw its charts, and poll for changes.
+// Polling sends the last ETag (the server answers 304 when nothing changed) and, on the task page,
+// the id of the last loss point it has (the server sends only newer points). Charts are redrawn
+// with Plotly.react and a fixed uirevision, so a zoom or pan survives every update.
+(function () {
+  "use strict";
+  const body = document.body;
+  const base = body.dataset.base || "";
+  const pollMs = Number(body.dataset.pollMs || 2000);
+  const main = document.querySelector("main");
+  const page = main && main.dataset.page;
+  const live = document.getElementById("live");
+  const config = { responsive: true, displaylogo: false };
+  const palette = ["#1f6feb", "#d1495b", "#2a9d8f", "#e9a23b", "#7b61ff", "#6c757d", "#00a6d6", "#8f5f3f"];
+
+  function get(obj, path) {
+    return path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
+  }
+
+  function format(value, how, digits) {
+    if (value === null || value === undefined) return "";
+    if (typeof value === "number") {
+      if (how === "exp") return value.toExponential(3);
+      if (how === "fixed") return value.toFixed(digits === undefined ? 3 : Number(digits));
+      if (digits !== undefined) return value.toFixed(Number(digits));
+    }
+    return String(value);
+  }
+
+  function setFields(payload) {
+    document.querySelectorAll("[data-field]").forEach((el) => {
+      const value = get(payload, el.dataset.field);
+      if (value === undefined) return;
+      const text = format(value, el.dataset.format, el.dataset.digits);
+      if (el.textContent !== text) el.textContent = text;
+      if (el.dataset.class) el.className = el.dataset.class + " " + text;
+    });
+  }
+
+  function setTables(payload) {
+    document.querySelectorAll("table[data-rows]").forEach((table) => {
+      const rows = get(payload, table.dataset.rows);
+      if (!Array.isArray(rows)) return;
+      const heads = Array.from(table.querySelectorAll("thead th"));
+      const tbody = table.querySelector("tbody");
+      const fresh = document.createElement("tbody");
+      rows.forEach((row) => {
+        const tr = document.createElement("tr");
+        heads.forEach((th) => {
+          const td = document.createElement("td");
+          let value = row[th.dataset.key];
+          if (th.dataset.flag) {
+            if (value === false) tr.className = th.dataset.flag;
+            value = value ? "yes" : th.dataset.flag;
+          }
+          const text = value === null || value === undefined ? "" : String(value);
+          if (th.dataset.href) {
+            const a = document.createElement("a");
+            a.href = base + th.dataset.href.replace(/\{(\w+)\}/g, (_, k) => encodeURIComponent(row[k]));
+            a.textContent = text;
+            td.appendChild(a);
+          } else {
+            td.textContent = text;
+          }
+          tr.appendChild(td);
+        });
+        fresh.appendChild(tr);
+      });
+      if (!rows.length) {
+        const tr = document.createElement("tr");
+        tr.className = "empty";
+        const td = document.createElement("td");
+        td.colSpan = heads.length;
+        td.textContent = "none";
+        tr.appendChild(td);
+        fresh.appendChild(tr);
+      }
+      if (fresh.innerHTML !== tbody.innerHTML) table.replaceChild(fresh, tbody);
+    });
+  }
+
+  function layout(id, extra) {
+    return Object.assign(
+      {
+        uirevision: id,
+        margin: { l: 60, r: 20, t: 10, b: 50 },
+        height: 320,
+        legend: { orientation: "h", y: -0.25 },
+        font: { family: "system-ui, sans-serif", size: 12 },
+        paper_bgcolor: "rgba(0,0,0,0)",
+        plot_bgcolor: "#fafbfc",
+      },
+      extra || {}
+    );
+  }
+
+  function draw(id, traces, extra) {
+    const el = document.getElementById(id);
+    if (!el) return;
+    Plotly.react(el, traces, layout(id, extra), config);
+    el.classList.remove("loading");
+    el.dataset.points = String(traces.reduce((n, t) => n + (t.x ? t.x.length : 0) + (t.z ? t.z.length : 0), 0));
+  }
+
+  function empty(id, message) {
+    const el = document.getElementById(id);
+    if (!el) return;
+    el.classList.remove("loading");
+    el.classList.add("nodata");
+    el.textContent = message;
+  }
+
+  // ---- CSV of what a chart shows -------------------------------------------------------------------
+  function chartCsv(el) {
+    const lines = [["trace", "x", "y", "z", "text"].join(",")];
+    const q = (v) => {
+      const s = v === null || v === undefined ? "" : String(v);
+      return /[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+    };
+    (el.data || []).forEach((t) => {
+      const name = t.name || t.type || "trace";
+      if (t.z) {
+        t.z.forEach((row, i) =>
+          row.forEach((v, j) => lines.push([q(name), q(t.x ? t.x[j] : j), q(t.y ? t.y[i] : i), q(v), q(t.text ? t.text[i][j] : "")].join(",")))
+        );
+      } else {
+        const n = (t.x || t.y || []).length;
+        for (let i = 0; i < n; i++) lines.push([q(name), q(t.x ? t.x[i] : i), q(t.y ? t.y[i] : ""), "", q(t.text && t.text[i])].join(","));
+      }
+    });
+    return lines.join("\n") + "\n";
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-csv-for]");
+    if (!button) return;
+    const el = document.getElementById(button.dataset.csvFor);
+    const blob = new Blob([chartCsv(el)], { type: "text/csv" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = button.dataset.csvFor.replace(/-chart$/, "") + ".csv";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  });
+
+  // ---- pages ---------------------------------------------------------------------------------------
+  const pages = {};
+
+  pages.overview = function (d) {
+    const states = Object.keys(d.queue);
+    draw("queue-chart", [{ type: "bar", name: "tasks", x: states, y: states.map((s) => d.queue[s]), marker: { color: palette } }], {
+      yaxis: { title: { text: "tasks" } },
+    });
+    const t = d.throughput;
+    draw(
+      "throughput-chart",
+      ["succeeded", "failed", "cancelled"].map((k, i) => ({ type: "bar", name: k, x: t.hours, y: t[k], marker: { color: [palette[2], palette[1], palette[5]][i] } })),
+      { barmode: "stack", yaxis: { title: { text: "trainings" } } }
+    );
+  };
+
+  const task = { cursor: 0, phases: {} };
+  pages.task = function (d) {
+    task.cursor = d.cursor;
+    const p = d.points;
+    for (let i = 0; i < p.id.length; i++) {
+      const ph = p.phase[i];
+      if (!task.phases[ph]) task.phases[ph] = { x: [], y: [] };
+      task.phases[ph].x.push(p.iteration[i]);
+      task.phases[ph].y.push(p.loss[i]);
+    }
+    const names = Object.keys(task.phases);
+    if (names.length) {
+      draw(
+        "loss-chart",
+        names.map((ph, i) => ({ type: "scatter", mode: "lines", name: ph, x: task.phases[ph].x, y: task.phases[ph].y, line: { color: palette[i] } })),
+        { xaxis: { title: { text: "iteration" } }, yaxis: { title: { text: "loss" }, type: "log" } }
+      );
+    } else if (["succeeded", "failed", "cancelled"].includes(d.task.state)) {
+      empty("loss-chart", "no loss was recorded for this task");
+    }
+    const figure = document.getElementById("solution");
+    const img = document.getElementById("solution-img");
+    if (d.task.state === "succeeded" && figure.hidden) {
+      img.src = img.dataset.src;
+      figure.hidden = false;
+    }
+    const cancel = document.getElementById("cancel-form");
+    if (cancel && !["queued", "running"].includes(d.task.state)) cancel.remove();
+  };
+
+  function band(x, low, high, color, name) {
+    return [
+      { type: "scatter", mode: "lines", x: x, y: high, line: { width: 0 }, hoverinfo: "skip", showlegend: false, legendgroup: name, name: name + " (97.5%)" },
+      { type: "scatter", mode: "lines", x: x, y: low, fill: "tonexty", fillcolor: color + "22", line: { width: 0 }, hoverinfo: "skip", showlegend: false, legendgroup: name, name: name + " (2.5%)" },
+    ];
+  }
+
+  pages.study = function (d) {
+    const L = d.landscape;
+    if (!L) {
+      empty("landscape-chart", "no policy snapshot yet (at least two observations and a refit)");
+      empty("best-chart", "no policy snapshot yet");
+    } else if (L.kind === "lines") {
+      const traces = [];
+      L.arms.forEach((arm, i) => {
+        const c = palette[i % palette.length];
+        traces.push(...band(L.x, L.error_low[i], L.error_high[i], c, arm));
+        traces.push({ type: "scatter", mode: "lines", name: arm, legendgroup: arm, x: L.x, y: L.error[i], line: { color: c, width: 2 } });
+      });
+      draw("landscape-chart", traces, { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: "predicted rel. L2" }, type: "log" } });
+      draw(
+        "best-chart",
+        [{ type: "scatter", mode: "markers", name: "recommended arm", x: L.x, y: L.best, text: L.best_error.map((e) => "predicted error " + e.toExponential(2)), marker: { color: palette[0], size: 7 } }],
+        { xaxis: { title: { text: L.x_name } }, yaxis: { type: "category", automargin: true }, margin: { l: 10, r: 20, t: 10, b: 50 } }
+      );
+    } else {
+      draw(
+        "landscape-chart",
+        [{ type: "heatmap", name: "log10 predicted error of the recommended arm", x: L.x, y: L.y, z: L.log10_best_error, colorscale: "Viridis", colorbar: { title: { text: "log10 err" } } }],
+        { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } } }
+      );
+      const n = Math.max(L.best_arms.length - 1, 1);
+      draw(
+        "best-chart",
+        [{ type: "heatmap", name: "recommended arm", x: L.x, y: L.y, z: L.best_code, text: L.best, hovertemplate: "%{text}<extra></extra>", colorscale: "Portland", zmin: 0, zmax: n, showscale: false }],
+        { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } } }
+      );
+      document.getElementById("landscape-title").firstChild.textContent =
+        "Predicted rel. L2 error of the recommended arm (log10; " + L.best_arms.length + " arms recommended somewhere) ";
+    }
+    const T = d.terms;
+    const termTraces = [];
+    if (T.adam) termTraces.push({ type: "bar", name: "Adam phase (n=" + T.adam_n + ")", x: T.terms, y: T.adam, marker: { color: palette[0] } });
+    if (T.lbfgs) termTraces.push({ type: "bar", name: "L-BFGS phase (n=" + T.lbfgs_n + ")", x: T.terms, y: T.lbfgs, marker: { color: palette[1] } });
+    if (termTraces.length) draw("terms-chart", termTraces, { yaxis: { title: { text: "fraction of trainings" }, range: [0, 1] }, barmode: "group" });
+    else empty("terms-chart", "no observation yet");
+    const R = d.rewards;
+    if (R.round.length) {
+      draw(
+        "rewards-chart",
+        [
+          ...band(R.round, R.reward_min, R.reward_max, palette[0], "reward range"),
+          { type: "scatter", mode: "lines+markers", name: R.bucket > 1 ? "mean reward per " + R.bucket + " ids" : "reward", x: R.round, y: R.reward, line: { color: palette[0] } },
+          { type: "scatter", mode: "lines", name: "accumulated error", x: R.round, y: R.accumulated_error, yaxis: "y2", line: { color: palette[1] } },
+        ],
+        { xaxis: { title: { text: "observation" } }, yaxis: { title: { text: "reward (-log10 error)" } }, yaxis2: { title: { text: "accumulated error" }, overlaying: "y", side: "right" }, margin: { l: 60, r: 60, t: 10, b: 50 } }
+      );
+    } else empty("rewards-chart", "no observation yet");
+    if (d.campaign_charts) accumulated("campaign-chart", d.campaign_charts);
+  };
+
+  function accumulated(id, C) {
+    const traces = C.heuristics.map((h, i) => ({ type: "scatter", mode: "lines", name: h, x: C.accumulated[h].round, y: C.accumulated[h].error, line: { color: palette[i % palette.length] } }));
+    if (traces.some((t) => t.x.length)) draw(id, traces, { xaxis: { title: { text: "round" } }, yaxis: { title: { text: "accumulated rel. L2 error" } } });
+    else empty(id, "no finished round yet");
+  }
+
+  pages.campaign = function (d) {
+    const C = d.charts;
+    accumulated("accumulated-chart", C);
+    const rewards = C.heuristics.map((h, i) => ({ type: "scatter", mode: "markers", name: h, x: C.reward[h].round, y: C.reward[h].reward, marker: { color: palette[i % palette.length], size: 6 } }));
+    if (rewards.some((t) => t.x.length)) draw("reward-chart", rewards, { xaxis: { title: { text: "round" } }, yaxis: { title: { text: "reward (-log10 error)" } } });
+    else empty("reward-chart", "no finished round yet");
+    const tests = C.heuristics.filter((h) => C.test[h].length).map((h, i) => ({ type: "box", name: h, y: C.test[h], x: C.test[h].map(() => h), boxpoints: "all", marker: { color: palette[i % palette.length] } }));
+    if (tests.length) draw("test-chart", tests, { yaxis: { title: { text: "rel. L2 error" }, type: "log" }, showlegend: false });
+    else empty("test-chart", "the test rounds come last");
+    const terms = Object.keys(C.terms).map((h, i) => ({ type: "bar", name: h, x: C.term_names, y: C.terms[h], marker: { color: palette[i % palette.length] } }));
+    if (terms.length) draw("terms-chart", terms, { barmode: "group", yaxis: { title: { text: "fraction of online rounds" }, range: [0, 1] } });
+    else empty("terms-chart", "no online round yet");
+  };
+
+  // ---- polling -------------------------------------------------------------------------------------
+  let etag = null;
+  let busy = false;
+
+  function url() {
+    const src = main.dataset.src;
+    if (page !== "task") return src;
+    return src + (src.includes("?") ? "&" : "?") + "since=" + task.cursor;
+  }
+
+  async function refresh() {
+    if (busy) return;
+    busy = true;
+    try {
+      const headers = page === "task" || !etag ? {} : { "If-None-Match": etag };
+      const response = await fetch(url(), { headers: headers, credentials: "same-origin" });
+      if (response.status === 401) {
+        window.location.href = base + "/login?next=" + encodeURIComponent(window.location.pathname.slice(base.length) + window.location.search);
+        return;
+      }
+      if (response.status === 304) {
+        live.textContent = "up to date " + new Date().toLocaleTimeString();
+        return;
+      }
+      if (!response.ok) {
+        live.textContent = "could not update (" + response.status + ")";
+        live.classList.add("bad");
+        return;
+      }
+      etag = response.headers.get("ETag");
+      const payload = await response.json();
+      setFields(payload);
+      setTables(payload);
+      pages[page](payload);
+      live.textContent = "updated " + new Date().toLocaleTimeString();
+      live.classList.remove("bad");
+    } catch (err) {
+      live.textContent = "offline, retrying";
+      live.classList.add("bad");
+    } finally {
+      busy = false;
+    }
+  }
+
+  if (page && pages[page]) {
+    refresh();
+    setInterval(() => {
+      if (!document.hidden) refresh();
+    }, pollMs);
+  } else if (live) {
+    live.textContent = "";
+  }
+})();
