@@ -16,6 +16,7 @@ demo: setup
 
 test: setup
 	@bash scripts/ensure_postgres.sh
+	@bash scripts/ensure_chromium.sh
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q
 

@@ -4,6 +4,7 @@ with the learned policy, all trained through a real dispatcher (one in-process t
 
 from __future__ import annotations
 
+import math
 import time
 
 from metalic.bandit.campaign import CampaignConfig
@@ -13,7 +14,7 @@ from metalic.pinn.trainer import TrainConfig
 from metalic.settings import Settings
 from metalic.store import Store
 from metalic.store import tasks as task_store
-from metalic.store.models import Campaign, Task
+from metalic.store.models import Campaign, Study, Task
 from workers import campaigns
 from workers.dispatcher import Dispatcher
 from workers.executors import InlineExecutor
@@ -22,7 +23,15 @@ TINY_TRAIN = TrainConfig(adam_iters=60, lbfgs_iters=10)
 TINY_POINTS = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
 
 
-def tiny_campaign(family: str, heuristics: tuple[str, ...], warmup: int, rounds: int, test: int) -> CampaignConfig:
+def tiny_campaign(
+    family: str,
+    heuristics: tuple[str, ...],
+    warmup: int,
+    rounds: int,
+    test: int,
+    train: TrainConfig = TINY_TRAIN,
+    points: PinnConfig = TINY_POINTS,
+) -> CampaignConfig:
     return CampaignConfig(
         family=family,
         heuristics=heuristics,
@@ -31,39 +40,49 @@ def tiny_campaign(family: str, heuristics: tuple[str, ...], warmup: int, rounds:
         test=test,
         batch=2,
         seed=1,
-        train=TINY_TRAIN,
-        pinn=TINY_POINTS,
+        train=train,
+        pinn=points,
         dtype="float64",
     )
 
 
-def solve_request(family: str, params: dict, seed: int) -> SolveRequest:
+def solve_request(
+    family: str, params: dict, seed: int, train: TrainConfig = TINY_TRAIN, points: PinnConfig = TINY_POINTS
+) -> SolveRequest:
     return SolveRequest.model_validate(
         {
             "family": family,
             "params": params,
             "arm": "learned",
-            "adam": 60,
-            "lbfgs": 10,
-            "collocation": 64,
-            "boundary": 16,
-            "interface_points": 9,
+            "adam": train.adam_iters,
+            "lbfgs": train.lbfgs_iters,
+            "collocation": points.n_collocation,
+            "boundary": points.n_boundary,
+            "interface_points": points.n_interface,
             "seed": seed,
             "dtype": "float64",
         }
     )
 
 
-def seed_store(url: str, settings: Settings, timeout: float = 300.0) -> Store:
+def seed_store(
+    url: str,
+    settings: Settings,
+    timeout: float = 300.0,
+    train: TrainConfig = TINY_TRAIN,
+    points: PinnConfig = TINY_POINTS,
+    rounds: int = 4,
+) -> Store:
     store = Store(url)
     store.upgrade()
     executor = InlineExecutor(store, settings, "cpu", max_batch=8)
     dispatcher = Dispatcher(store, executor, settings, max_batch=8).start()
     try:
-        campaigns.create(store, tiny_campaign("advection", ("ucb", "random", "fixed:u,flux"), 2, 4, 2))
-        campaigns.create(store, tiny_campaign("heat", ("ucb",), 3, 2, 1))
+        heuristics = ("ucb", "random", "fixed:u,flux")
+        campaigns.create(store, tiny_campaign("advection", heuristics, 2, rounds, 2, train, points))
+        campaigns.create(store, tiny_campaign("heat", ("ucb",), 3, max(2, rounds // 2), 1, train, points))
         for i, beta in enumerate((2.0, 8.0, 15.0, 25.0)):
-            task_store.submit(store, solve_request("advection", {"beta": beta}, i), owner="alice")
+            task_store.submit(store, solve_request("advection", {"beta": beta}, i, train, points), owner="alice")
         dispatcher.wake.set()
         deadline = time.monotonic() + timeout
         while True:
@@ -78,3 +97,80 @@ def seed_store(url: str, settings: Settings, timeout: float = 300.0) -> Store:
     finally:
         dispatcher.stop(drain=5.0)
     return store
+
+
+def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) -> int:
+    """``n`` more finished tasks and their observations in one service study (bulk inserts of
+    synthetic rows: a size test, not a result), and a policy snapshot fitted on 200 of them.
+    Returns the study id."""
+    import random
+    from datetime import datetime, timedelta
+
+    from sqlalchemy import func, insert, select
+
+    from metalic.bandit.engine import BanditEngine
+    from metalic.bandit.engine import Observation as EngineObservation
+    from metalic.store.models import Observation, Task
+    from metalic.store.studies import add_snapshot, study_for_request
+
+    rng = random.Random(seed)
+    request = solve_request(family, {"beta": 3.0}, 0)
+    with store.write() as s:
+        study = study_for_request(s, request)
+        study_id = study.id
+    now = datetime.utcnow()
+    tasks, observations = [], []
+    for i in range(n):
+        beta = rng.uniform(1, 30)
+        arm = "".join(rng.choice("01") for _ in range(9))
+        rel = 10 ** rng.uniform(-3, 0.3)
+        state = "failed" if i % 50 == 0 else "succeeded"
+        finished = now - timedelta(seconds=rng.uniform(0, 30 * 3600))
+        tasks.append(
+            {
+                "owner": f"user{i % 7}",
+                "study_id": study_id,
+                "family": family,
+                "request": {**request.model_dump(mode="json"), "params": {"beta": beta}},
+                "batch_key": request.batch_key(),
+                "state": state,
+                "attempt": 1,
+                "arm_adam": arm,
+                "created_at": finished - timedelta(seconds=30),
+                "finished_at": finished,
+                "error": "diverged in a bulk seed" if state == "failed" else None,
+                "rel_l2": rel,
+                "reward": -math.log10(rel),
+            }
+        )
+        observations.append(
+            {
+                "study_id": study_id,
+                "context": {"beta": beta},
+                "arm_adam": arm,
+                "reward": -math.log10(rel),
+                "rel_l2": rel,
+                "status": "ok",
+            }
+        )
+    for start in range(0, n, 5000):
+        with store.write() as s:
+            ids = s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), tasks[start : start + 5000])
+            chunk = observations[start : start + 5000]
+            for obs, task_id in zip(chunk, ids.all(), strict=True):
+                obs["task_id"] = task_id
+            s.execute(insert(Observation), chunk)
+    engine = BanditEngine(family, seed=0)
+    engine.observe(
+        *[
+            EngineObservation(o["context"], tuple(int(b) for b in o["arm_adam"]), o["reward"])
+            for o in observations[:200]
+        ]
+    )
+    with store.write() as s:
+        last, total = s.execute(
+            select(func.max(Observation.id), func.count()).where(Observation.study_id == study_id)
+        ).one()
+        engine.n_before = total - len(engine.observations)  # as a windowed restore of all of them
+        add_snapshot(s, s.get(Study, study_id), engine, last, 0.1)
+    return study_id

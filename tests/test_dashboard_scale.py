@@ -1,0 +1,86 @@
+"""The dashboard with 100,000 tasks and 100,000 observations: the overview, study and task-list
+pages (and their data) cost the same number of queries as with a handful of rows, and answer in a
+bounded size. Counted through SQLAlchemy's cursor events, not timed (benchmarks/dashboard_load.py
+times them)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, func, select
+
+from metalic.settings import Settings
+from metalic.store import tokens
+from metalic.store.models import Observation, Task
+from tests.seed import bulk_seed
+
+pytestmark = pytest.mark.service
+
+BIG = 100_000
+
+
+class QueryCounter:
+    def __init__(self, engine):
+        self.engine, self.count = engine, 0
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *args) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+def pages(study_id: int) -> list[str]:
+    return [
+        "/dashboard/",
+        "/dashboard/data/overview",
+        f"/dashboard/studies/{study_id}",
+        f"/dashboard/data/studies/{study_id}",
+        "/dashboard/tasks",
+        "/dashboard/tasks?state=failed&family=advection",
+    ]
+
+
+def measure(client: TestClient, store, study_id: int) -> dict[str, tuple[int, int]]:
+    """(queries, response bytes) per page (each asked twice: the second is what polling costs)."""
+    out = {}
+    for path in pages(study_id):
+        assert client.get(path).status_code == 200, path
+        counter = QueryCounter(store.engine)
+        try:
+            r = client.get(path)
+        finally:
+            counter.close()
+        assert r.status_code == 200, path
+        out[path] = (counter.count, len(r.content))
+    return out
+
+
+def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
+    from api.app import create_app
+    from api.service import Service
+
+    settings = Settings(home=tmp_path, token_cache_seconds=60.0)
+    admin, _ = tokens.create(store, "root", "admin")
+    study_id = bulk_seed(store, 20, seed=1)
+    client = TestClient(create_app(Service(settings, store)))
+    form = client.get("/dashboard/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    login = client.post("/dashboard/login", data={"token": admin, "csrf": csrf}, follow_redirects=False)
+    assert login.status_code == 303
+
+    small = measure(client, store, study_id)
+    bulk_seed(store, BIG - 20, seed=2)
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Task)) == BIG
+        assert s.scalar(select(func.count()).select_from(Observation)) == BIG
+    big = measure(client, store, study_id)
+    for path in pages(study_id):
+        queries, size = big[path]
+        assert queries == small[path][0], (path, small[path], big[path])  # no query per row
+        assert queries <= 12, (path, queries)
+        assert size < 200_000, (path, size)
+    client.close()
