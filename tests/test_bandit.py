@@ -11,6 +11,7 @@ import torch
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.space import ALL_ARMS, arm_index, arm_of
 from metalic.bandit.surrogate import RewardGP
+from metalic.conditions import arm_label, parse_arm
 
 A = (1, 0, 0, 1, 1, 0, 0, 0, 0)  # u, res_continuity, flux
 B = (0, 1, 1, 0, 0, 0, 1, 0, 1)  # uavg, res, gres, uxx
@@ -226,3 +227,24 @@ def test_the_plain_torch_kernel_equals_gpytorchs(kernel):
     torch.testing.assert_close(order, torch.argsort(full_mean, descending=True)[:7])
     torch.testing.assert_close(mean, full_mean[order], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(std, full_std[order], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_landscape_over_a_slice_equals_the_posterior_at_each_context(planted):
+    """What the dashboard draws: the recommended arm and the top arms' mean / std along beta are
+    the per-context posterior (BoTorch's), and the planted regions show in the recommendation."""
+    engine, _ = planted["ucb"]
+    contexts = [{"beta": b} for b in (2.0, 6.0, 11.0, 19.0, 24.0, 29.0)]
+    land = engine.landscape(contexts, top=4)
+    assert land.mean.shape == land.std.shape == (6, 4) and len(land.best) == 6
+    for i, ctx in enumerate(contexts):
+        rows = engine._rows(engine.space.encode(ctx), ALL_ARMS)
+        post = engine.phase0.gp.model.posterior(rows)
+        mean, std = post.mean.squeeze(-1), post.variance.squeeze(-1).sqrt()
+        assert land.best[i] == engine.recommend(ctx, top=1)[0].terms
+        assert float(land.best_mean[i]) == pytest.approx(float(mean.max()), abs=1e-6)
+        for j, label in enumerate(land.arms):
+            k = arm_index(parse_arm(label))
+            assert float(land.mean[i, j]) == pytest.approx(float(mean[k]), abs=1e-6)
+            assert float(land.std[i, j]) == pytest.approx(float(std[k]), rel=1e-4, abs=1e-7)
+    assert (land.best[0], land.best[-1]) == (arm_label(A), arm_label(B))  # the planted regions
