@@ -54,6 +54,7 @@ def main() -> None:
         "dashboard-study-heat": f"/dashboard/studies/{studies[('heat', 'ucb')]}?x=a&y=b",
         "dashboard-tasks": "/dashboard/tasks",
         "dashboard-task": f"/dashboard/tasks/{task}",
+        "dashboard-campaigns": "/dashboard/campaigns",
         "dashboard-campaign": f"/dashboard/campaigns/{campaign}",
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,7 @@ def main() -> None:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium")
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.goto(f"{server.url}/dashboard/login")
+        page.screenshot(path=str(args.out / "dashboard-login.png"))
         page.fill("input[name=token]", admin)
         page.click("form button[type=submit]")
         page.wait_for_load_state("load")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from metalic.store import tokens
 from metalic.store.models import Campaign, Observation, Study, Task
@@ -128,9 +128,11 @@ def test_every_page_shows_charts_with_data_and_no_console_errors(seeded, browser
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
     console = Console(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{seeded['url']}/dashboard/login")
+    page.screenshot(path=str(SHOTS / "login.png"))
     log_in(page, seeded["url"], seeded["admin"])
     assert page.url.endswith("/dashboard/")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     for name, path, n_charts in PAGES:
         response = page.goto(seeded["url"] + path.format(**ids))
         assert response.status == 200, (name, response.status)
@@ -298,6 +300,22 @@ def test_csv_downloads_match_the_database(seeded, browser):
     terms = _read_csv(Path(download.value.path()).read_text())
     on = [sum(int(o.arm_adam[i]) for o in observations) / len(observations) for i in range(9)]
     assert [float(r["y"]) for r in terms] == pytest.approx(on, abs=1e-4)
+    # a table, as the browser shows it: the overview's studies with their observation counts
+    page.goto(f"{seeded['url']}/dashboard/")
+    charts_ready(page)
+    with page.expect_download() as download:
+        page.click("button[data-csv-table=studies-table]")
+    shown = _read_csv(Path(download.value.path()).read_text())
+    with store.read() as s:
+        counts = dict(
+            s.execute(
+                select(Observation.study_id, func.count())
+                .join(Study, Study.id == Observation.study_id)
+                .where(Study.campaign_id.is_(None))
+                .group_by(Observation.study_id)
+            ).all()
+        )
+    assert {int(r["study"]): int(r["observations"]) for r in shown} == counts
     context.close()
 
 

@@ -132,6 +132,8 @@ def workers(s: Session, stale_seconds: float, now: datetime) -> list[dict]:
         .order_by(Worker.kind.desc(), Worker.started_at)
         .limit(200)
     ).all()
+    current = [w.current_batch for w in rows if w.current_batch is not None]
+    sizes = dict(s.execute(select(Batch.id, Batch.size).where(Batch.id.in_(current))).all()) if current else {}
     return [
         {
             "id": w.id,
@@ -140,6 +142,7 @@ def workers(s: Session, stale_seconds: float, now: datetime) -> list[dict]:
             "device": w.device,
             "state": w.state,
             "current_batch": w.current_batch,
+            "batch_size": sizes.get(w.current_batch),
             "last_seen": _iso(w.last_seen),
             "seconds_ago": round((now - w.last_seen).total_seconds(), 1),
             "alive": is_alive(w, now, stale_seconds),

@@ -212,12 +212,17 @@ def overview_data(request: Request, who: Admin) -> Response:
         return etag_json(request, data.overview(s, _stale(request)))
 
 
+WORKER_COLUMNS = [
+    *("id", "kind", "host", "device", "state"),
+    *("current_batch", "batch_size", "last_seen", "seconds_ago", "alive"),
+]
+
+
 def workers_csv(request: Request, who: Admin) -> StreamingResponse:
     with _store(request).read() as s:
         now = s.execute(select(utc_now())).scalar_one()
         rows = data.workers(s, _stale(request), now)
-    columns = ["id", "kind", "host", "device", "state", "current_batch", "last_seen", "seconds_ago", "alive"]
-    return csv_response("workers", columns, iter(rows))
+    return csv_response("workers", WORKER_COLUMNS, iter(rows))
 
 
 # ---- tasks ------------------------------------------------------------------------------------------

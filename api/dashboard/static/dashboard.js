@@ -131,18 +131,30 @@
     return lines.join("\n") + "\n";
   }
 
-  document.addEventListener("click", (event) => {
-    const button = event.target.closest("button[data-csv-for]");
-    if (!button) return;
-    const el = document.getElementById(button.dataset.csvFor);
-    const blob = new Blob([chartCsv(el)], { type: "text/csv" });
+  function tableCsv(table) {
+    const q = (s) => (/[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s);
+    return (
+      Array.from(table.querySelectorAll("tr:not(.empty)"))
+        .map((tr) => Array.from(tr.children).map((cell) => q(cell.textContent.trim())).join(","))
+        .join("\n") + "\n"
+    );
+  }
+
+  function download(name, text) {
     const a = document.createElement("a");
-    a.href = URL.createObjectURL(blob);
-    a.download = button.dataset.csvFor.replace(/-chart$/, "") + ".csv";
+    a.href = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+    a.download = name;
     document.body.appendChild(a);
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  document.addEventListener("click", (event) => {
+    const chart = event.target.closest("button[data-csv-for]");
+    if (chart) download(chart.dataset.csvFor.replace(/-chart$/, "") + ".csv", chartCsv(document.getElementById(chart.dataset.csvFor)));
+    const table = event.target.closest("button[data-csv-table]");
+    if (table) download(table.dataset.csvTable.replace(/-table$/, "") + ".csv", tableCsv(document.getElementById(table.dataset.csvTable)));
   });
 
   // ---- pages ---------------------------------------------------------------------------------------
