@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from metalic.domain import Box, slabs
 from metalic.families import get_family
@@ -115,6 +116,67 @@ def test_batched_lbfgs_reproduces_torch_lbfgs_per_run():
         opt.step(f)
         torch.testing.assert_close(theta[k], x.detach(), rtol=1e-10, atol=1e-12)
         assert result.iterations[k] == opt.state[opt._params[0]]["n_iter"]
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operations that read a tensor's value back to the host (on a GPU each one
+    stalls the stream): scalar reads (``item``, ``bool``, ``int``), data-dependent shapes
+    (``nonzero``, boolean-mask indexing) and ``tolist``."""
+
+    SCALAR = frozenset({torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default})
+    INDEXING = frozenset(
+        {torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default}
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.SCALAR or func is torch.ops.aten.masked_select.default:
+            self.count += 1
+        elif func in self.INDEXING:
+            indices = args[1] if len(args) > 1 else []
+            self.count += any(i is not None and i.dtype == torch.bool for i in indices)
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+        mode = self
+
+        def counted(tensor):
+            mode.count += 1
+            return mode._tolist(tensor)
+
+        torch.Tensor.tolist = counted
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+
+def test_batched_lbfgs_reads_back_to_the_host_at_most_ten_times_in_a_hundred_iterations():
+    torch.manual_seed(1)
+    theta = torch.randn(8, 30, dtype=torch.float64)
+    scale = torch.linspace(1.0, 50.0, 8, dtype=torch.float64)
+
+    def closure(x):
+        t = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = _rosenbrock(t, scale)
+            (g,) = torch.autograd.grad(loss.sum(), t)
+        return loss.detach(), g
+
+    with HostReads() as reads:
+        result = batched_lbfgs(closure, theta, max_iter=100, lr=0.002, history=10)
+    assert result.iterations == [100] * 8 and result.reasons == ["max_iter"] * 8  # all 100 ran
+    assert reads.count <= 10, reads.count
+    # the counter sees what it is meant to count
+    with HostReads() as probe:
+        x = torch.ones(3)
+        bool(x.any()), x[x > 0], x.tolist()
+    assert probe.count == 3
 
 
 def _nan_family() -> Family:

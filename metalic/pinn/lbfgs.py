@@ -32,7 +32,7 @@ class LbfgsResult:
 
 
 def _inverse_hessian_times(
-    g: Tensor, ss_hist: Tensor, ys_hist: Tensor, head: Tensor, count: Tensor, h_diag: Tensor
+    g: Tensor, ss_hist: Tensor, ys_hist: Tensor, head: Tensor, count: Tensor, h_diag: Tensor, stored: int
 ) -> Tensor:
     """H g for every run [K, n], H the L-BFGS inverse-Hessian approximation of its history.
 
@@ -42,10 +42,11 @@ def _inverse_hessian_times(
     p1 = R^-T ((D + gamma Y Y^T) R^-1 (S g) - gamma Y g). It equals the two-loop recursion of
     ``torch.optim.LBFGS`` (tested to 1e-10 in float64) in about 20 batched operations instead of
     about 10 per stored pair, which on a CPU made the L-BFGS step cost as much as the loss.
-    Runs with fewer pairs are padded with zero pairs whose R diagonal is 1: they add nothing.
+    ``stored``: a bound on every run's pair count, known on the host (no read of ``count``); runs
+    with fewer pairs are padded with zero pairs whose R diagonal is 1: they add nothing.
     """
     history, n = ss_hist.shape[1:]
-    m = int(count.max())
+    m = stored
     gamma = h_diag[:, None]
     if m == 0:
         return gamma * g
@@ -79,6 +80,7 @@ def batched_lbfgs(
     tolerance_change: float = 1e-12,
     active: Tensor | None = None,
     callback: Callable[[int, Tensor], Tensor | None] | None = None,
+    check_every: int = 25,
 ) -> LbfgsResult:
     """Minimise in place. ``theta`` [K, n]; ``closure(theta) -> (loss [K], grad [K, n])``.
 
@@ -86,14 +88,19 @@ def batched_lbfgs(
     ``diverged``). A run whose loss or gradient turns non-finite stops with ``diverged`` and its
     last finite weights. ``callback(iteration, loss [K])`` runs after every iteration; it may
     return a bool mask [K] of runs to stop now (reason ``cancelled``).
+
+    No value is read back to the host inside the loop: stop reasons and iteration counts are
+    device tensors (read once at the end), history writes are ``torch.where`` selections, and
+    whether any run is still active is asked only every ``check_every`` iterations (a stopped run
+    is masked out meanwhile, so the results do not depend on it).
     """
     k, n = theta.shape
     dev, dt = theta.device, theta.dtype
-    active = torch.ones(k, dtype=torch.bool, device=dev) if active is None else active.clone()
-    reasons = [RUNNING if a else DIVERGED for a in active.tolist()]
-    iterations = [0] * k
+    active = torch.ones(k, dtype=torch.bool, device=dev) if active is None else active.clone().to(dev)
+    reason = torch.where(active, 0, _CODE[DIVERGED])  # [K] codes into _REASONS (0: running)
+    iterations = torch.zeros(k, dtype=torch.long, device=dev)
     if max_iter <= 0:
-        return LbfgsResult(iterations, [MAX_ITER if r == RUNNING else r for r in reasons])
+        return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
 
     ys_hist = torch.zeros(k, history, n, device=dev, dtype=dt)  # y_i = g_{i+1} - g_i
     ss_hist = torch.zeros(k, history, n, device=dev, dtype=dt)  # s_i = step
@@ -102,9 +109,9 @@ def batched_lbfgs(
     h_diag = torch.ones(k, device=dev, dtype=dt)
     rows = torch.arange(k, device=dev)
 
-    def stop(mask: Tensor, reason: str) -> None:
-        for j in torch.nonzero(mask & active).flatten().tolist():
-            reasons[j] = reason
+    def stop(mask: Tensor, why: str) -> None:
+        nonlocal reason
+        reason = torch.where(mask & active, _CODE[why], reason)
         active.logical_and_(~mask)
 
     loss, g = closure(theta)
@@ -114,52 +121,52 @@ def batched_lbfgs(
     t = torch.zeros(k, device=dev, dtype=dt)
     prev_g, prev_loss = g, loss
     for it in range(1, max_iter + 1):
-        if not active.any():
+        if (it - 1) % check_every == 0 and not bool(active.any()):
             break
         if it > 1:
             y = g - prev_g
             s = d * t[:, None]
             ys = (y * s).sum(-1)
             accept = active & (ys > 1e-10)
-            if accept.any():
-                idx = rows[accept]
-                slot = head[accept]
-                ys_hist[idx, slot] = y[accept]
-                ss_hist[idx, slot] = s[accept]
-                h_diag = torch.where(accept, ys / (y * y).sum(-1), h_diag)
-                head = torch.where(accept, (head + 1) % history, head)
-                count = torch.where(accept, (count + 1).clamp_max(history), count)
-            d = torch.where(active[:, None], -_inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag), d)
+            keep = accept[:, None]
+            ys_hist[rows, head] = torch.where(keep, y, ys_hist[rows, head])
+            ss_hist[rows, head] = torch.where(keep, s, ss_hist[rows, head])
+            h_diag = torch.where(accept, ys / (y * y).sum(-1), h_diag)
+            head = torch.where(accept, (head + 1) % history, head)
+            count = torch.where(accept, (count + 1).clamp_max(history), count)
+            stored = min(it - 1, history)  # at most one pair per iteration: a bound known on the host
+            direction = _inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag, stored)
+            d = torch.where(active[:, None], -direction, d)
         prev_g, prev_loss = g, loss
         t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr if it == 1 else torch.full_like(t, lr)
         gtd = (g * d).sum(-1)
         stop(gtd > -tolerance_change, NO_DESCENT)
-        if not active.any():
-            break
         step = torch.where(active[:, None], d * t[:, None], torch.zeros_like(d))
         with torch.no_grad():
             theta.add_(step)
-        for j in torch.nonzero(active).flatten().tolist():
-            iterations[j] = it
+        iterations = torch.where(active, it, iterations)
         loss, g = closure(theta)
         bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1))
-        if bad.any():
-            with torch.no_grad():  # back to the last finite weights
-                theta.sub_(torch.where(bad[:, None], step, torch.zeros_like(step)))
-            stop(bad, DIVERGED)
+        with torch.no_grad():  # back to the last finite weights
+            theta.sub_(torch.where(bad[:, None], step, torch.zeros_like(step)))
+        stop(bad, DIVERGED)
         if callback is not None:
             cancel = callback(it, loss)
             if cancel is not None:
-                stop(cancel.to(active.device), CANCELLED)
-                if not active.any():
-                    break
+                stop(cancel.to(dev), CANCELLED)
         if it == max_iter:
-            stop(active, MAX_ITER)
+            stop(active.clone(), MAX_ITER)
             break
         stop(g.abs().amax(-1) <= tolerance_grad, TOL_GRAD)
         stop(step.abs().amax(-1) <= tolerance_change, TOL_STEP)
         stop((loss - prev_loss).abs() < tolerance_change, TOL_LOSS)
-    for j, r in enumerate(reasons):
-        if r == RUNNING:
-            reasons[j] = MAX_ITER
-    return LbfgsResult(iterations, reasons)
+    return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
+
+
+_REASONS = (RUNNING, MAX_ITER, TOL_GRAD, TOL_STEP, TOL_LOSS, NO_DESCENT, DIVERGED, CANCELLED)
+_CODE = {r: i for i, r in enumerate(_REASONS)}
+
+
+def _result(iterations: Tensor, reason: Tensor) -> LbfgsResult:
+    """The two reads back to the host of a whole L-BFGS phase."""
+    return LbfgsResult(iterations.tolist(), [_REASONS[c] for c in reason.tolist()])

@@ -298,7 +298,7 @@ def _train(
             grad = theta.grad.detach().clone()
         blown = total.detach().abs() > BLOW_UP
         loss = torch.where(blown, torch.full_like(total, math.nan), total.detach())
-        grad[~torch.isfinite(loss)] = math.nan
+        grad = torch.where(torch.isfinite(loss)[:, None], grad, torch.full_like(grad, math.nan))  # no mask: no sync
         return loss, grad
 
     n_lbfgs = train_config.lbfgs_iters
