@@ -179,6 +179,23 @@ def test_batched_lbfgs_reads_back_to_the_host_at_most_ten_times_in_a_hundred_ite
     assert probe.count == 3
 
 
+def test_host_reads_of_a_training_do_not_grow_with_its_iterations():
+    """Neither loop reads the device per iteration: 100 more Adam or L-BFGS iterations of a K = 8
+    batch add only the progress points (every 50) and the every-25-iterations activity checks."""
+    fam = get_family("advection")
+    specs = [RunSpec({"beta": 2.0 + j}, "u,flux", seed=j) for j in range(8)]
+
+    def reads(adam: int, lbfgs: int) -> int:
+        train = TrainConfig(adam_iters=adam, lbfgs_iters=lbfgs, compile=False, tolerance_change=0.0)
+        with HostReads() as counter:
+            train_batch(fam, specs, SMALL, train, device="cpu", dtype="float64")
+        return counter.count
+
+    base = reads(100, 100)
+    assert reads(200, 100) - base <= 10  # 100 more Adam iterations
+    assert reads(100, 200) - base <= 10  # 100 more L-BFGS iterations
+
+
 def _nan_family() -> Family:
     """A test family whose residual is NaN when q > 0.5: a run that must be recorded as diverged."""
     domain = Box((0.0, 0.0), (1.0, 1.0))

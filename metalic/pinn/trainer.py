@@ -227,40 +227,40 @@ def _train(
         return mask
 
     # ---- phase 1: Adam ------------------------------------------------------------------------
+    # The loop never waits for the device: a run whose loss turns non-finite or blows up is marked
+    # on the device (``bad_at``) and frozen by masking (no gradient, no Adam moments, so its
+    # weights stay those that gave the bad loss); the host reads the marks at progress points.
     theta = net.theta
     opt = torch.optim.Adam([theta], lr=train_config.adam_lr, fused=True)
     n_adam = train_config.adam_iters
-    any_frozen = False
+    bad_at = torch.zeros(k, dtype=torch.long, device=dev)  # the Adam iteration a run went bad at
+
+    def read_bad() -> None:
+        for j, at in enumerate(bad_at.tolist()):
+            if at and diverged_at[j] is None:
+                diverged_at[j], adam_done[j] = f"adam iteration {at}", at - 1
+
     for it in range(1, n_adam + 1):
         opt.zero_grad(set_to_none=False)
         parts = loss_call(arms_adam)
         total = parts.total.detach()
-        if bool((~torch.isfinite(total) | (total.abs() > BLOW_UP)).any()):  # rare: freeze those runs
-            before = active.clone()
-            mark_bad(total, f"adam iteration {it}")
-            for j in torch.nonzero(before & ~active).flatten().tolist():
-                adam_done[j] = it - 1
-            any_frozen = True
-            if not active.any():
-                break
-        if any_frozen:
-            # A frozen run contributes nothing; its weights are restored after the step.
-            frozen = ~active
-            torch.where(active, parts.total, torch.zeros_like(parts.total)).sum().backward()
-            saved = theta.detach()[frozen].clone()
-            theta.grad[frozen] = 0
-            opt.step()
-            with torch.no_grad():
-                theta[frozen] = saved
-        else:
-            parts.total.sum().backward()
-            opt.step()
+        bad = active & (~torch.isfinite(total) | (total.abs() > BLOW_UP))
+        bad_at = torch.where(bad, it, bad_at)
+        active.logical_and_(~bad)
+        torch.where(active, parts.total, torch.zeros_like(parts.total)).sum().backward()
+        frozen = ~active[:, None]
+        theta.grad.masked_fill_(frozen, 0.0)  # a frozen run's gradient may be NaN: replaced, not scaled
+        for moment in opt.state[theta].values() if theta in opt.state else ():
+            if moment.shape == theta.shape:  # exp_avg, exp_avg_sq
+                moment.masked_fill_(frozen, 0.0)
+        opt.step()
         if it == 2:
             # Everything alive now (compiled graphs, the problem, the model) lives for the whole
             # training: take it out of the collector's generations so that the periodic full
             # collections stop rescanning it (they cost more than the step itself on CPU).
             gc.freeze()
         if it % progress_every == 0 or it == n_adam:
+            read_bad()
             if progress is not None:
                 progress(Progress("adam", it, n_adam, total.tolist()))
             stop = stop_requested()
@@ -268,9 +268,9 @@ def _train(
                 for j in torch.nonzero(stop & active).flatten().tolist():
                     adam_done[j] = it
                 active.logical_and_(~stop)
-                any_frozen = True
-                if not active.any():
-                    break
+        if it % 25 == 0 and not bool(active.any()):
+            break
+    read_bad()
     adam_done = [n_adam if done is None else done for done in adam_done]
     phase0_metrics: list[Metrics] | None = None
     if between_phases is not None and active.any():
