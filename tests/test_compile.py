@@ -25,3 +25,33 @@ def test_compiled_loss_matches_eager():
     (g_compiled,) = torch.autograd.grad(compiled.sum(), net.theta)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_second_compiled_training_of_the_same_shape_does_not_recompile():
+    """One compile per batch shape (and derivative set) and process: a later training with other
+    parameters, seeds and arms reuses the graph (dynamo is told to raise on any recompilation),
+    trains what an eager training trains, and leaves the first training's returned network alone.
+    A batch whose arms need fewer derivatives reuses it too."""
+    from torch._dynamo.utils import counters
+
+    from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
+
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
+    train = TrainConfig(adam_iters=20, lbfgs_iters=5, compile=True)
+    first = train_batch(fam, [RunSpec({"beta": 3.0}, "u,flux", seed=0), RunSpec({"beta": 9.0}, "all", seed=1)],
+                        cfg, train, device="cpu", dtype="float64")  # fmt: skip
+    kept = first.net.theta.detach().clone()
+    graphs = counters["stats"]["unique_graphs"]
+    second_specs = [RunSpec({"beta": 17.0}, "res,uxx", "u", seed=5), RunSpec({"beta": 25.0}, "uavg,gres", seed=6)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = train_batch(fam, second_specs, cfg, train, device="cpu", dtype="float64")
+    assert counters["stats"]["unique_graphs"] == graphs
+    eager = train_batch(fam, second_specs, cfg, TrainConfig(adam_iters=20, lbfgs_iters=5, compile=False),
+                        device="cpu", dtype="float64")  # fmt: skip
+    for a, b in zip(second.outcomes, eager.outcomes, strict=True):
+        assert a.lbfgs_iterations == b.lbfgs_iterations
+        assert a.loss == pytest.approx(b.loss, rel=1e-8)
+    torch.testing.assert_close(second.net.theta, eager.net.theta, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(first.net.theta.detach(), kept, rtol=0, atol=0)

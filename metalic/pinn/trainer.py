@@ -8,9 +8,11 @@ turns NaN or infinite is frozen and reported as ``diverged``; the others go on.
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -138,6 +140,75 @@ def _parts_of(parts: LossParts, j: int, arm: Arm) -> dict[str, float]:
     return out
 
 
+# Compiled losses kept per process (a worker's, a campaign's): one compile per batch shape and
+# derivative set, (shape key, quantities) -> (problem, network, loss, compiled call).
+_COMPILED: OrderedDict[tuple, tuple[BatchProblem, StackedMLP, PinnLoss, Callable]] = OrderedDict()
+COMPILED_KEEP = 4
+
+
+def _shape_key(problem: BatchProblem, net: StackedMLP, config: PinnConfig) -> tuple:
+    tensors = (problem.x_main, problem.g_data, problem.m_data, problem.x_iface, problem.side_a, problem.side_b)
+    return (
+        problem.family.name,
+        repr(config),
+        net.widths,
+        str(net.theta.device),
+        net.theta.dtype,
+        tuple(tuple(t.shape) for t in (*tensors, problem.iface_points, problem.iface_axis, net.theta)),
+    )
+
+
+def compiled_loss(
+    problem: BatchProblem, net: StackedMLP, config: PinnConfig, arms: Tensor, held: list
+) -> tuple[StackedMLP, PinnLoss, Callable]:
+    """A compiled loss for this batch shape and the derivatives ``arms`` [R, 9] need, made once
+    per process and reused: the new training's points, data, parameters and initial weights are
+    copied into the tensors the compiled graph was traced on (same objects, same shapes: its
+    guards hold, nothing recompiles). A kept loss that computes more derivatives than needed is
+    reused too (a compile costs 10-40 s on a CPU; the extra derivatives cost less per step).
+    Returns (the network to train, the loss, its compiled call); the kept loss's key is appended
+    to ``held`` and stays reserved until the caller removes it from ``_IN_USE``."""
+    shape = _shape_key(problem, net, config)
+    needed = frozenset(needed_quantities([tuple(int(b) for b in row) for row in arms.tolist()]))
+    key = (shape, needed)
+    if key not in _COMPILED:
+        key = next((k for k in reversed(_COMPILED) if k[0] == shape and k[1] >= needed and k not in _IN_USE), key)
+    if key in _IN_USE:  # another training of this process holds it: one of its own, not kept
+        loss_fn = PinnLoss(problem, net, config, arms)
+        return net, loss_fn, torch.compile(loss_fn.__call__)
+    hit = _COMPILED.get(key)
+    if hit is None:
+        kept_problem = replace(problem, params=list(problem.params))
+        for name in _PROBLEM_TENSORS:
+            setattr(kept_problem, name, getattr(problem, name).clone())
+        kept_problem.param_tensors = {n: t.clone() for n, t in problem.param_tensors.items()}
+        kept_net = copy.deepcopy(net)
+        loss_fn = PinnLoss(kept_problem, kept_net, config, arms)
+        hit = (kept_problem, kept_net, loss_fn, torch.compile(loss_fn.__call__))
+        _COMPILED[key] = hit
+        while len(_COMPILED) > COMPILED_KEEP:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(key)
+    kept_problem, kept_net, loss_fn, call = hit
+    with torch.no_grad():
+        for name in _PROBLEM_TENSORS:
+            getattr(kept_problem, name).copy_(getattr(problem, name))
+        for n, t in problem.param_tensors.items():
+            kept_problem.param_tensors[n].copy_(t)
+        kept_problem.params = list(problem.params)
+        kept_net.theta.copy_(net.theta)
+        kept_net.center.copy_(net.center)
+        kept_net.scale.copy_(net.scale)
+    kept_net.theta.grad = None
+    _IN_USE.add(key)
+    held.append(key)
+    return kept_net, loss_fn, call
+
+
+_IN_USE: set[tuple] = set()  # keys of kept losses a training is using now
+_PROBLEM_TENSORS = ("x_main", "g_data", "m_data", "x_iface", "side_a", "side_b", "iface_points", "iface_axis")
+
+
 def train_batch(
     family: Family,
     specs: Sequence[RunSpec],
@@ -172,6 +243,7 @@ def train_batch(
         for s in specs
     ]
     start = time.perf_counter()
+    held: list = []  # kept compiled losses this training uses
     try:
         return _train(
             family,
@@ -185,22 +257,29 @@ def train_batch(
             between_phases,
             should_stop,
             start,
+            held,
         )
     finally:
         # The loops freeze long-lived objects out of the collector; give them back whatever happened.
         gc.unfreeze()
+        _IN_USE.difference_update(held)
 
 
 def _train(
-    family, specs, pinn_config, train_config, dev, dt, progress, progress_every, between_phases, should_stop, start
-) -> TrainedBatch:
+    family, specs, pinn_config, train_config, dev, dt, progress, progress_every, between_phases, should_stop, start,
+    held,
+) -> TrainedBatch:  # fmt: skip
     problem = build_problem(family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt)
     boxes = problem.decomposition.bounding_boxes()
     net = StackedMLP(pinn_config.layers, len(specs), boxes, [s.seed for s in specs], dev, dt)
     arms_adam = torch.tensor([s.arms[0] for s in specs], device=dev, dtype=dt)
     arms_lbfgs = torch.tensor([s.arms[1] for s in specs], device=dev, dtype=dt)
-    loss_fn = PinnLoss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]))
-    loss_call = torch.compile(loss_fn.__call__) if train_config.use_compile() else loss_fn.__call__
+    own_net = net  # what the caller gets back; a reused compiled loss trains its own copy
+    if train_config.use_compile():
+        net, loss_fn, loss_call = compiled_loss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]), held)
+    else:
+        loss_fn = PinnLoss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]))
+        loss_call = loss_fn.__call__
     k = len(specs)
     active = torch.ones(k, dtype=torch.bool, device=dev)
     diverged_at: list[str | None] = [None] * k
@@ -347,4 +426,8 @@ def _train(
                 diverged_at=diverged_at[j],
             )
         )
-    return TrainedBatch(family, problem, net, specs, pinn_config, train_config, outcomes, time.perf_counter() - start)
+    if net is not own_net:
+        with torch.no_grad():
+            own_net.theta.copy_(net.theta)
+    seconds = time.perf_counter() - start
+    return TrainedBatch(family, problem, own_net, specs, pinn_config, train_config, outcomes, seconds)

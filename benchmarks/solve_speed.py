@@ -1,0 +1,66 @@
+"""The default Burgers solve (``metalic solve burgers --param nu=0.01 --arm u,flux --adam 1000
+--lbfgs 1000``, eager: 2,000 iterations are under the compile threshold) and its L-BFGS phase
+alone (``--adam 0 --lbfgs 1000``), against an earlier commit of this repository checked out in a
+temporary git worktree and run in the same session: the same-run baseline. Wall time of the whole
+command (process start, reference grid, training, evaluation), best of ``--repeat``.
+
+    python benchmarks/solve_speed.py --baseline-ref e0b550c
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SOLVE = ["solve", "burgers", "--param", "nu=0.01", "--arm", "u,flux", "--quiet"]
+
+
+def timed(tree: Path, extra: list[str], repeat: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree), "METALIC_DEVICE": "cpu"}
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "metalic.cli", *SOLVE, *extra], cwd=tree, env=env, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline-ref", default="e0b550c", help="the commit to compare with")
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    print(f"machine: {describe(torch.device('cpu'))}")
+    old = Path(tempfile.mkdtemp(prefix="metalic-baseline-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline_ref], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        rows = []
+        for label, extra in (("whole solve, 1000 Adam + 1000 L-BFGS", ["--adam", "1000", "--lbfgs", "1000"]),
+                             ("L-BFGS phase alone, 1000 iterations", ["--adam", "0", "--lbfgs", "1000"])):  # fmt: skip
+            base = timed(old, extra, args.repeat)
+            now = timed(ROOT, extra, args.repeat)
+            rows.append((label, base, now))
+        print(f"\n| command | {args.baseline_ref} s | now s | speed-up |")
+        print("|---|---|---|---|")
+        for label, base, now in rows:
+            print(f"| {label} | {base:.1f} | {now:.1f} | {base / now:.2f}x |")
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
