@@ -31,9 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import describe
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from machine import benchmark_store, describe
 
 
 def seed(url: str) -> str:
@@ -181,20 +179,8 @@ def main() -> None:
     print(f"{args.clients} concurrent clients, {args.seconds:g} s per scenario, {args.workers} uvicorn worker(s)\n")
     rows = []
     for backend in args.backends:
-        if backend == "sqlite":
-            rows += run_backend("SQLite", f"sqlite:///{tempfile.mkdtemp(prefix='metalic-load-')}/load.db", args)
-        else:
-            import sqlalchemy
-
-            schema = f"load_{os.getpid()}"
-            engine = sqlalchemy.create_engine(PG)
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-            try:
-                rows += run_backend("PostgreSQL", f"{PG}?options=-csearch_path%3D{schema}", args)
-            finally:
-                with engine.begin() as conn:
-                    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        with benchmark_store(backend, "load") as (label, url):
+            rows += run_backend(label, url, args)
     print("| store | scenario | requests/s | vs baseline | p50 ms | p95 ms | errors |")
     print("|---|---|---|---|---|---|---|")
     base = {}

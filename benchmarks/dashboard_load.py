@@ -28,9 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import describe
+from machine import benchmark_store, describe
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "api.app:from_settings"]
 
 
@@ -122,20 +121,8 @@ def main() -> None:
     print(f"machine: {describe(torch.device('cpu'))}")
     rows = []
     for backend in args.backends:
-        if backend == "sqlite":
-            rows += run_backend("SQLite", f"sqlite:///{tempfile.mkdtemp(prefix='metalic-dash-')}/dash.db", args)
-        else:
-            import sqlalchemy
-
-            schema = f"dash_{os.getpid()}"
-            engine = sqlalchemy.create_engine(PG)
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-            try:
-                rows += run_backend("PostgreSQL", f"{PG}?options=-csearch_path%3D{schema}", args)
-            finally:
-                with engine.begin() as conn:
-                    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        with benchmark_store(backend, "dash") as (label, url):
+            rows += run_backend(label, url, args)
     print(f"\n| store | page | {args.small} rows, median ms | {args.rows} rows, median ms | ratio | max ms | bytes |")
     print("|---|---|---|---|---|---|---|")
     for name, label, small, median, worst, size in rows:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -23,3 +26,27 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return f"{text}, device {device}"
+
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def benchmark_store(backend: str, name: str) -> Iterator[tuple[str, str]]:
+    """(label, URL) of an empty store for a benchmark: a SQLite file in a temporary folder, or a
+    fresh schema of the machine's PostgreSQL, dropped afterwards."""
+    if backend == "sqlite":
+        yield "SQLite", f"sqlite:///{tempfile.mkdtemp(prefix=f'metalic-{name}-')}/{name}.db"
+        return
+    import sqlalchemy
+
+    schema = f"{name}_{os.getpid()}"
+    engine = sqlalchemy.create_engine(PG)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield "PostgreSQL", f"{PG}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()

@@ -240,7 +240,7 @@ def test_landscape_over_a_slice_equals_the_posterior_at_each_context(planted):
     for i, ctx in enumerate(contexts):
         rows = engine._rows(engine.space.encode(ctx), ALL_ARMS)
         post = engine.phase0.gp.model.posterior(rows)
-        mean, std = post.mean.squeeze(-1), post.variance.squeeze(-1).sqrt()
+        mean, std = post.mean.squeeze(-1).detach(), post.variance.squeeze(-1).sqrt().detach()
         assert land.best[i] == engine.recommend(ctx, top=1)[0].terms
         assert float(land.best_mean[i]) == pytest.approx(float(mean.max()), abs=1e-6)
         for j, label in enumerate(land.arms):
