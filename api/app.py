@@ -94,7 +94,8 @@ class Observe:
             await self.app(scope, receive, sending)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            # the route's template, below its mount (/dashboard/tasks/{task_id}): bounded labels
+            path = scope.get("root_path", "") + route.path if hasattr(route, "path") else "unmatched"
             metrics.observe_request(scope["method"], path, status, time.perf_counter() - start)
 
 
