@@ -21,13 +21,12 @@ import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from metalic.bandit.engine import BanditEngine
 from metalic.conditions import Arm, arm_label, parse_arm
 from metalic.families import get_family
 from metalic.pinn.artefact import evaluate_batch, models_from_batch
@@ -35,6 +34,9 @@ from metalic.pinn.evaluate import Metrics, reward_of
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import Progress, RunSpec, TrainConfig, train_batch
 from metalic.settings import get_settings
+
+if TYPE_CHECKING:  # the bandit (BoTorch) is imported only where an engine is used
+    from metalic.bandit.engine import BanditEngine
 
 LEARNED = "learned"
 POLICIES = ("ucb", "ts", "mean", "random")
