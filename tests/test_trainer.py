@@ -16,6 +16,7 @@ from metalic.families.base import Family, Param, ReferenceGrid
 from metalic.pinn.artefact import evaluate_batch
 from metalic.pinn.evaluate import ERROR_CAP, metrics_of, reward_of
 from metalic.pinn.lbfgs import MAX_ITER, TOL_GRAD, TOL_LOSS, TOL_STEP, batched_lbfgs
+from metalic.pinn.network import StackedMLP
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 
@@ -235,8 +236,10 @@ def test_a_diverged_run_is_an_outcome_and_the_others_are_untouched():
     assert batch.outcomes[1].adam_iterations == 0
     assert batch.outcomes[0].status == "ok"
     assert batch.outcomes[0].loss == pytest.approx(alone.outcomes[0].loss, rel=1e-9)
-    # the diverged run keeps its initial (finite) weights
-    assert torch.isfinite(batch.net.theta[1]).all()
+    # the diverged run keeps exactly its initial weights: it went bad at Adam iteration 1
+    initial = StackedMLP(SMALL.layers, 2, batch.problem.decomposition.bounding_boxes(), [0, 1], dtype=torch.float64)
+    torch.testing.assert_close(batch.net.theta[1], initial.theta[1].detach(), rtol=0, atol=0)
+    assert not torch.equal(batch.net.theta[0], initial.theta[0].detach())  # the healthy run trained
     metrics = evaluate_batch(batch)
     assert len(metrics) == 2
 
@@ -253,7 +256,18 @@ def test_blow_up_in_lbfgs_is_caught_and_reverted():
     out = batch.outcomes[0]
     assert out.status == "diverged" and out.lbfgs_stop == "diverged"
     assert out.diverged_at.startswith("lbfgs iteration")
-    assert torch.isfinite(batch.net.theta).all()
+    # reverted: the weights are those of the last finite iteration, i.e. what a training that
+    # stops one iteration before the blow-up ends with
+    bad = int(out.diverged_at.rsplit(" ", 1)[1])
+    before = train_batch(
+        fam,
+        [RunSpec({"beta": 5.0}, "u", seed=0)],
+        SMALL,
+        TrainConfig(adam_iters=0, lbfgs_iters=bad - 1, lbfgs_lr=1e9, compile=False),
+        device="cpu",
+    )
+    assert before.outcomes[0].status == "ok"
+    torch.testing.assert_close(batch.net.theta, before.net.theta, rtol=0, atol=0)
 
 
 def test_reward_is_capped():

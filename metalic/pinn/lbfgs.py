@@ -142,13 +142,15 @@ def batched_lbfgs(
         gtd = (g * d).sum(-1)
         stop(gtd > -tolerance_change, NO_DESCENT)
         step = torch.where(active[:, None], d * t[:, None], torch.zeros_like(d))
+        before = theta.detach().clone()  # to restore exactly (theta + step - step is not theta)
         with torch.no_grad():
             theta.add_(step)
         iterations = torch.where(active, it, iterations)
         loss, g = closure(theta)
         bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1))
-        with torch.no_grad():  # back to the last finite weights
-            theta.sub_(torch.where(bad[:, None], step, torch.zeros_like(step)))
+        with torch.no_grad():  # back to the last finite weights; the step that blew up does not count
+            theta.copy_(torch.where(bad[:, None], before, theta))
+        iterations = torch.where(bad, it - 1, iterations)
         stop(bad, DIVERGED)
         if callback is not None:
             cancel = callback(it, loss)
