@@ -8,8 +8,17 @@ from dataclasses import replace
 
 import pytest
 
-from metalic.bandit.campaign import CampaignConfig, contexts_for, run_heuristic, summarise, write_outputs
+from metalic.bandit.campaign import (
+    CampaignConfig,
+    CampaignPlan,
+    contexts_for,
+    run_heuristic,
+    summarise,
+    write_outputs,
+)
 from metalic.cli import main
+from metalic.jobs import run_solve_batch
+from metalic.pinn.artefact import TrainedModel
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
@@ -54,6 +63,14 @@ def test_sequential_campaign_chooses_the_lbfgs_arm_after_the_adam_phase():
 def test_single_domain_baseline_runs_one_network():
     rows, engine = run_heuristic(TOY, "single-domain")
     assert engine is None and len(rows) == 7 and all(r.arm == "none" for r in rows)
+    # every one of its trainings is one network over the whole domain, trained as such
+    config = replace(TOY, heuristics=("single-domain",))
+    plan = CampaignPlan(config)
+    runs = [run for step in plan.steps() for run in plan.runs(step, plan.new_engines())]
+    assert len(runs) == 7 and all(run.training(config).request.subdomains == 1 for run in runs)
+    for result in run_solve_batch([run.training(config) for run in runs[:2]], device="cpu"):
+        assert result.status == "ok"
+        assert TrainedModel.from_bytes(result.model).network().n_subdomains == 1
 
 
 @pytest.mark.parametrize(

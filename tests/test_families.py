@@ -96,6 +96,13 @@ def test_poisson_reference_satisfies_the_discrete_equation_and_the_source_is_nor
     assert source_numpy(20.0, np.array(0.5), np.array(0.5)) == pytest.approx(1.0)
     assert np.all(grid.u[[0, -1], :] == 0) and np.all(grid.u[:, [0, -1]] == 0)
     assert grid.u[50, 50] < 0  # u_xx + u_yy = f > 0 with zero edges: u is a negative bowl
+    # the 5-point Laplacian of the grid equals the source at every interior node
+    x, y = grid.axes
+    h = x[1] - x[0]
+    u = grid.u
+    lap = (u[2:, 1:-1] + u[:-2, 1:-1] + u[1:-1, 2:] + u[1:-1, :-2] - 4 * u[1:-1, 1:-1]) / h**2
+    xx, yy = np.meshgrid(x[1:-1], y[1:-1], indexing="ij")
+    np.testing.assert_allclose(lap, source_numpy(20.0, xx, yy), rtol=0, atol=1e-8)
 
 
 @pytest.mark.parametrize("nu", [0.01, 0.002])
