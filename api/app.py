@@ -13,9 +13,8 @@ import time
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import metalic
 from api import metrics
 from api.dashboard import create_dashboard
+from api.errors import invalid_request
 from api.routes import admin, families, ops, recommend, tasks
 from api.service import Service
 
@@ -126,10 +126,7 @@ def create_app(service: Service) -> FastAPI:
     )
     app.state.service = service
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     for module in (families, tasks, recommend, admin):
         app.include_router(module.router, prefix="/v1")

@@ -29,8 +29,10 @@ class Principal:
         return None if self.is_admin else self.name
 
 
-def lookup(store, token: str) -> Principal | None:
-    row = token_store.lookup(store, token)
+def lookup(store, token_digest: str) -> Principal | None:
+    """The principal of a live token, by the token's SHA-256 (what the cache and a dashboard
+    session hold)."""
+    row = token_store.lookup_digest(store, token_digest)
     return None if row is None else Principal(row.name, row.role)
 
 
@@ -45,8 +47,8 @@ async def principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
     service = request.app.state.service
-    token = credentials.credentials
-    found = await service.tokens.get(token_store.digest(token), lambda: lookup(service.store, token))
+    key = token_store.digest(credentials.credentials)
+    found = await service.tokens.get(key, lambda: lookup(service.store, key))
     if found is None:
         raise _unauthorized("unknown or revoked token")
     return found

@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
-from metalic.store.models import TASK_STATES, Batch, Observation, Task
+from metalic.store.models import TASK_STATES, Batch, Observation
+from metalic.store.tasks import counts_by_state
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Histogram(
@@ -29,7 +30,7 @@ class StoreCollector:
 
     def collect(self):
         with self.store.read() as s:
-            by_state = dict(s.execute(select(Task.state, func.count()).group_by(Task.state)).all())
+            by_state = counts_by_state(s)
             batches, runs, seconds = s.execute(
                 select(
                     func.count(), func.coalesce(func.sum(Batch.size), 0), func.coalesce(func.sum(Batch.seconds), 0.0)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import String, case, func, select
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from metalic.bandit.engine import BanditEngine
@@ -26,14 +26,14 @@ from metalic.store.models import (
     Batch,
     Campaign,
     Observation,
-    PolicySnapshot,
     ProgressPoint,
     Study,
     Task,
     Worker,
     utc_now,
 )
-from metalic.store.studies import arm_of_bits
+from metalic.store.studies import arm_of_bits, latest_snapshots, observation_counts
+from metalic.store.tasks import counts_by_state
 from metalic.store.workers import is_alive
 
 PAGE = 50  # rows of a table page
@@ -73,9 +73,10 @@ def _num(x: float | None) -> float | None:
 
 
 # ---- overview -------------------------------------------------------------------------------------
-def queue(s: Session) -> dict[str, int]:
-    counts = dict(s.execute(select(Task.state, func.count()).group_by(Task.state)).all())
-    return {state: int(counts.get(state, 0)) for state in TASK_STATES}
+def queue(s: Session, campaign_id: int | None = None) -> dict[str, int]:
+    """Tasks by state, every state present (of one campaign, or of all)."""
+    counts = counts_by_state(s, campaign_id)
+    return {state: counts.get(state, 0) for state in TASK_STATES}
 
 
 def studies(s: Session, campaign_id: int | None = None, limit: int = 100) -> list[dict]:
@@ -83,29 +84,7 @@ def studies(s: Session, campaign_id: int | None = None, limit: int = 100) -> lis
     where = Study.campaign_id.is_(None) if campaign_id is None else Study.campaign_id == campaign_id
     rows = s.scalars(select(Study).where(where).order_by(Study.id).limit(limit)).all()
     ids = [st.id for st in rows]
-    if not ids:
-        return []
-    counts = dict(
-        s.execute(
-            select(Observation.study_id, func.count())
-            .where(Observation.study_id.in_(ids))
-            .group_by(Observation.study_id)
-        ).all()
-    )
-    latest = (
-        select(PolicySnapshot.study_id, func.max(PolicySnapshot.version).label("v"))
-        .where(PolicySnapshot.study_id.in_(ids))
-        .group_by(PolicySnapshot.study_id)
-        .subquery()
-    )
-    snaps = {
-        p.study_id: p
-        for p in s.scalars(
-            select(PolicySnapshot)
-            .options(load_only(PolicySnapshot.study_id, PolicySnapshot.version, PolicySnapshot.created_at))
-            .join(latest, (latest.c.study_id == PolicySnapshot.study_id) & (latest.c.v == PolicySnapshot.version))
-        ).all()
-    }
+    counts, snaps = observation_counts(s, ids), latest_snapshots(s, ids)
     out = []
     for st in rows:
         snap = snaps.get(st.id)
@@ -165,7 +144,7 @@ def overview(s: Session, stale_seconds: float) -> dict[str, Any]:
     n_batches, mean_size, busy = s.execute(
         select(func.count(), func.avg(Batch.size), func.sum(Batch.seconds)).where(Batch.created_at >= day)
     ).one()
-    last_hour = sum(per_hour[hours[-1]].values()) if hours else 0
+    last_hour = s.scalar(select(func.count()).select_from(Task).where(Task.finished_at >= now - timedelta(hours=1)))
     failed = s.execute(
         select(Task.id, Task.family, Task.error, Task.finished_at)
         .where(Task.state == "failed")
@@ -185,7 +164,7 @@ def overview(s: Session, stale_seconds: float) -> dict[str, Any]:
             "succeeded": [per_hour[h]["succeeded"] for h in hours],
             "failed": [per_hour[h]["failed"] for h in hours],
             "cancelled": [per_hour[h]["cancelled"] for h in hours],
-            "finished_last_hour": last_hour,
+            "finished_last_hour": int(last_hour or 0),
             "finished_last_day": sum(sum(c.values()) for c in per_hour.values()),
             "batches_last_day": int(n_batches or 0),
             "mean_batch_size": _num(float(mean_size)) if mean_size is not None else None,
@@ -334,21 +313,8 @@ def study_meta(s: Session, study_id: int) -> dict[str, Any] | None:
     st = s.get(Study, study_id)
     if st is None:
         return None
-    snap = s.scalar(
-        select(PolicySnapshot)
-        .options(
-            load_only(
-                PolicySnapshot.version,
-                PolicySnapshot.created_at,
-                PolicySnapshot.fit_seconds,
-                PolicySnapshot.observation_count,
-            )
-        )
-        .where(PolicySnapshot.study_id == study_id)
-        .order_by(PolicySnapshot.version.desc())
-        .limit(1)
-    )
-    count = s.scalar(select(func.count()).select_from(Observation).where(Observation.study_id == study_id))
+    snap = latest_snapshots(s, [study_id]).get(study_id)
+    count = observation_counts(s, [study_id]).get(study_id, 0)
     return {
         "id": st.id,
         "family": st.family,
@@ -607,9 +573,6 @@ def campaign_state(s: Session, campaign_id: int) -> dict[str, Any] | None:
     camp = s.get(Campaign, campaign_id)
     if camp is None:
         return None
-    by_state = dict(
-        s.execute(select(Task.state, func.count()).where(Task.campaign_id == campaign_id).group_by(Task.state)).all()
-    )
     return {
         "id": camp.id,
         "name": camp.name,
@@ -621,7 +584,7 @@ def campaign_state(s: Session, campaign_id: int) -> dict[str, Any] | None:
         "error": camp.error,
         "created_at": _iso(camp.created_at),
         "finished_at": _iso(camp.finished_at),
-        "tasks": {state: int(by_state.get(state, 0)) for state in TASK_STATES},
+        "tasks": queue(s, campaign_id),
     }
 
 

@@ -32,6 +32,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from api.auth import Principal
 from api.dashboard import data
 from api.dashboard.session import COOKIE, LoginRequired, csrf_ok, csrf_token, current_admin, log_in, secret_key
+from api.errors import invalid_request
 from api.routes.admin import create_campaign
 from api.routes.tasks import plot_png
 from api.schemas import MAX_ID, CampaignBody
@@ -53,7 +54,8 @@ def create_dashboard(service: Service) -> FastAPI:
     touches the REST API's requests."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.state.landscapes = LRU(64)
+    app.state.landscapes = LRU(64)  # (study, snapshot version, slice) -> posterior over the slice
+    app.state.campaign_charts = LRU(32)  # (campaign, succeeded tasks) -> its figures' data
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(service.settings),
@@ -75,10 +77,7 @@ def create_dashboard(service: Service) -> FastAPI:
         target = path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{base}/login?next={quote(target)}", status_code=303)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
-        return JSONResponse({"detail": json.loads(json.dumps(errors, default=str))}, status_code=422)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     for route in ROUTES:
         app.add_api_route(*route[:2], methods=route[2], include_in_schema=False)
@@ -327,37 +326,49 @@ def _slice(request: Request, family: str) -> dict:
         raise RequestValidationError([{"loc": ("query", exc.field), "msg": str(exc), "type": "value_error"}]) from None
 
 
-def _study_view(request: Request, study_id: int, with_landscape: bool) -> dict:
+def _study_view(request: Request, study_id: int, charts: bool) -> dict:
+    """The study's facts and hyper-parameters; with ``charts``, the data of its charts too (the
+    page's JSON twin: the HTML page itself draws no chart)."""
     service = request.app.state.service
     with service.store.read() as s:
         meta = data.study_meta(s, study_id)
         if meta is None:
             raise HTTPException(404, f"no study {study_id}")
         cut = _slice(request, meta["family"])
-        view: dict[str, Any] = {"study": meta, "slice": cut}
+        view: dict[str, Any] = {"study": meta, "slice": cut, "landscape": None, "hyperparameters": []}
+        engine = None
+        if meta["snapshot_version"]:
+            version, engine = service.engines.get(s, s.get(Study, study_id), meta["snapshot_version"])
+            view["hyperparameters"] = data.hyperparameters(engine)
+        if not charts:
+            return view
         view["terms"] = data.term_frequency(s, study_id)
         view["rewards"] = data.reward_series(s, study_id)
-        view["landscape"], view["hyperparameters"] = None, []
-        if meta["snapshot_version"]:
-            study = s.get(Study, study_id)
-            version, engine = service.engines.get(s, study, meta["snapshot_version"])
-            view["hyperparameters"] = data.hyperparameters(engine)
-            if with_landscape and engine.phase0.ready:
-                key = (study_id, version, json.dumps(cut, sort_keys=True))
-                view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
+        if engine is not None and engine.phase0.ready:
+            key = (study_id, version, json.dumps(cut, sort_keys=True))
+            view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
         if meta["campaign_id"] is not None:
             view["campaign"] = data.campaign_state(s, meta["campaign_id"])
     if meta["campaign_id"] is not None:
-        from workers import campaigns
-
-        view["campaign_charts"] = data.campaign_charts(campaigns.rows(service.store, meta["campaign_id"]))
+        view["campaign_charts"] = _campaign_charts(request, view["campaign"])
     return view
+
+
+def _campaign_charts(request: Request, campaign: dict) -> dict:
+    """A campaign's figures, rebuilt only when another of its tasks has succeeded (its rows are
+    those tasks' results): polling an open page does not re-read every round each time."""
+    from workers import campaigns
+
+    key = (campaign["id"], campaign["tasks"]["succeeded"])
+    return request.app.state.campaign_charts.get(
+        key, lambda: data.campaign_charts(campaigns.rows(_store(request), campaign["id"]))
+    )
 
 
 def study_page(
     request: Request, study_id: PageId, who: Admin, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
 ) -> HTMLResponse:
-    view = _study_view(request, study_id, with_landscape=False)
+    view = _study_view(request, study_id, charts=False)
     with _store(request).read() as s:
         observations = data.observations_page(s, study_id, before)
     family = get_family(view["study"]["family"])
@@ -374,7 +385,7 @@ def study_page(
 
 
 def study_data(request: Request, study_id: PageId, who: Admin) -> Response:
-    return etag_json(request, _study_view(request, study_id, with_landscape=True))
+    return etag_json(request, _study_view(request, study_id, charts=True))
 
 
 def observations_csv(request: Request, study_id: PageId, who: Admin) -> StreamingResponse:
@@ -498,25 +509,22 @@ async def start_campaign(request: Request, who: Admin) -> Response:
     return RedirectResponse(f"{request.scope.get('root_path', '')}/campaigns/{camp.id}", status_code=303)
 
 
-def _campaign_view(request: Request, campaign_id: int) -> dict:
-    from workers import campaigns
-
-    store = _store(request)
-    with store.read() as s:
+def _campaign_view(request: Request, campaign_id: int, charts: bool) -> dict:
+    with _store(request).read() as s:
         state = data.campaign_state(s, campaign_id)
         if state is None:
             raise HTTPException(404, f"no campaign {campaign_id}")
         state["studies"] = data.studies(s, campaign_id)
-    return {"campaign": state, "charts": data.campaign_charts(campaigns.rows(store, campaign_id))}
+    return {"campaign": state, "charts": _campaign_charts(request, state) if charts else None}
 
 
 def campaign_page(request: Request, campaign_id: PageId, who: Admin) -> HTMLResponse:
-    view = _campaign_view(request, campaign_id)
+    view = _campaign_view(request, campaign_id, charts=False)
     return render(request, "campaign.html", who=who, view=view, campaign=view["campaign"])
 
 
 def campaign_data(request: Request, campaign_id: PageId, who: Admin) -> Response:
-    return etag_json(request, _campaign_view(request, campaign_id))
+    return etag_json(request, _campaign_view(request, campaign_id, charts=True))
 
 
 def rounds_csv(request: Request, campaign_id: PageId, who: Admin) -> StreamingResponse:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from api.auth import Principal
+from api.auth import Principal, lookup
 from metalic.settings import Settings
 from metalic.store import tokens as token_store
 
@@ -55,18 +55,13 @@ def csrf_ok(request: Request, sent: str | None) -> bool:
     return bool(expected and sent) and hmac.compare_digest(expected, sent)
 
 
-def _load(store, digest: str) -> Principal | None:
-    row = token_store.lookup_digest(store, digest)
-    return None if row is None else Principal(row.name, row.role)
-
-
 async def current_admin(request: Request) -> Principal:
     """The logged-in admin, or LoginRequired (no cookie, a revoked token, or not an admin)."""
     digest = request.session.get("token")
     if not isinstance(digest, str):
         raise LoginRequired
     service = request.app.state.service
-    found = await service.tokens.get(digest, lambda: _load(service.store, digest))
+    found = await service.tokens.get(digest, lambda: lookup(service.store, digest))
     if found is None or not found.is_admin:
         request.session.clear()
         raise LoginRequired

@@ -8,14 +8,16 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.auth import Admin
 from api.schemas import CampaignBody, CampaignOut, Id, Problem, StudyOut, WorkerOut
 from metalic.bandit.campaign import CampaignConfig, summarise
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
-from metalic.store.models import Campaign, Observation, PolicySnapshot, Study, Task, Worker, utc_now
+from metalic.store.models import Campaign, Study, Worker, utc_now
+from metalic.store.studies import latest_snapshots, observation_counts
+from metalic.store.tasks import counts_by_state
 from metalic.store.workers import is_alive
 from workers import campaigns
 
@@ -24,9 +26,7 @@ NOT_FOUND = {404: {"model": Problem}}
 
 
 def campaign_out(session, camp: Campaign, store=None) -> CampaignOut:
-    by_state = dict(
-        session.execute(select(Task.state, func.count()).where(Task.campaign_id == camp.id).group_by(Task.state)).all()
-    )
+    by_state = counts_by_state(session, camp.id)
     summary = summarise(campaigns.rows(store, camp.id)) if store is not None and camp.state == "succeeded" else None
     return CampaignOut(
         id=camp.id,
@@ -135,22 +135,12 @@ def cancel_campaign(campaign_id: Id, _: Admin, request: Request) -> CampaignOut:
 
 
 def _studies(session, where) -> list[StudyOut]:
-    counts = dict(session.execute(select(Observation.study_id, func.count()).group_by(Observation.study_id)).all())
-    latest = (
-        select(PolicySnapshot.study_id, func.max(PolicySnapshot.version).label("v"))
-        .group_by(PolicySnapshot.study_id)
-        .subquery()
-    )
-    snaps = {
-        p.study_id: p
-        for p in session.scalars(
-            select(PolicySnapshot).join(
-                latest, (latest.c.study_id == PolicySnapshot.study_id) & (latest.c.v == PolicySnapshot.version)
-            )
-        ).all()
-    }
+    rows = session.scalars(select(Study).where(*where).order_by(Study.id)).all()
+    ids = [st.id for st in rows]
+    counts = observation_counts(session, ids)
+    snaps = latest_snapshots(session, ids, with_engine=True)  # the answer carries the hyper-parameters
     out = []
-    for st in session.scalars(select(Study).where(*where).order_by(Study.id)).all():
+    for st in rows:
         snap = snaps.get(st.id)
         out.append(
             StudyOut(

@@ -312,8 +312,8 @@ class BanditEngine:
         surface = gp.surface(units, ALL_ARMS)  # [G, 512]
         best_mean, best = surface.max(dim=1)
         wins = torch.bincount(best, minlength=len(ALL_ARMS))
-        ranked = sorted(range(len(ALL_ARMS)), key=lambda i: (-int(wins[i]), -float(surface[:, i].mean())))
-        order = torch.tensor(ranked[:top])
+        by_mean = torch.argsort(surface.mean(dim=0), descending=True)
+        order = by_mean[torch.argsort(wins[by_mean], descending=True, stable=True)][:top]  # wins, then mean
         mean, std = gp.band(units, ALL_ARMS, order)
         return Landscape(
             arms=[arm_label(arm_of(i)) for i in order.tolist()],

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from metalic.bandit.engine import BanditEngine
 from metalic.bandit.engine import Observation as EngineObservation
@@ -94,6 +94,47 @@ def latest_version(session: Session, study_id: int) -> int:
     """0 when the study has no snapshot yet."""
     v = session.scalar(select(func.max(PolicySnapshot.version)).where(PolicySnapshot.study_id == study_id))
     return int(v or 0)
+
+
+def observation_counts(session: Session, study_ids: Sequence[int]) -> dict[int, int]:
+    """Observations per study (one grouped count over the (study_id, id) index)."""
+    if not study_ids:
+        return {}
+    rows = session.execute(
+        select(Observation.study_id, func.count())
+        .where(Observation.study_id.in_(study_ids))
+        .group_by(Observation.study_id)
+    ).all()
+    return {study: int(n) for study, n in rows}
+
+
+def latest_snapshots(
+    session: Session, study_ids: Sequence[int], with_engine: bool = False
+) -> dict[int, PolicySnapshot]:
+    """Each study's latest snapshot, in one query; without ``with_engine`` the engine JSON (which
+    a campaign study's snapshot fills with all its observations) is not read."""
+    if not study_ids:
+        return {}
+    latest = (
+        select(PolicySnapshot.study_id, func.max(PolicySnapshot.version).label("v"))
+        .where(PolicySnapshot.study_id.in_(study_ids))
+        .group_by(PolicySnapshot.study_id)
+        .subquery()
+    )
+    q = select(PolicySnapshot).join(
+        latest, (latest.c.study_id == PolicySnapshot.study_id) & (latest.c.v == PolicySnapshot.version)
+    )
+    if not with_engine:
+        q = q.options(
+            load_only(
+                PolicySnapshot.study_id,
+                PolicySnapshot.version,
+                PolicySnapshot.observation_count,
+                PolicySnapshot.fit_seconds,
+                PolicySnapshot.created_at,
+            )
+        )
+    return {snap.study_id: snap for snap in session.scalars(q).all()}
 
 
 def add_snapshot(

@@ -389,6 +389,9 @@ def running_of_batches(store, batch_ids: Iterable[int]) -> list[tuple[int, int]]
     return [tuple(r) for r in rows]
 
 
-def counts_by_state(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Task.state, func.count()).group_by(Task.state)).all()
-    return {state: int(n) for state, n in rows}
+def counts_by_state(session: Session, campaign_id: int | None = None) -> dict[str, int]:
+    """Tasks per state (states with none left out), of one campaign or of all."""
+    q = select(Task.state, func.count()).group_by(Task.state)
+    if campaign_id is not None:
+        q = q.where(Task.campaign_id == campaign_id)
+    return {state: int(n) for state, n in session.execute(q).all()}
