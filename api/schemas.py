@@ -64,8 +64,9 @@ class Points(BaseModel):
 
 
 class SolveBody(BaseModel):
-    """A PDE instance to solve. ``arm``: interface terms (``u,flux``, 9 bits, ``all``, ``none``) or
-    ``learned`` (the study's policy; ``learned:ts``, ``learned:ucb``, ``learned:mean``)."""
+    """A PDE instance to solve. ``arm``: interface terms (``u,flux``, 9 bits, ``all``, ``none``),
+    ``single-domain`` (one network, no split) or ``learned`` (the study's policy; ``learned:ts``,
+    ``learned:ucb``, ``learned:mean``)."""
 
     model_config = ConfigDict(extra="forbid")
     params: dict[str, float] = Field(default_factory=dict)
@@ -76,6 +77,7 @@ class SolveBody(BaseModel):
     points: Points = Field(default_factory=Points)
     subdomains: int | None = Field(None, description="N equal slabs instead of the family's split")
     final_time_data: bool = False
+    side_data: bool = Field(False, description="periodic family (kdv): data on the x-edges from the reference")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
@@ -104,6 +106,7 @@ class SolveBody(BaseModel):
             interface_points=self.points.interface,
             subdomains=self.subdomains,
             final_time_data=self.final_time_data,
+            side_data=self.side_data,
             seed=self.seed,
             device=self.device,
             dtype=self.dtype,

@@ -38,7 +38,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="train one multi-domain PINN and report its error")
     s.add_argument("family")
     s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="PDE parameter")
-    s.add_argument("--arm", default="u,flux,res_continuity", help="interface terms (names, bits, all, none)")
+    s.add_argument(
+        "--arm",
+        default="u,flux,res_continuity",
+        help="interface terms (names, bits, all, none) or single-domain (one network, no split)",
+    )
     s.add_argument("--arm-lbfgs", default=None, help="terms for the L-BFGS phase (default: --arm)")
     s.add_argument("--adam", type=int, default=1000, help="Adam iterations")
     s.add_argument("--lbfgs", type=int, default=1000, help="L-BFGS iterations")
@@ -53,6 +57,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--collocation", type=int, default=1000, help="collocation points per subdomain")
     s.add_argument("--boundary", type=int, default=100, help="boundary/initial data points per subdomain")
     s.add_argument("--final-time-data", action="store_true", help="authors' extra supervision at t = T")
+    s.add_argument(
+        "--side-data",
+        action="store_true",
+        help="periodic family (kdv): the authors' setup, data on the x-edges from the reference, no periodic network",
+    )
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     s.add_argument("--dtype", default=None, choices=["float32", "float64"])
     s.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the loss")
@@ -183,6 +192,7 @@ CLI_FLAGS = {
     "interface_points": "--interface-points",
     "arm_lbfgs": "--arm-lbfgs",
     "final_time_data": "--final-time-data",
+    "side_data": "--side-data",
     "adam_lr": "--adam-lr",
     "lbfgs_lr": "--lbfgs-lr",
 }
@@ -225,6 +235,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
             "boundary": args.boundary,
             "subdomains": args.subdomains,
             "final_time_data": args.final_time_data,
+            "side_data": args.side_data,
             "seed": args.seed,
             "dtype": args.dtype or get_settings().dtype,
         }

@@ -20,14 +20,22 @@ import json
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from metalic.conditions import Arm, arm_label, parse_arm
+from metalic.conditions import (
+    SINGLE_NETWORK,
+    SINGLE_NETWORK_LABEL,
+    Arm,
+    arm_label,
+    is_single_network,
+    parse_arm,
+    term_bits,
+)
 from metalic.families import get_family
 from metalic.pinn.artefact import evaluate_batch, models_from_batch
 from metalic.pinn.evaluate import Metrics, reward_of
@@ -96,6 +104,9 @@ class SolveRequest(BaseModel):
     interface_points: int | None = Field(None, ge=2, description="points per interface (None: the family's)")
     subdomains: int | None = Field(None, ge=1, description="N equal slabs (None: the family's split)")
     final_time_data: bool = False
+    side_data: bool = Field(
+        False, description="periodic family: data on the x-edges from the reference, no periodic network"
+    )
     seed: int = Field(0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
@@ -125,7 +136,16 @@ class SolveRequest(BaseModel):
             if value is not None:
                 raise ValueError("only a sequential request has its own L-BFGS arm (set mode to 'sequential')")
             return None
-        return LEARNED if value is None else str(ArmChoice.parse(value))
+        if value is None:
+            value = LEARNED
+        choice = ArmChoice.parse(value)
+        first = ArmChoice.parse(info.data["arm"]) if "arm" in info.data else None
+        if first is not None and first.arm is not None and is_single_network(first.arm):
+            if choice.arm is not None and not is_single_network(choice.arm):
+                raise ValueError(f"a {SINGLE_NETWORK_LABEL} Adam phase goes on as one network (omit arm_lbfgs)")
+        elif choice.arm is not None and is_single_network(choice.arm):
+            raise ValueError(f"{SINGLE_NETWORK_LABEL}: also the Adam phase's arm (a split cannot merge)")
+        return str(choice)
 
     @field_validator("adam", "lbfgs", "collocation", "boundary", "interface_points", "subdomains")
     @classmethod
@@ -152,6 +172,13 @@ class SolveRequest(BaseModel):
             raise ValueError(f"needs a time-dependent family; {info.data['family']} is steady")
         return value
 
+    @field_validator("side_data")
+    @classmethod
+    def _side_data(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and "family" in info.data and get_family(info.data["family"]).period is None:
+            raise ValueError(f"needs a periodic family; {info.data['family']} is not periodic")
+        return value
+
     # ---- derived -------------------------------------------------------------------------------
     @property
     def arm_choice(self) -> ArmChoice:
@@ -168,6 +195,7 @@ class SolveRequest(BaseModel):
             n_interface=self.interface_points,
             subdomains=self.subdomains,
             final_time_data=self.final_time_data,
+            side_data=self.side_data,
         )
 
     def train_config(self, compile: bool | None = None) -> TrainConfig:
@@ -193,7 +221,8 @@ class SolveRequest(BaseModel):
             "interface_points": self.interface_points,
             "subdomains": self.subdomains,
             "final_time_data": self.final_time_data,
-            "layers": list(pinn.layers),
+            **({"side_data": True} if self.side_data else {}),  # absent when off: older studies' keys stay
+            "layers": list(pinn.layers_for(get_family(self.family))),
             "dtype": self.dtype,
         }
 
@@ -332,9 +361,11 @@ def run_solve_batch(
 ) -> list[SolveResult]:
     """Train ``trainings`` (all with one ``batch_key``) as one batch; one result per training.
 
-    ``progress(Progress)`` gets every run's loss [K] every ``progress_every`` iterations;
+    ``progress(Progress)`` gets every run's loss every ``progress_every`` iterations;
     ``should_stop() -> run indices`` is polled at the same points (those runs end ``cancelled``).
     ``engines``: the bandit engines that choose L-BFGS arms after the Adam phase (sequential).
+    Runs with the single-network arm train as their own sub-batch, one network each, after the
+    others (``Progress.runs`` says which runs a report is about).
     """
     if not trainings:
         return []
@@ -345,16 +376,66 @@ def run_solve_batch(
     for t in trainings:
         if t.lbfgs_policy is not None and t.engine_key not in engines:
             raise ValueError(f"training needs engine {t.engine_key!r} to choose its L-BFGS arm")
+    single = [j for j, t in enumerate(trainings) if is_single_network(t.arm_adam)]
+    split = [j for j in range(len(trainings)) if j not in single]
+    start = time.perf_counter()
+    results: dict[int, SolveResult] = {}
+    for runs in (split, single):
+        if not runs:
+            continue
+        group = [trainings[j] for j in runs]
+        report = None if progress is None else _progress_of(runs, progress)
+        stop = None if should_stop is None else _stops_of(runs, should_stop)
+        for j, res in zip(runs, _train_group(group, runs is single, device, report, stop, engines, compile,
+                                             progress_every, artefacts), strict=True):  # fmt: skip
+            results[j] = res
+    wall = time.perf_counter() - start
+    for res in results.values():
+        res.seconds, res.batch_seconds, res.batch_size = wall / len(trainings), wall, len(trainings)
+    return [results[j] for j in range(len(trainings))]
+
+
+def _progress_of(runs: list[int], progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
+    return lambda p: progress(replace(p, runs=[runs[i] for i in p.runs] if p.runs is not None else list(runs)))
+
+
+def _stops_of(runs: list[int], should_stop: Callable[[], Collection[int]]) -> Callable[[], list[int]]:
+    def local() -> list[int]:
+        named = set(should_stop())
+        return [i for i, j in enumerate(runs) if j in named]
+
+    return local
+
+
+def _train_group(
+    trainings: list[Training],
+    single_network: bool,
+    device,
+    progress,
+    should_stop,
+    engines: Mapping[str, BanditEngine],
+    compile: bool | None,
+    progress_every: int,
+    artefacts: bool,
+) -> list[SolveResult]:
+    """One train_batch call: every training multi-domain, or every one single-network (one
+    subdomain, no interface terms; its arms stay the single-network arm in the results)."""
     first = trainings[0].request
     family = get_family(first.family)
-    specs = [RunSpec(t.request.params, t.arm_adam, t.arm_lbfgs, t.request.seed) for t in trainings]
+    pinn = first.pinn_config()
+    if single_network:
+        pinn = replace(pinn, subdomains=1)
+    specs = [
+        RunSpec(t.request.params, term_bits(t.arm_adam), None if t.arm_lbfgs is None else term_bits(t.arm_lbfgs),
+                t.request.seed)
+        for t in trainings
+    ]  # fmt: skip
     sequential = any(t.request.mode == "sequential" for t in trainings)
     hook = _lbfgs_chooser(trainings, engines) if sequential else None
-    start = time.perf_counter()
     batch = train_batch(
         family,
         specs,
-        first.pinn_config(),
+        pinn,
         first.train_config(compile),
         device=device,
         dtype=first.dtype,
@@ -365,10 +446,9 @@ def run_solve_batch(
     )
     metrics = evaluate_batch(batch)
     models = models_from_batch(batch, metrics) if artefacts else [None] * len(trainings)
-    wall = time.perf_counter() - start
     results = []
     for j, (spec, outcome, m) in enumerate(zip(batch.specs, batch.outcomes, metrics, strict=True)):
-        arm0, arm1 = spec.arms
+        arm0, arm1 = (SINGLE_NETWORK, SINGLE_NETWORK) if single_network else spec.arms
         diverged = outcome.status == "diverged"
         cancelled = outcome.status == "cancelled"
         # The phase-0 reward is what the between-phases hook saw (and told an engine).
@@ -389,8 +469,8 @@ def run_solve_batch(
                 reward_phase0=r0,
                 rel_l2_phase0=outcome.phase0_rel_l2,
                 outcome=asdict(outcome),
-                seconds=wall / len(trainings),
-                batch_seconds=wall,
+                seconds=0.0,  # set by run_solve_batch for the whole batch
+                batch_seconds=0.0,
                 batch_size=len(trainings),
                 device=str(batch.net.theta.device),
                 model=models[j].to_bytes() if artefacts and not cancelled else None,
@@ -411,14 +491,14 @@ def _lbfgs_chooser(
         arms: list[Arm] = []
         for t, m in zip(trainings, metrics, strict=True):
             if t.lbfgs_policy is None:
-                arms.append(t.arm_lbfgs if t.arm_lbfgs is not None else t.arm_adam)
+                arms.append(term_bits(t.arm_lbfgs if t.arm_lbfgs is not None else t.arm_adam))
                 continue
             engine = engines[t.engine_key]
             r0 = reward_of(m.rel_l2)
             seen = pending.setdefault(t.engine_key, [])
             arm = engine.report_phase0(t.request.params, t.arm_adam, r0, pending=seen, policy=t.lbfgs_policy)[0]
             seen.append((t.request.params, r0, arm))
-            arms.append(arm)
+            arms.append(term_bits(arm))  # what the trainer trains with (the single network: none)
         return arms
 
     return choose

@@ -11,7 +11,7 @@ import torch
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.space import ALL_ARMS, arm_index, arm_of
 from metalic.bandit.surrogate import RewardGP
-from metalic.conditions import arm_label, parse_arm
+from metalic.conditions import arm_label, is_single_network, parse_arm
 
 A = (1, 0, 0, 1, 1, 0, 0, 0, 0)  # u, res_continuity, flux
 B = (0, 1, 1, 0, 0, 0, 1, 0, 1)  # uavg, res, gres, uxx
@@ -22,15 +22,18 @@ def hamming(a, b):
 
 
 def planted_mean(ctx, arm):
-    """Advection's beta in [1, 30]: arm A is best below 15.5, arm B above; reward falls 0.4 per bit."""
+    """Advection's beta in [1, 30]: arm A is best below 15.5, arm B above; reward falls 0.4 per bit.
+    The single-network arm is poor here (1.0)."""
+    if is_single_network(arm):
+        return 1.0
     best = A if ctx["beta"] < 15.5 else B
     return 3.0 - 0.4 * hamming(arm, best)
 
 
 def run_planted(policy: str, horizon: int, seed: int = 0):
     engine = BanditEngine("advection", policy=policy, seed=seed)
-    contexts = torch.Generator().manual_seed(123)
-    noise = torch.Generator().manual_seed(7)
+    contexts = torch.Generator().manual_seed(123 + seed)
+    noise = torch.Generator().manual_seed(7 + seed)
     regret = 0.0
     for t in range(horizon):
         ctx = {"beta": 1 + 29 * float(torch.rand(1, generator=contexts))}
@@ -47,12 +50,14 @@ def planted():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["ucb", "ts"])
-def test_ucb_and_ts_regret_is_at_most_three_quarters_of_random(planted, policy):
-    """Horizon 60 rounds (5 random warm-up). Measured: UCB 52.0, TS 73.6, random 112.4 (0.46 and 0.65)."""
-    _, regret = planted[policy]
-    _, random_regret = planted["random"]
-    assert regret < 0.75 * random_regret, (policy, regret, random_regret)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ucb_and_ts_regret_is_at_most_three_quarters_of_random(planted, seed):
+    """Horizon 60 rounds (5 random warm-up), three seeds (contexts, noise, engine). Measured at
+    seed 0 before the single-network arm: UCB 52.0, TS 73.6, random 112.4 (0.46 and 0.65)."""
+    runs = planted if seed == 0 else {p: run_planted(p, 60, seed) for p in ("ucb", "ts", "random")}
+    random_regret = runs["random"][1]
+    for policy in ("ucb", "ts"):
+        assert runs[policy][1] < 0.75 * random_regret, (policy, seed, runs[policy][1], random_regret)
 
 
 @pytest.mark.slow
@@ -191,7 +196,7 @@ def test_cached_predictor_matches_botorch_posterior():
     )
     y = torch.randn(30, generator=g, dtype=torch.float64)
     assert gp.fit(x, y)
-    test = torch.cat([torch.full((512, 1), 0.3, dtype=torch.float64), ALL_ARMS], 1)
+    test = torch.cat([torch.full((len(ALL_ARMS), 1), 0.3, dtype=torch.float64), ALL_ARMS], 1)
     post = gp.model.posterior(test)
     mean, cov = gp.joint(test)
     torch.testing.assert_close(mean, post.mean.squeeze(-1), rtol=1e-6, atol=1e-8)
@@ -221,12 +226,12 @@ def test_the_plain_torch_kernel_equals_gpytorchs(kernel):
         [torch.rand(25, 2, generator=g, dtype=torch.float64), ALL_ARMS[torch.randint(512, (25,), generator=g)]], 1
     )
     assert gp.fit(x, torch.randn(25, generator=g, dtype=torch.float64))
-    test = torch.cat([torch.rand(512, 2, generator=g, dtype=torch.float64), ALL_ARMS], 1)
+    test = torch.cat([torch.rand(len(ALL_ARMS), 2, generator=g, dtype=torch.float64), ALL_ARMS], 1)
     torch.testing.assert_close(gp._kernel(test, x), gp.model.covar_module(test, x).to_dense(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(gp.mean(test), gp.marginal(test)[0], rtol=1e-12, atol=1e-12)
     post = gp.model.posterior(test)
     torch.testing.assert_close(gp.mean(test), post.mean.squeeze(-1), rtol=1e-6, atol=1e-8)
-    at_one = torch.cat([torch.full((512, 2), 0.3, dtype=torch.float64), ALL_ARMS], 1)
+    at_one = torch.cat([torch.full((len(ALL_ARMS), 2), 0.3, dtype=torch.float64), ALL_ARMS], 1)
     order, mean, std = gp.rank_arms(at_one[0, :2], ALL_ARMS, 7)
     full_mean, full_std = gp.marginal(at_one)
     torch.testing.assert_close(order, torch.argsort(full_mean, descending=True)[:7])
@@ -253,3 +258,57 @@ def test_landscape_over_a_slice_equals_the_posterior_at_each_context(planted):
             assert float(land.mean[i, j]) == pytest.approx(float(mean[k]), abs=1e-6)
             assert float(land.std[i, j]) == pytest.approx(float(std[k]), rel=1e-4, abs=1e-7)
     assert (land.best[0], land.best[-1]) == (arm_label(A), arm_label(B))  # the planted regions
+
+
+def _observed_engine(n: int, seed: int = 3, **kw) -> BanditEngine:
+    engine = BanditEngine("advection", seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed)
+    observations = []
+    for _ in range(n):
+        beta = 1 + 29 * float(torch.rand(1, generator=g))
+        arm = arm_of(int(torch.randint(512, (1,), generator=g)))
+        observations.append(Observation({"beta": beta}, arm, planted_mean({"beta": beta}, arm)))
+    engine.observe(*observations)
+    return engine
+
+
+def test_gp_ucb_weights_the_std_by_the_schedules_beta():
+    from metalic.bandit.space import ALL_ARMS as arms
+    from metalic.bandit.surrogate import gp_ucb_beta
+
+    engine = _observed_engine(12, policy="ucb", ucb_schedule="gp-ucb")
+    ctx = {"beta": 28.0}  # where the two schedules disagree
+    mean, std = engine.phase0.gp.marginal(engine._rows(engine.space.encode(ctx), arms))
+    coef = gp_ucb_beta(len(engine.phase0.y) + 1)
+    assert coef > 1.5 and int(torch.argmax(mean + coef * std)) != int(torch.argmax(mean + std))
+    assert engine.suggest(ctx)[0] == arm_of(int(torch.argmax(mean + coef * std)))
+    assert engine.suggest(ctx, policy="ucb")[0] == engine.suggest(ctx)[0]
+    constant = BanditEngine.from_snapshot(
+        {**engine.snapshot(), "policy": {**engine.snapshot()["policy"], "ucb_schedule": "constant"}}
+    )
+    assert constant.suggest(ctx)[0] == arm_of(int(torch.argmax(mean + std)))
+
+
+def test_past_max_exact_the_gp_conditions_on_the_latest_window_and_restores_from_it():
+    engine = _observed_engine(30, max_exact=20)
+    gp = engine.phase0.gp
+    assert len(gp.model.train_inputs[0]) == 20
+    torch.testing.assert_close(gp.model.train_inputs[0], torch.stack(engine.phase0.x[-20:]))
+    snap = engine.snapshot(observations=False)
+    assert snap["observation_count"] == 30
+    again = BanditEngine.from_snapshot(snap, engine.observations[-20:])
+    assert again.n_observations == 30
+    for beta in (3.0, 17.0, 26.0):
+        assert again.suggest({"beta": beta}) == engine.suggest({"beta": beta})
+    with pytest.raises(ValueError, match="needs the latest 20 observations"):
+        BanditEngine.from_snapshot(snap, engine.observations[-19:])
+    with pytest.raises(ValueError, match="31 observations given for a count of 30"):
+        BanditEngine.from_snapshot(snap, engine.observations + engine.observations[:1])
+
+
+def test_from_snapshot_refuses_what_is_not_a_policy_snapshot():
+    snap = _observed_engine(4).snapshot()
+    with pytest.raises(ValueError, match="not a metalic policy snapshot"):
+        BanditEngine.from_snapshot({**snap, "format": "metalic-model/1"})
+    with pytest.raises(ValueError, match="taken without observations"):
+        BanditEngine.from_snapshot({**snap, "observations": None})

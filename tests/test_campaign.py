@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from metalic.bandit.campaign import (
     CampaignConfig,
@@ -16,9 +17,13 @@ from metalic.bandit.campaign import (
     summarise,
     write_outputs,
 )
+from metalic.bandit.engine import R0_SCALE
+from metalic.bandit.space import ALL_ARMS, arm_of
 from metalic.cli import main
+from metalic.conditions import arm_label
 from metalic.jobs import run_solve_batch
 from metalic.pinn.artefact import TrainedModel
+from metalic.pinn.evaluate import reward_of
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
@@ -56,8 +61,29 @@ def test_every_heuristic_sees_the_same_contexts_and_the_protocol_is_followed(tmp
 def test_sequential_campaign_chooses_the_lbfgs_arm_after_the_adam_phase():
     rows, engine = run_heuristic(replace(TOY, mode="sequential"), "ts")
     assert all(r.phase0_rel_l2 is not None for r in rows)
-    assert len(engine.phase1.y) == 5
     assert any(r.arm != r.arm_lbfgs for r in rows)
+    # the engine learnt each training's measured phase-0 reward and the L-BFGS arm that trained
+    learnt = [r for r in rows if r.stage != "test"]
+    assert len(engine.phase1.y) == len(learnt) == 5
+    for r, x, y0, y1 in zip(learnt, engine.phase1.x, engine.phase0.y, engine.phase1.y, strict=True):
+        r0 = reward_of(r.phase0_rel_l2)
+        assert float(x[0]) * R0_SCALE == pytest.approx(r0)
+        assert arm_label(arm_of(arm_index_of_row(x))) == r.arm_lbfgs
+        assert y1 == pytest.approx(r.reward) and y0 == pytest.approx((r0 + engine.gamma * r.reward) / 2)
+    # at test time the L-BFGS arm is the posterior-mean best given the phase-0 reward just measured
+    # (a single-network Adam phase goes on as one network)
+    test = [r for r in rows if r.stage == "test"]
+    assert [r.arm_lbfgs for r in test if r.arm == "single-domain"] == [r.arm for r in test if r.arm == "single-domain"]
+    split = [r for r in test if r.arm != "single-domain"]
+    assert split  # the check below is not vacuous
+    for r in split:
+        best = engine.recommend(r.context, top=1, reward_phase0=reward_of(r.phase0_rel_l2))[0]
+        assert r.arm_lbfgs == best.terms
+
+
+def arm_index_of_row(x):
+    """The arm a GP input row encodes (its last 10 columns)."""
+    return next(i for i, row in enumerate(ALL_ARMS) if torch.equal(row, x[-len(row) :]))
 
 
 def test_single_domain_baseline_runs_one_network():

@@ -16,7 +16,7 @@ def test_compiled_loss_matches_eager():
     fam = get_family("burgers")
     cfg = PinnConfig(n_collocation=200, n_boundary=20, n_interface=41)
     problem = build_problem(fam, [{"nu": 0.01}, {"nu": 0.03}], [0, 1], cfg)
-    net = StackedMLP(cfg.layers, 2, problem.decomposition.bounding_boxes(), [0, 1])
+    net = StackedMLP(cfg.layers_for(fam), 2, problem.decomposition.bounding_boxes(), [0, 1])
     arms = torch.tensor([[1.0] * 9, [1, 0, 0, 1, 1, 0, 0, 0, 0]])
     loss = PinnLoss(problem, net, cfg, arms)
     eager = loss(arms).total

@@ -237,7 +237,9 @@ def test_a_diverged_run_is_an_outcome_and_the_others_are_untouched():
     assert batch.outcomes[0].status == "ok"
     assert batch.outcomes[0].loss == pytest.approx(alone.outcomes[0].loss, rel=1e-9)
     # the diverged run keeps exactly its initial weights: it went bad at Adam iteration 1
-    initial = StackedMLP(SMALL.layers, 2, batch.problem.decomposition.bounding_boxes(), [0, 1], dtype=torch.float64)
+    initial = StackedMLP(
+        SMALL.layers_for(fam), 2, batch.problem.decomposition.bounding_boxes(), [0, 1], dtype=torch.float64
+    )
     torch.testing.assert_close(batch.net.theta[1], initial.theta[1].detach(), rtol=0, atol=0)
     assert not torch.equal(batch.net.theta[0], initial.theta[0].detach())  # the healthy run trained
     metrics = evaluate_batch(batch)
@@ -326,3 +328,107 @@ def test_the_trainer_gives_back_frozen_objects_even_when_a_callback_raises():
         train_batch(get_family("advection"), [RunSpec({"beta": 2.0}, "u")], SMALL, replace(SHORT, adam_iters=40),
                     progress=explode, progress_every=10)  # fmt: skip
     assert gc.get_freeze_count() == 0
+
+
+def _blows_up_past(q_family: Family) -> Family:
+    """The NaN family with a residual that turns NaN once max |u| exceeds q (mid-training)."""
+
+    def residual(d, p, x):
+        return d["u_t"] + d["u_x"] + 0 * torch.log(p["q"] - d["u"].abs().amax(-1, keepdim=True))
+
+    return replace(q_family, name="nan-mid", residual=residual, residual_uses=("u", "u_t", "u_x"))
+
+
+def test_a_run_that_diverges_mid_adam_is_frozen_at_that_iteration():
+    fam = _blows_up_past(_nan_family())
+    adam = TrainConfig(adam_iters=60, lbfgs_iters=0, compile=False)
+    specs = [RunSpec({"q": 0.7}, "u", seed=0), RunSpec({"q": 1.0}, "u", seed=0)]
+    batch = train_batch(fam, specs, SMALL, adam, device="cpu", dtype="float64")
+    out = batch.outcomes[0]
+    assert out.status == "diverged" and out.diverged_at.startswith("adam iteration ")
+    bad = int(out.diverged_at.rsplit(" ", 1)[1])
+    assert 1 < bad < 60 and out.adam_iterations == bad - 1
+    # its weights are exactly those of the same run trained for the iterations before it went bad
+    before = train_batch(fam, specs[:1], SMALL, replace(adam, adam_iters=bad - 1, lbfgs_iters=0), dtype="float64")
+    # (it ran all bad - 1 iterations; the loss at those weights is the bad one, seen after Adam)
+    assert before.outcomes[0].adam_iterations == bad - 1 and before.outcomes[0].diverged_at == "end of adam"
+    # (equal to rounding: a batch of two and a batch of one reduce in another order; one more or
+    # one fewer Adam step would move the weights by about lr = 1e-3)
+    torch.testing.assert_close(batch.net.theta[0], before.net.theta[0], rtol=1e-12, atol=1e-15)
+    # the other run never noticed
+    alone = train_batch(fam, specs[1:], SMALL, adam, device="cpu", dtype="float64")
+    assert batch.outcomes[1].status == "ok"
+    torch.testing.assert_close(batch.net.theta[1], alone.net.theta[0], rtol=1e-9, atol=1e-12)
+
+
+def test_the_progress_callback_gets_every_runs_loss_at_each_progress_point():
+    fam = get_family("advection")
+    seen = []
+    specs = [RunSpec({"beta": 2.0}, "u", seed=0), RunSpec({"beta": 9.0}, "u,flux", seed=1)]
+    batch = train_batch(fam, specs, SMALL, replace(SHORT, adam_iters=20, lbfgs_iters=10), dtype="float64",
+                        progress=seen.append, progress_every=5)  # fmt: skip
+    assert [(p.phase, p.iteration, p.total) for p in seen] == [
+        ("adam", 5, 20), ("adam", 10, 20), ("adam", 15, 20), ("adam", 20, 20), ("lbfgs", 5, 10), ("lbfgs", 10, 10)
+    ]  # fmt: skip
+    assert all(len(p.loss) == 2 and p.runs is None for p in seen)
+    # each report is the runs' loss at that iteration: the last L-BFGS one is the final loss
+    assert seen[-1].loss == pytest.approx([o.loss for o in batch.outcomes], rel=1e-9)
+    assert all(seen[-1].loss[j] < seen[0].loss[j] for j in range(2))
+
+
+def test_an_lbfgs_run_whose_direction_no_longer_descends_stops_with_no_descent():
+    from metalic.pinn.lbfgs import NO_DESCENT
+
+    # run 1's gradient is about 1e-7: above the gradient tolerance (1e-9 max abs), yet the
+    # directional derivative g.d (about -1e-14) is not below -tolerance_change (-1e-12): no step
+    # it could take would be a measurable descent, so it stops before moving; run 0 minimises
+    scale = torch.tensor([1.0, 1e-7], dtype=torch.float64)
+    target = torch.ones(2, 2, dtype=torch.float64)
+
+    def closure(x):
+        return 0.5 * scale * ((x - target) ** 2).sum(1), scale[:, None] * (x - target)
+
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    result = batched_lbfgs(closure, x, 50, lr=1.0, history=5)
+    assert result.reasons[1] == NO_DESCENT and result.iterations[1] == 0
+    assert torch.equal(x[1], torch.zeros(2, dtype=torch.float64))  # never moved
+    assert result.reasons[0] != NO_DESCENT and result.iterations[0] > 1
+    assert float((x[0] - target[0]).abs().max()) < 1e-6
+
+
+def test_final_time_data_adds_the_reference_at_t_end_to_the_last_slab_only():
+    from metalic.pinn.evaluate import predict_stitched
+    from metalic.pinn.problem import build_problem
+
+    fam, params = get_family("advection"), {"beta": 20.0}  # split in time: t = const slabs
+    cfg = PinnConfig(n_collocation=32, n_boundary=16, n_interface=11, subdomains=2)
+    plain = build_problem(fam, [params], [0], cfg)
+    final = build_problem(fam, [params], [0], replace(cfg, final_time_data=True))
+    n_plain = plain.x_main.shape[2]
+    assert final.x_main.shape[2] == n_plain + 16  # one more block of 16 data points per subdomain
+    block, on = final.x_main[0, :, n_plain:], final.m_data[0, :, -16:]  # [S, 16, 2], [S, 16]
+    t_end = fam.domain.hi[1]
+    # the slab that ends at t = T has 16 points there with the reference's values; the other none
+    assert on[1].sum() == 16 and on[0].sum() == 0
+    torch.testing.assert_close(block[1, :, 1], torch.full((16,), t_end, dtype=block.dtype))
+    ref = fam.reference_grid(params).interpolate(block[1].double().numpy())
+    np.testing.assert_allclose(final.g_data[0, 1, -16:].numpy(), ref, rtol=1e-5, atol=1e-6)
+    # and a training with it ends closer to the reference at t = T than one without it
+    train = TrainConfig(adam_iters=300, lbfgs_iters=300, compile=False)
+    x = np.stack([np.linspace(*fam.domain.lo[:1], *fam.domain.hi[:1], 101), np.full(101, t_end)], axis=1)
+    truth = fam.reference_grid(params).interpolate(x)
+    errors = []
+    for use in (False, True):
+        batch = train_batch(fam, [RunSpec(params, "u,flux", seed=0)], replace(cfg, final_time_data=use,
+                            n_collocation=200), train, dtype="float64")  # fmt: skip
+        pred = predict_stitched(batch.net, batch.problem.decomposition, x)[0]
+        errors.append(np.linalg.norm(pred - truth) / np.linalg.norm(truth))
+    assert errors[1] < 0.25 * errors[0], errors  # measured: 0.92 without, 0.079 with
+
+
+def test_poisson_trains_to_a_small_error():
+    fam = get_family("poisson")
+    batch = train_batch(fam, [RunSpec({"s": 10.0}, "u,flux", seed=0)], PinnConfig(n_collocation=300, n_boundary=60),
+                        TrainConfig(adam_iters=300, lbfgs_iters=300, compile=False), dtype="float64")  # fmt: skip
+    (m,) = evaluate_batch(batch)
+    assert batch.outcomes[0].status == "ok" and m.rel_l2 < 0.1, m

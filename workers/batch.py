@@ -90,9 +90,11 @@ class _Reporter:
         if now - self.last < self.every and p.iteration < p.total:
             return
         self.last = now
+        runs = p.runs if p.runs is not None else range(len(p.loss))
+        tasks = self.payload.tasks
         items = [
-            task_store.ProgressItem(t.task_id, t.attempt, p.phase, p.iteration, p.total, float(p.loss[j]))
-            for j, t in enumerate(self.payload.tasks)
+            task_store.ProgressItem(tasks[j].task_id, tasks[j].attempt, p.phase, p.iteration, p.total, float(loss))
+            for j, loss in zip(runs, p.loss, strict=True)
             if j not in self.stopped
         ]
         gone = task_store.write_progress(self.store, items)

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from metalic.bandit.engine import BanditEngine
-from metalic.conditions import TERM_NAMES, arm_label
+from metalic.conditions import SINGLE_NETWORK_LABEL, TERM_NAMES, arm_label
 from metalic.families import get_family
-from metalic.pinn.evaluate import ERROR_CAP, capped_error
+from metalic.pinn.evaluate import ERROR_CAP, outcome_error
 from metalic.store.models import (
     TASK_STATES,
     Batch,
@@ -357,8 +357,10 @@ def hyperparameters(engine: BanditEngine) -> list[dict]:
 
 
 def term_frequency(s: Session, study_id: int) -> dict[str, Any]:
-    """How often each interface term was on, per phase (an aggregate over at most 512 arms each)."""
-    out: dict[str, Any] = {"terms": list(TERM_NAMES)}
+    """How often each interface term (and the single-network arm) was on, per phase (an aggregate
+    over at most 513 arms each)."""
+    names = [*TERM_NAMES, SINGLE_NETWORK_LABEL]
+    out: dict[str, Any] = {"terms": names}
     for label, column in (("adam", Observation.arm_adam), ("lbfgs", Observation.arm_lbfgs)):
         counts = s.execute(
             select(column, func.count()).where(Observation.study_id == study_id, column.is_not(None)).group_by(column)
@@ -366,9 +368,9 @@ def term_frequency(s: Session, study_id: int) -> dict[str, Any]:
         total = sum(int(n) for _, n in counts)
         if total == 0:
             continue
-        on = np.zeros(len(TERM_NAMES))
+        on = np.zeros(len(names))
         for bits, n in counts:
-            on += np.array([int(b) for b in bits]) * int(n)
+            on += np.array([int(b) for b in bits.ljust(len(names), "0")]) * int(n)
         out[label] = (on / total).round(4).tolist()
         out[f"{label}_n"] = total
     return out
@@ -385,6 +387,7 @@ def reward_series(s: Session, study_id: int) -> dict[str, Any]:
     width = max(1, math.ceil((hi - lo + 1) / SERIES))
     bucket = ((Observation.id - lo) // width).label("b") if width > 1 else Observation.id.label("b")
     err = case(
+        (Observation.status == "diverged", ERROR_CAP),
         (Observation.rel_l2.is_(None), ERROR_CAP),
         (Observation.rel_l2 > ERROR_CAP, ERROR_CAP),
         else_=Observation.rel_l2,
@@ -549,22 +552,23 @@ def campaign_charts(rows: list) -> dict[str, Any]:
     each heuristic, test errors, term frequency."""
     heuristics = list(dict.fromkeys(r.heuristic for r in rows))
     out: dict[str, Any] = {"heuristics": heuristics, "accumulated": {}, "reward": {}, "test": {}, "terms": {}}
-    out["term_names"] = list(TERM_NAMES)
+    names = [*TERM_NAMES, SINGLE_NETWORK_LABEL]
+    out["term_names"] = names
     for h in heuristics:
         online = [r for r in rows if r.heuristic == h and r.stage != "test"]
         test = [r for r in rows if r.heuristic == h and r.stage == "test"]
         out["accumulated"][h] = {
             "round": [r.round for r in online],
-            "error": np.cumsum([capped_error(r.rel_l2) for r in online]).round(6).tolist(),
+            "error": np.cumsum([outcome_error(r.rel_l2, r.status) for r in online]).round(6).tolist(),
         }
         out["reward"][h] = {"round": [r.round for r in online], "reward": [_num(r.reward) for r in online]}
-        out["test"][h] = [capped_error(r.rel_l2) for r in test]
+        out["test"][h] = [outcome_error(r.rel_l2, r.status) for r in test]
         chosen = [r for r in online if r.stage == "online"]
         if chosen:
-            on = np.zeros(len(TERM_NAMES))
+            on = np.zeros(len(names))
             for r in chosen:
                 arm = set(r.arm.split(",")) if r.arm not in ("none", "") else set()
-                on += np.array([name in arm for name in TERM_NAMES], dtype=float)
+                on += np.array([name in arm for name in names], dtype=float)
             out["terms"][h] = (on / len(chosen)).round(4).tolist()
     return out
 

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from metalic.bandit.engine import BanditEngine, Observation, Policy
-from metalic.bandit.space import ALL_ARMS, ContextSpace, arm_of
-from metalic.conditions import TERM_NAMES, Arm, arm_label
+from metalic.bandit.space import ALL_ARMS, TERM_ARMS, ContextSpace, arm_of
+from metalic.conditions import SINGLE_NETWORK_LABEL, TERM_NAMES, Arm, arm_label, is_single_network
 from metalic.families import get_family
 from metalic.jobs import SolveRequest, SolveResult, Training, run_solve_batch
-from metalic.pinn.evaluate import capped_error
+from metalic.pinn.evaluate import outcome_error
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
@@ -180,10 +180,12 @@ def contexts_for(config: CampaignConfig) -> tuple[list[dict], list[dict]]:
 
 
 def _random_arms(n: int, seed: int) -> list[tuple[Arm, Arm]]:
-    """n seeded (Adam, L-BFGS) pairs of random arms."""
+    """n seeded (Adam, L-BFGS) pairs of random arms; a single-network Adam arm stays one network."""
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(ALL_ARMS), (n, 2), generator=gen).tolist()
-    return [(arm_of(a), arm_of(b)) for a, b in idx]
+    first = torch.randint(len(ALL_ARMS), (n,), generator=gen).tolist()
+    second = torch.randint(len(TERM_ARMS), (n,), generator=gen).tolist()
+    pairs = [(arm_of(a), arm_of(b)) for a, b in zip(first, second, strict=True)]
+    return [(a, a if is_single_network(a) else b) for a, b in pairs]
 
 
 class CampaignPlan:
@@ -436,23 +438,26 @@ def plot_campaign(rows: list[RoundRow], out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5), constrained_layout=True)
     for h in heuristics:
         online = [r for r in rows if r.heuristic == h and r.stage != "test"]
-        err = np.cumsum([capped_error(r.rel_l2) for r in online])
+        err = np.cumsum([outcome_error(r.rel_l2, r.status) for r in online])
         axes[0].plot(np.arange(1, len(err) + 1), err, label=h)
     axes[0].set_xlabel("round")
     axes[0].set_ylabel("accumulated relative L2 error")
     axes[0].legend()
-    data = [[capped_error(r.rel_l2) for r in rows if r.heuristic == h and r.stage == "test"] for h in heuristics]
+    data = [
+        [outcome_error(r.rel_l2, r.status) for r in rows if r.heuristic == h and r.stage == "test"] for h in heuristics
+    ]
     if any(data):
         axes[1].boxplot([d or [np.nan] for d in data], tick_labels=heuristics)
         axes[1].set_yscale("log")
     axes[1].set_ylabel("test relative L2 error")
     axes[1].tick_params(axis="x", rotation=30)
     width = 0.8 / max(len(heuristics), 1)
+    names = [*TERM_NAMES, SINGLE_NETWORK_LABEL]
     for i, h in enumerate(heuristics):
         chosen = [r.arm for r in rows if r.heuristic == h and r.stage == "online"]
-        freq = [sum(name in a.split(",") for a in chosen) / max(len(chosen), 1) for name in TERM_NAMES]
-        axes[2].bar(np.arange(len(TERM_NAMES)) + i * width, freq, width, label=h)
-    axes[2].set_xticks(np.arange(len(TERM_NAMES)) + 0.4 - width / 2, TERM_NAMES, rotation=45)
+        freq = [sum(name in a.split(",") for a in chosen) / max(len(chosen), 1) for name in names]
+        axes[2].bar(np.arange(len(names)) + i * width, freq, width, label=h)
+    axes[2].set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45)
     axes[2].set_ylabel("fraction of online rounds with the term on")
     fig.savefig(out / "campaign.png", dpi=100)
     plt.close(fig)
@@ -464,8 +469,8 @@ def summarise(rows: list[RoundRow]) -> list[dict]:
 
     out = []
     for h in dict.fromkeys(r.heuristic for r in rows):
-        online = [capped_error(r.rel_l2) for r in rows if r.heuristic == h and r.stage != "test"]
-        test = [capped_error(r.rel_l2) for r in rows if r.heuristic == h and r.stage == "test"]
+        online = [outcome_error(r.rel_l2, r.status) for r in rows if r.heuristic == h and r.stage != "test"]
+        test = [outcome_error(r.rel_l2, r.status) for r in rows if r.heuristic == h and r.stage == "test"]
         out.append(
             {
                 "heuristic": h,

@@ -11,6 +11,11 @@
 
 Sequential targets follow the authors (reference §4): the phase-0 GP learns (r0 + gamma r1) / 2 at
 (context, arm0); the phase-1 GP learns r1 at (r0, context, arm1).
+
+Arms: the 512 subsets of the nine interface terms and the single-network arm (``single-domain``:
+one network over the whole domain, no split), 513 in all. A training that starts as one network
+stays one, so in sequential mode the single-network arm is a phase-0 arm only: its L-BFGS phase
+is single-network too and teaches the phase-1 GP nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +28,18 @@ import torch
 from torch import Tensor
 
 import metalic
-from metalic.bandit.space import ALL_ARMS, DTYPE, ContextSpace, arm_index, arm_of, check_arm
+from metalic.bandit.space import (
+    ALL_ARMS,
+    DTYPE,
+    TERM_ARMS,
+    ContextSpace,
+    arm_features,
+    arm_index,
+    arm_of,
+    check_arm,
+)
 from metalic.bandit.surrogate import RewardGP, conditioned_covariance, gp_ucb_beta, joint_draws
-from metalic.conditions import Arm, arm_label
+from metalic.conditions import SINGLE_NETWORK, Arm, arm_label, is_single_network
 from metalic.families import get_family
 
 SNAPSHOT_FORMAT = "metalic-policy/1"
@@ -139,7 +153,7 @@ class BanditEngine:
 
     # ---- encoding --------------------------------------------------------------------------------
     def _rows(self, unit_context: Tensor, arms: Tensor, r0: float | None = None) -> Tensor:
-        """GP inputs for arms [m, 9] at one context: [m, (1 +) d + 9]."""
+        """GP inputs for arms [m, 10] (``arm_features``) at one context: [m, (1 +) d + 10]."""
         parts = [unit_context.expand(len(arms), -1), arms]
         if r0 is not None:
             parts.insert(0, torch.full((len(arms), 1), r0 / R0_SCALE, dtype=DTYPE))
@@ -176,9 +190,11 @@ class BanditEngine:
         """
         if self.phase1 is None:
             raise ValueError("mode: report_phase0 needs a sequential engine")
-        check_arm(arm0, "arm0")
+        arm0 = check_arm(arm0, "arm0")
         if not math.isfinite(reward0):
             raise ValueError(f"reward0: must be finite, got {reward0}")
+        if is_single_network(arm0):  # one network stays one network
+            return [SINGLE_NETWORK] * q
         unit = self.space.encode(context)
         pend = [(self.space.encode(c), check_arm(a, "pending arm"), r) for c, r, a in pending]
         return self._select(self.phase1, unit, reward0, q, pend, self._policy(policy))
@@ -193,29 +209,32 @@ class BanditEngine:
     def _select(self, phase: _Phase, unit: Tensor, r0: float | None, q: int, pending: list, pol: Policy) -> list[Arm]:
         if q < 1:
             raise ValueError(f"q: must be at least 1, got {q}")
+        arms = ALL_ARMS if phase is self.phase0 else TERM_ARMS  # phase 1 cannot merge subdomains
         if pol.kind == "fixed":
+            if phase is not self.phase0 and is_single_network(pol.arm):
+                raise ValueError("policy: the single-network arm cannot start at the L-BFGS phase")
             return [pol.arm] * q
         if pol.kind == "random" or not phase.ready:
             # Random arms (distinct within the call) until the surrogate has data.
-            order = torch.randperm(len(ALL_ARMS), generator=self.generator)[:q]
+            order = torch.randperm(len(arms), generator=self.generator)[:q]
             return [arm_of(int(i)) for i in order]
-        candidates = self._rows(unit, ALL_ARMS, r0)
+        candidates = self._rows(unit, arms, r0)
         if q == 1 and not pending and pol.kind in ("ucb", "mean"):
             # Only marginal variances are needed: skip the 512 x 512 covariance.
             mean, std = phase.gp.marginal(candidates)
             coef = self._ucb_coef(phase, pol) if pol.kind == "ucb" else 0.0
             return [arm_of(int(torch.argmax(mean + coef * std)))]
-        pend_rows = [self._rows(u, torch.tensor([a], dtype=DTYPE), p[0] if len(p) else None)[0] for u, a, *p in pending]
+        pend_rows = [self._rows(u, arm_features([a]), p[0] if len(p) else None)[0] for u, a, *p in pending]
         x = torch.cat([candidates, torch.stack(pend_rows)]) if pend_rows else candidates
         mean, cov = phase.gp.joint(x)
         noise = phase.gp.noise_variance
-        n = len(ALL_ARMS)
+        n = len(arms)
         taken = list(range(n, len(x)))  # pending rows
         # The same arm already training at this very context would only repeat that training.
         chosen: list[int] = [
             arm_index(a)
             for u, a, *p in pending
-            if torch.allclose(u, unit) and (r0 is None or (len(p) and abs(p[0] - r0) < 1e-12))
+            if torch.allclose(u, unit) and (r0 is None or (len(p) and abs(p[0] - r0) < 1e-12)) and arm_index(a) < n
         ]
         skip = len(chosen)
         for _ in range(q):
@@ -242,15 +261,16 @@ class BanditEngine:
         checked = [self._check(o) for o in observations]
         for obs in checked:
             unit = self.space.encode(obs.context)
-            arm = torch.tensor([obs.arm], dtype=DTYPE)
+            arm = arm_features([obs.arm])
             if self.phase1 is None:
                 self.phase0.x.append(self._rows(unit, arm)[0])
                 self.phase0.y.append(obs.reward)
             else:
                 self.phase0.x.append(self._rows(unit, arm)[0])
                 self.phase0.y.append((obs.reward_phase0 + self.gamma * obs.reward) / 2)
-                self.phase1.x.append(self._rows(unit, torch.tensor([obs.arm_lbfgs], dtype=DTYPE), obs.reward_phase0)[0])
-                self.phase1.y.append(obs.reward)
+                if not is_single_network(obs.arm):
+                    self.phase1.x.append(self._rows(unit, arm_features([obs.arm_lbfgs]), obs.reward_phase0)[0])
+                    self.phase1.y.append(obs.reward)
             self.observations.append(obs)
         self.refit(refit)
 
@@ -270,9 +290,10 @@ class BanditEngine:
             raise ValueError("arm_lbfgs: a sequential observation needs arm_lbfgs and reward_phase0")
         if not math.isfinite(obs.reward_phase0):
             raise ValueError(f"reward_phase0: must be finite, got {obs.reward_phase0}")
-        return Observation(
-            context, arm, float(obs.reward), check_arm(obs.arm_lbfgs, "arm_lbfgs"), float(obs.reward_phase0)
-        )
+        arm_lbfgs = check_arm(obs.arm_lbfgs, "arm_lbfgs")
+        if is_single_network(arm) != is_single_network(arm_lbfgs):
+            raise ValueError("arm_lbfgs: a training is single-network in both phases or in neither")
+        return Observation(context, arm, float(obs.reward), arm_lbfgs, float(obs.reward_phase0))
 
     # ---- recommending ------------------------------------------------------------------------------
     def recommend(
@@ -289,7 +310,7 @@ class BanditEngine:
         if not phase.ready:
             raise ValueError("recommend: the surrogate has fewer than two observations")
         cont = unit if r0 is None else torch.cat([torch.tensor([r0 / R0_SCALE], dtype=DTYPE), unit])
-        order, mean, std = phase.gp.rank_arms(cont, ALL_ARMS, top)
+        order, mean, std = phase.gp.rank_arms(cont, ALL_ARMS if phase is self.phase0 else TERM_ARMS, top)
         out = []
         for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
             arm = arm_of(i)

@@ -7,22 +7,39 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from metalic.conditions import N_TERMS, Arm, parse_arm
+from metalic.conditions import N_TERMS, SINGLE_NETWORK, Arm, is_single_network, parse_arm
 from metalic.families.base import Family
 
 DTYPE = torch.float64
+N_ARM_FEATURES = N_TERMS + 1  # the nine term bits and the single-network bit
 
-# All 2^9 = 512 arms, row i = the bits of i with bit 0 (term "u") first: [512, 9].
-ALL_ARMS = torch.tensor(list(itertools.product((0, 1), repeat=N_TERMS)), dtype=DTYPE).flip(-1)
+# The 2^9 = 512 term subsets, row i = the bits of i with bit 0 (term "u") first, and a tenth
+# column that is 0 for them: [512, 10]; ALL_ARMS adds the single-network arm as row 512: [513, 10].
+TERM_ARMS = torch.cat(
+    [
+        torch.tensor(list(itertools.product((0, 1), repeat=N_TERMS)), dtype=DTYPE).flip(-1),
+        torch.zeros(2**N_TERMS, 1, dtype=DTYPE),
+    ],
+    dim=1,
+)
+SINGLE_INDEX = 2**N_TERMS
+ALL_ARMS = torch.cat([TERM_ARMS, torch.tensor([SINGLE_NETWORK], dtype=DTYPE)])
 
 
 def arm_index(arm: Arm) -> int:
     """Row of ``arm`` in ALL_ARMS."""
-    return sum(int(b) << i for i, b in enumerate(arm))
+    if is_single_network(arm):
+        return SINGLE_INDEX
+    return sum(int(b) << i for i, b in enumerate(arm[:N_TERMS]))
 
 
 def arm_of(index: int) -> Arm:
-    return tuple(int(b) for b in ALL_ARMS[index].tolist())
+    return SINGLE_NETWORK if index == SINGLE_INDEX else tuple(int(b) for b in ALL_ARMS[index, :N_TERMS].tolist())
+
+
+def arm_features(arms: Sequence[Arm]) -> torch.Tensor:
+    """The GP's arm inputs: [m, 10] (nine term bits, then the single-network bit)."""
+    return ALL_ARMS[[arm_index(a) for a in arms]]
 
 
 class ContextSpace:

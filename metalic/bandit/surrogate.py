@@ -1,8 +1,9 @@
 """The GP reward surrogate: BoTorch SingleTaskGP over (context, arm bits) -> reward.
 
 Kernel: (RBF or Matern-5/2 with ARD on the context [and the phase-0 reward], BoTorch's
-dimension-scaled prior) x ``CategoricalKernel`` on the 9 arm bits, i.e. exp(-Hamming / (9 lambda))
-as in the authors' code, with a floor and a prior on lambda (see ``_build``).
+dimension-scaled prior) x ``CategoricalKernel`` on the nine term bits, i.e. exp(-Hamming / (9 lambda))
+as in the authors' code, with a floor and a prior on lambda (see ``_build``), x a second one on the
+single-network bit (its own lambda: ``RewardGP``).
 Outcomes are standardised. Fitting maximises the exact marginal likelihood (``fit_gpytorch_mll``)
 warm-started from the previous hyper-parameters; if a fit raises or gives non-finite
 hyper-parameters, the last good hyper-parameters are kept (and logged).
@@ -30,7 +31,8 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
-from metalic.bandit.space import DTYPE
+from metalic.bandit.space import DTYPE, N_ARM_FEATURES
+from metalic.conditions import N_TERMS
 
 log = logging.getLogger(__name__)
 MIN_ARM_LENGTHSCALE = 0.1
@@ -53,12 +55,18 @@ class BinaryHammingKernel(CategoricalKernel):
 
 
 class RewardGP:
-    """Reward surrogate over inputs ``[continuous (n_cont), arm bits (n_cat)]``: X [n, n_cont + n_cat]."""
+    """Reward surrogate over inputs ``[continuous (n_cont), arm bits (n_cat)]``: X [n, n_cont + n_cat].
 
-    def __init__(self, n_cont: int, n_cat: int = 9, kernel: str = "rbf", max_exact: int = 2000):
+    With ``n_cat`` = 10 the last bit is the single-network flag: it gets a Hamming factor of its
+    own, exp(-[flag differs] / lambda_split), beside exp(-(Hamming of the nine term bits / 9) /
+    lambda), so how much one network resembles the splits is learnt apart from how much the
+    splits resemble each other (one network is not "the empty arm plus one term")."""
+
+    def __init__(self, n_cont: int, n_cat: int = N_ARM_FEATURES, kernel: str = "rbf", max_exact: int = 2000):
         if kernel not in ("rbf", "matern"):
             raise ValueError(f"kernel must be 'rbf' or 'matern', got {kernel!r}")
         self.n_cont, self.n_cat, self.kernel, self.max_exact = n_cont, n_cat, kernel, max_exact
+        self.n_terms = min(n_cat, N_TERMS)  # bits in the shared Hamming factor; the rest: the flag
         self.model: SingleTaskGP | None = None
         self._cache: dict[str, Tensor] = {}
         self.hyper: dict[str, Tensor] | None = None  # last good hyper-parameters
@@ -67,7 +75,7 @@ class RewardGP:
     # ---- model -------------------------------------------------------------------------------
     def _build(self, x: Tensor, y: Tensor) -> SingleTaskGP:
         cont_dims = tuple(range(self.n_cont))
-        cat_dims = tuple(range(self.n_cont, self.n_cont + self.n_cat))
+        cat_dims = tuple(range(self.n_cont, self.n_cont + self.n_terms))
         # BoTorch's dimension-scaled log-normal lengthscale prior on the continuous part.
         cont = get_covar_module_with_dim_scaled_prior(
             ard_num_dims=self.n_cont, use_rbf_kernel=self.kernel == "rbf", active_dims=cont_dims
@@ -81,8 +89,15 @@ class RewardGP:
             lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
             lengthscale_prior=LogNormalPrior(0.0, 1.0),
         )
+        covar = cont * cat
+        if self.n_cat > self.n_terms:
+            covar = covar * BinaryHammingKernel(
+                active_dims=tuple(range(self.n_cont + self.n_terms, self.n_cont + self.n_cat)),
+                lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
+                lengthscale_prior=LogNormalPrior(0.0, 1.0),
+            )
         # Standardised outcomes have unit variance: no output scale, as in BoTorch's defaults.
-        return SingleTaskGP(x, y[:, None], covar_module=cont * cat, outcome_transform=Standardize(m=1))
+        return SingleTaskGP(x, y[:, None], covar_module=covar, outcome_transform=Standardize(m=1))
 
     def _fit_from(self, x: Tensor, y: Tensor, start: dict[str, Tensor] | None) -> tuple[SingleTaskGP, float]:
         """Maximise the marginal likelihood from ``start`` (None: the priors' defaults)."""
@@ -155,7 +170,7 @@ class RewardGP:
         prior_mean = model.mean_module.constant.detach()
         alpha = torch.cholesky_solve((y - prior_mean)[:, None], chol)[:, 0]
         tf = model.outcome_transform
-        cont, cat = model.covar_module.kernels
+        cont, cat, *split = model.covar_module.kernels
         return {
             "x": x,
             "chol": chol,
@@ -165,6 +180,7 @@ class RewardGP:
             "y_std": tf.stdvs.reshape(()),
             "ls_cont": cont.lengthscale.detach().reshape(-1),  # [n_cont]
             "ls_cat": cat.lengthscale.detach().reshape(()),
+            "ls_split": split[0].lengthscale.detach().reshape(()) if split else None,
         }
 
     def _kernel_cont(self, a: Tensor, b: Tensor) -> Tensor:
@@ -180,11 +196,20 @@ class RewardGP:
     def _kernel(self, a: Tensor, b: Tensor) -> Tensor:
         """The fitted product kernel k(a, b) [m, n] in plain torch (GPyTorch's kernel call costs
         about 2.5 ms of bookkeeping per call, this a few tenths; equality is tested)."""
-        n_cont, c = self.n_cont, self._cache
-        k_cont = self._kernel_cont(a, b)
-        ab, bb = a[:, n_cont:], b[:, n_cont:]
-        hamming = ab @ (1 - bb).T + (1 - ab) @ bb.T
-        return k_cont * torch.exp(-(hamming / self.n_cat) / c["ls_cat"])
+        n_cont = self.n_cont
+        return self._kernel_cont(a, b) * self._kernel_arms(a[:, n_cont:], b[:, n_cont:])
+
+    def _kernel_arms(self, a: Tensor, b: Tensor) -> Tensor:
+        """The arm factor [m, n] between arm bits ``a`` [m, n_cat] and ``b`` [n, n_cat]."""
+        c, t = self._cache, self.n_terms
+
+        def hamming(x: Tensor, y: Tensor) -> Tensor:
+            return x @ (1 - y).T + (1 - x) @ y.T
+
+        k = torch.exp(-(hamming(a[:, :t], b[:, :t]) / t) / c["ls_cat"])
+        if c["ls_split"] is not None:
+            k = k * torch.exp(-(hamming(a[:, t:], b[:, t:]) / (self.n_cat - t)) / c["ls_split"])
+        return k
 
     @torch.inference_mode()
     def rank_arms(self, cont: Tensor, arms: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -210,9 +235,7 @@ class RewardGP:
         computed once per fit and arm set."""
         c = self._cache
         if c.get("arms") is not arms:
-            train = c["x"][:, self.n_cont :]
-            hamming = arms @ (1 - train).T + (1 - arms) @ train.T
-            c["arms"], c["k_arms"] = arms, torch.exp(-(hamming / self.n_cat) / c["ls_cat"])
+            c["arms"], c["k_arms"] = arms, self._kernel_arms(arms, c["x"][:, self.n_cont :])
         return c["k_arms"]
 
     @torch.inference_mode()
@@ -289,6 +312,7 @@ class RewardGP:
         return {
             "lengthscales": c["ls_cont"].tolist(),
             "hamming_lengthscale": float(c["ls_cat"]),
+            "single_network_lengthscale": None if c["ls_split"] is None else float(c["ls_split"]),
             "noise": self.noise_variance,
             "y_mean": float(c["y_mean"]),
             "y_std": float(c["y_std"]),
@@ -337,7 +361,7 @@ def joint_draws(mean: Tensor, cov: Tensor, n: int, generator: torch.Generator) -
     return mean + z @ chol.T
 
 
-def gp_ucb_beta(t: int, n_arms: int = 512, delta: float = 0.1, scale: float = 0.2) -> float:
+def gp_ucb_beta(t: int, n_arms: int = 513, delta: float = 0.1, scale: float = 0.2) -> float:
     """sqrt of the GP-UCB exploration weight (Srinivas et al. 2010, finite arm set):
     beta_t = 2 log(|A| t^2 pi^2 / (6 delta)), scaled by ``scale`` as is common in practice
     (the theoretical value over-explores)."""

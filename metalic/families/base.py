@@ -83,6 +83,20 @@ class Family:
     exact: Callable[[dict[str, float], np.ndarray], np.ndarray] | None = None
     time_axis: int | None = None
     notes: str = field(default="")
+    # Periodic in the first coordinate with this period: the network is built periodic and
+    # ``side_edges`` (the x-edges) need no data; with ``PinnConfig.side_data`` they get data from
+    # the reference solution instead and the network is not periodic (the authors' setup).
+    period: float | None = None
+    harmonics: int = 1  # Fourier features of the periodic coordinate the network reads
+    side_edges: tuple[tuple[int, int], ...] = ()
+    layers: tuple[int, ...] = (2, 20, 20, 1)  # the network this family needs by default
+
+    def data_edges(self, side_data: bool) -> tuple[tuple[int, int], ...]:
+        """The edges with boundary / initial data."""
+        return self.boundary_edges + (self.side_edges if side_data else ())
+
+    def network_period(self, side_data: bool) -> float | None:
+        return None if side_data else self.period
 
     # ---- names and multi-indices -------------------------------------------------------------
     def derivative_name(self, alpha: MultiIndex) -> str:

@@ -40,10 +40,12 @@ class TrainedModel:
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     version: str = metalic.__version__
+    period: float | None = None  # the network's period in the first coordinate (None: not periodic)
+    harmonics: int = 0  # its Fourier features (periodic networks)
 
     def network(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> StackedMLP:
         dec = Decomposition.from_description(self.decomposition)
-        net = StackedMLP(self.layers, 1, dec.bounding_boxes(), [self.seed], device, dtype)
+        net = StackedMLP(self.layers, 1, dec.bounding_boxes(), [self.seed], device, dtype, self.period, self.harmonics)
         with torch.no_grad():
             net.theta.copy_(self.weights.to(device=device, dtype=dtype)[None])
         return net
@@ -127,7 +129,9 @@ def models_from_batch(batch: TrainedBatch, metrics: list[Metrics] | None = None)
                 family=batch.family.name,
                 params=dict(batch.problem.params[k]),
                 decomposition=batch.problem.decomposition.describe(),
-                layers=tuple(batch.pinn_config.layers),
+                layers=tuple(batch.net.widths),
+                period=batch.net.period,
+                harmonics=batch.net.harmonics,
                 arm_adam=arm_adam,
                 arm_lbfgs=arm_lbfgs,
                 weights=batch.net.theta.detach()[k].cpu().double().clone(),

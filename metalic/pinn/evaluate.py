@@ -33,6 +33,12 @@ def capped_error(rel_l2: float) -> float:
     return max(rel_l2, 1e-16)
 
 
+def outcome_error(rel_l2: float | None, status: str) -> float:
+    """The error a training counts for in accumulated errors: capped, and the cap itself for a
+    diverged run (whatever its frozen weights score)."""
+    return ERROR_CAP if status == "diverged" else capped_error(rel_l2)
+
+
 def reward_of(rel_l2: float) -> float:
     """-log10 of the capped relative L2 error (>= -2)."""
     return -math.log10(capped_error(rel_l2))

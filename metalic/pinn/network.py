@@ -3,11 +3,14 @@
 All weights live in one flat leaf tensor ``theta`` [K, n_weights]; layer l reads the views
 ``W_l`` [K, S, in, out] and ``b_l`` [K, S, 1, out]. One flat tensor per run keeps Adam a single
 fused update and lets L-BFGS treat each run's weights as one vector. Each subdomain network
-rescales its inputs to [-1, 1] with its own bounding box.
+rescales its inputs to [-1, 1] with its own bounding box. With a ``period`` P, the first coordinate
+enters as the Fourier features cos(2 pi m x / P), sin(2 pi m x / P), m = 1..M, instead: the network
+is exactly P-periodic in x (a forward problem on a periodic domain needs no data on its x-edges).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +24,8 @@ class StackedMLP(torch.nn.Module):
     """``widths`` e.g. [2, 20, 20, 1]; tanh between layers; Xavier-normal weights, zero biases.
 
     ``boxes`` [S, 2 (lo, hi), 2] (shared by all runs) or [K, S, 2, 2]: bounding boxes for the
-    input rescaling.
+    input rescaling. ``period``: the first coordinate's period (None: not periodic); the first
+    layer then reads 2 ``harmonics`` + 1 features (cosines, sines, scaled second coordinate).
     """
 
     def __init__(
@@ -32,6 +36,8 @@ class StackedMLP(torch.nn.Module):
         seeds: Sequence[int],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        period: float | None = None,
+        harmonics: int = 1,
     ):
         super().__init__()
         if widths[0] != 2 or widths[-1] != 1:
@@ -39,9 +45,15 @@ class StackedMLP(torch.nn.Module):
         if len(seeds) != n_runs:
             raise ValueError("one seed per run is required")
         self.widths = tuple(int(w) for w in widths)
+        self.period = None if period is None else float(period)
+        self.harmonics = int(harmonics) if period is not None else 0
+        if period is not None:
+            freq = 2 * math.pi / float(period) * torch.arange(1, self.harmonics + 1, dtype=torch.float64)
+            self.register_buffer("omega", freq.to(device=device, dtype=dtype))  # [M]
         boxes = np.broadcast_to(np.asarray(boxes, dtype=float), (n_runs, *np.shape(boxes)[-3:]))
         self.n_runs, self.n_subdomains = n_runs, boxes.shape[1]
-        self.shapes = [(a, b) for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)]
+        inputs = (2 * self.harmonics + 1 if period is not None else 2, *self.widths[1:-1])
+        self.shapes = [(a, b) for a, b in zip(inputs, self.widths[1:], strict=True)]
         per_subdomain = sum(a * b + b for a, b in self.shapes)
         self.n_weights = per_subdomain * self.n_subdomains
         lo, hi = boxes[:, :, 0], boxes[:, :, 1]
@@ -74,14 +86,44 @@ class StackedMLP(torch.nn.Module):
             out.append((w, bias))
         return out
 
+    def _inputs(self, x: Tensor) -> Tensor:
+        """The first layer's input features: [K, S, P, 2] (rescaled) or [K, S, P, 2M + 1] (periodic)."""
+        h = (x - self.center) * self.scale
+        if self.period is None:
+            return h
+        angle = x[..., :1] * self.omega  # [..., P, M]
+        return torch.cat([torch.cos(angle), torch.sin(angle), h[..., 1:]], dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
         """Values only: ``x`` [K, S, P, 2] -> u [K, S, P]."""
-        h = (x - self.center) * self.scale
+        h = self._inputs(x)
         layers = self.layers()
         for w, b in layers[:-1]:
             h = torch.tanh(h @ w + b)
         w, b = layers[-1]
         return (h @ w + b).squeeze(-1)
+
+    def _first_layer_jet(self, x: Tensor, indices, w0: Tensor, b0: Tensor) -> list[Tensor | None]:
+        """Periodic first layer: d^a/dx^a of (cos, sin)(w x) is w^a (cos, sin)(w x + a pi/2); the
+        second coordinate enters linearly (d/dt: a constant, higher: zero); mixed ones vanish."""
+        m = self.harmonics
+        angle = x[..., :1] * self.omega  # [..., P, M]
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        turns = ((cos, sin), (-sin, cos), (-cos, -sin), (sin, -cos))  # (cos, sin)(angle + a pi/2)
+        w_fourier, w_second = w0[:, :, : 2 * m, :], w0[:, :, 2 * m :, :]
+        z: list[Tensor | None] = []
+        for a, b in indices:
+            if b == 0:
+                c, s = turns[a % 4]
+                out = (torch.cat([c, s], dim=-1) * self.omega.repeat(2) ** a) @ w_fourier
+                if a == 0:
+                    out = out + ((x[..., 1:] - self.center[..., 1:]) * self.scale[..., 1:]) @ w_second + b0
+                z.append(out)
+            elif (a, b) == (0, 1):
+                z.append(self.scale[..., 1:2] * w_second)
+            else:
+                z.append(None)
+        return z
 
     def jet(self, x: Tensor, tanh_jet: TanhJet) -> dict[MultiIndex, Tensor]:
         """D^alpha u for alpha in ``tanh_jet.indices``: ``x`` [K, S, P, 2] -> {alpha: [K, S, P]}."""
@@ -89,8 +131,8 @@ class StackedMLP(torch.nn.Module):
         layers = self.layers()
         w0, b0 = layers[0]
         # First (affine) layer: D^alpha z is known in closed form; second and higher vanish.
-        z: list[Tensor | None] = []
-        for alpha in indices:
+        z: list[Tensor | None] = self._first_layer_jet(x, indices, w0, b0) if self.period is not None else []
+        for alpha in indices if self.period is None else ():
             if alpha == (0, 0):
                 z.append(((x - self.center) * self.scale) @ w0 + b0)
             elif sum(alpha) == 1:

@@ -28,7 +28,7 @@ from metalic.families.base import Family
 class PinnConfig:
     """Network and sampling settings shared by every run of a batch."""
 
-    layers: tuple[int, ...] = (2, 20, 20, 1)
+    layers: tuple[int, ...] | None = None  # None = the family's network (most: [2, 20, 20, 1])
     n_collocation: int = 1000
     n_boundary: int = 100
     n_interface: int | None = None  # per interface; None = the family's default (101, Burgers 401)
@@ -37,11 +37,17 @@ class PinnConfig:
     w_interface: float = 5.0
     subdomains: int | None = None  # None = the family's default split, N = N slabs (1: single domain)
     final_time_data: bool = False  # the authors' extra supervision with the reference at t = T
+    side_data: bool = False  # periodic family: data on its x-edges from the reference, no periodic net
+
+    def layers_for(self, family: Family) -> tuple[int, ...]:
+        return tuple(self.layers) if self.layers is not None else family.layers
 
     def validate(self, family: Family | None = None) -> None:
         """ValueError naming the bad field; with ``family``, also what this family cannot do."""
         if family is not None and self.final_time_data and family.time_axis is None:
             raise ValueError(f"final_time_data needs a time-dependent family; {family.name} is steady")
+        if family is not None and self.side_data and family.period is None:
+            raise ValueError(f"side_data needs a periodic family; {family.name} is not periodic")
         for name in ("n_collocation", "n_boundary"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -74,10 +80,10 @@ class BatchProblem:
         return self.x_main.shape[0]
 
 
-def _data_points(family, boxes, params, n, rng, final_time: bool):
+def _data_points(family, boxes, params, n, rng, final_time: bool, side_data: bool):
     """Boundary/initial data points for one subdomain, plus final-time data when asked: ([P, 2], [P], [P])."""
     pts, vals, mask = [], [], []
-    segments = boundary_segments(boxes, family.domain, family.boundary_edges)
+    segments = boundary_segments(boxes, family.domain, family.data_edges(side_data))
     blocks = [(segments, family.boundary_value)]
     if final_time:
         final = boundary_segments(boxes, family.domain, ((family.time_axis, 1),))
@@ -116,7 +122,9 @@ def build_problem(
         xs, gs, ms = [], [], []
         for boxes in decomposition.subdomains:
             colloc = sample_interior(boxes, config.n_collocation, rng)
-            xd, gd, md = _data_points(family, boxes, p, config.n_boundary, rng, config.final_time_data)
+            xd, gd, md = _data_points(
+                family, boxes, p, config.n_boundary, rng, config.final_time_data, config.side_data
+            )
             xs.append(np.concatenate([colloc, xd]))
             gs.append(gd)
             ms.append(md)

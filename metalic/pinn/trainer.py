@@ -21,7 +21,7 @@ from torch import Tensor
 
 from metalic.conditions import TERM_NAMES, Arm, needed_quantities, parse_arm
 from metalic.families.base import Family
-from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched
+from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched, reward_of
 from metalic.pinn.lbfgs import CANCELLED, DIVERGED, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
@@ -94,12 +94,14 @@ class RunOutcome:
 
 @dataclass
 class Progress:
-    """Passed to the progress callback: phase ('adam' / 'lbfgs'), iteration, per-run loss [K]."""
+    """Passed to the progress callback: phase ('adam' / 'lbfgs'), iteration, per-run loss [K].
+    ``runs``: the caller's indices of those K runs when it trains them as part of a larger batch."""
 
     phase: str
     iteration: int
     total: int
     loss: list[float]
+    runs: list[int] | None = None
 
 
 @dataclass
@@ -152,6 +154,8 @@ def _shape_key(problem: BatchProblem, net: StackedMLP, config: PinnConfig) -> tu
         problem.family.name,
         repr(config),
         net.widths,
+        net.period,
+        net.harmonics,
         str(net.theta.device),
         net.theta.dtype,
         tuple(tuple(t.shape) for t in (*tensors, problem.iface_points, problem.iface_axis, net.theta)),
@@ -271,7 +275,8 @@ def _train(
 ) -> TrainedBatch:  # fmt: skip
     problem = build_problem(family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt)
     boxes = problem.decomposition.bounding_boxes()
-    net = StackedMLP(pinn_config.layers, len(specs), boxes, [s.seed for s in specs], dev, dt)
+    layers, period = pinn_config.layers_for(family), family.network_period(pinn_config.side_data)
+    net = StackedMLP(layers, len(specs), boxes, [s.seed for s in specs], dev, dt, period, family.harmonics)
     arms_adam = torch.tensor([s.arms[0] for s in specs], device=dev, dtype=dt)
     arms_lbfgs = torch.tensor([s.arms[1] for s in specs], device=dev, dtype=dt)
     own_net = net  # what the caller gets back; a reused compiled loss trains its own copy
@@ -354,6 +359,8 @@ def _train(
     phase0_metrics: list[Metrics] | None = None
     if between_phases is not None and active.any():
         phase0_metrics = current_metrics(family, problem, net)
+        capped = Metrics(math.nan, math.nan, reward_of(math.nan))  # a diverged run's, whatever it scores
+        phase0_metrics = [capped if diverged_at[j] else m for j, m in enumerate(phase0_metrics)]
         chosen = [parse_arm(a) for a in between_phases(phase0_metrics)]
         if len(chosen) != k:
             raise ValueError(f"between_phases returned {len(chosen)} arms for {k} runs")

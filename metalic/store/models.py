@@ -148,8 +148,8 @@ class Task(Base):
     state: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # dispatches so far
     solo: Mapped[bool] = mapped_column(Boolean, default=False)  # next try alone (its batch failed)
-    arm_adam: Mapped[str | None] = mapped_column(String(9))  # bits, once decided
-    arm_lbfgs: Mapped[str | None] = mapped_column(String(9))
+    arm_adam: Mapped[str | None] = mapped_column(String(10))  # bits, once decided (10th: single network)
+    arm_lbfgs: Mapped[str | None] = mapped_column(String(10))
     lbfgs_policy: Mapped[str | None] = mapped_column(String(16))  # sequential: chosen after Adam
     arm_policy: Mapped[str | None] = mapped_column(String(200))  # which policy chose the Adam arm
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -178,8 +178,8 @@ class Observation(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
     context: Mapped[dict[str, Any]]
-    arm_adam: Mapped[str] = mapped_column(String(9))
-    arm_lbfgs: Mapped[str | None] = mapped_column(String(9))
+    arm_adam: Mapped[str] = mapped_column(String(10))
+    arm_lbfgs: Mapped[str | None] = mapped_column(String(10))
     reward: Mapped[float] = mapped_column(Float)
     reward_phase0: Mapped[float | None] = mapped_column(Float)
     rel_l2: Mapped[float | None] = mapped_column(Float)
