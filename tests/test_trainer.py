@@ -432,3 +432,48 @@ def test_poisson_trains_to_a_small_error():
                         TrainConfig(adam_iters=300, lbfgs_iters=300, compile=False), dtype="float64")  # fmt: skip
     (m,) = evaluate_batch(batch)
     assert batch.outcomes[0].status == "ok" and m.rel_l2 < 0.1, m
+
+
+def test_each_run_of_a_batch_is_scored_on_its_own_reference_grid():
+    """Two parameter sets whose reference grids differ (11 x 11 and 17 x 13 points): each run's
+    error is the one measured on its own grid."""
+    from metalic.pinn.evaluate import predict_stitched
+    from metalic.pinn.trainer import current_metrics
+
+    domain = Box((0.0, 0.0), (1.0, 1.0))
+
+    def exact(p, pts):
+        return np.sin(np.pi * pts[:, 0]) * np.exp(-p["q"] * pts[:, 1])
+
+    def reference(p):
+        n0, n1 = (11, 11) if p["q"] < 0.5 else (17, 13)
+        axes = (np.linspace(0, 1, n0), np.linspace(0, 1, n1))
+        a, b = np.meshgrid(*axes, indexing="ij")
+        return ReferenceGrid(axes, exact(p, np.stack([a.ravel(), b.ravel()], 1)).reshape(n0, n1))
+
+    fam = Family(
+        name="two-grids",
+        equation="u_t + q u = 0",
+        coords=("x", "t"),
+        domain=domain,
+        params=(Param("q", 0.0, 1.0, 0.0),),
+        residual_uses=("u", "u_t"),
+        residual=lambda d, p, x: d["u_t"] + p["q"] * d["u"],
+        boundary_edges=((1, 0),),
+        boundary_value=exact,
+        reference=reference,
+        default_decomposition=slabs(domain, 1, 2),
+        slab_axis=1,
+        time_axis=1,
+    )
+    specs = [RunSpec({"q": 0.2}, "u", seed=0), RunSpec({"q": 0.9}, "u", seed=1)]
+    batch = train_batch(fam, specs, SMALL, SHORT, dtype="float64")
+    grids = [fam.reference_grid(s.params) for s in specs]
+    assert grids[0].u.shape != grids[1].u.shape
+    got = current_metrics(fam, batch.problem, batch.net)
+    for j, grid in enumerate(grids):
+        own = metrics_of(predict_stitched(batch.net, batch.problem.decomposition, grid.points())[j], grid.u.ravel())
+        assert got[j] == own
+    # the second run scored on the first run's grid would give another error
+    other = predict_stitched(batch.net, batch.problem.decomposition, grids[0].points())[1]
+    assert metrics_of(other, exact(specs[1].params, grids[0].points())).rel_l2 != pytest.approx(got[1].rel_l2)
