@@ -477,3 +477,18 @@ def test_each_run_of_a_batch_is_scored_on_its_own_reference_grid():
     # the second run scored on the first run's grid would give another error
     other = predict_stitched(batch.net, batch.problem.decomposition, grids[0].points())[1]
     assert metrics_of(other, exact(specs[1].params, grids[0].points())).rel_l2 != pytest.approx(got[1].rel_l2)
+
+
+def test_the_between_phases_hook_sees_the_capped_reward_for_a_run_that_diverged_in_adam():
+    seen = {}
+
+    def choose(metrics):
+        seen["metrics"] = metrics
+        return ["u"] * len(metrics)
+
+    specs = [RunSpec({"q": 0.1}, "u", seed=0), RunSpec({"q": 0.9}, "u", seed=1)]
+    batch = train_batch(_nan_family(), specs, SMALL, SHORT, dtype="float64", between_phases=choose)
+    healthy, diverged = seen["metrics"]
+    assert batch.outcomes[1].status == "diverged"
+    assert diverged.reward == reward_of(math.nan) == -2.0 and math.isnan(diverged.rel_l2)
+    assert math.isfinite(healthy.rel_l2) and healthy.reward > -2.0
