@@ -491,4 +491,5 @@ def test_the_between_phases_hook_sees_the_capped_reward_for_a_run_that_diverged_
     healthy, diverged = seen["metrics"]
     assert batch.outcomes[1].status == "diverged"
     assert diverged.reward == reward_of(math.nan) == -2.0 and math.isnan(diverged.rel_l2)
-    assert math.isfinite(healthy.rel_l2) and healthy.reward > -2.0
+    assert math.isnan(diverged.max_abs) and math.isfinite(healthy.max_abs)  # the healthy run is measured
+    # (this family's reference is 0, so the healthy run's relative error is huge and capped too)
