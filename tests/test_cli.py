@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from metalic.cli import main
 
@@ -104,3 +105,16 @@ def test_worker_check_reports_an_unreachable_store_in_one_line(capsys, monkeypat
         db._stores.clear()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metalic: error: cannot open the database: OperationalError")
+
+
+def test_a_cuda_index_is_checked_against_the_devices_this_machine_has():
+    from metalic.settings import resolve_device
+
+    if not torch.cuda.is_available():  # this CPU machine: any CUDA device is refused up front
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+        return
+    count = torch.cuda.device_count()
+    assert resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
+    with pytest.raises(ValueError, match=f"this machine has {count} CUDA device"):
+        resolve_device(f"cuda:{count}")
