@@ -137,3 +137,11 @@ def test_creating_an_invalid_campaign_writes_no_row(sqlite_store):
     with sqlite_store.read() as s:
         assert s.scalar(select(func.count()).select_from(Campaign)) == 0
         assert s.scalar(select(func.count()).select_from(Study)) == 0
+
+
+def test_a_campaign_config_survives_its_stored_form():
+    """What the store keeps (JSON) gives the same config back, with the family's network (None)
+    or an explicit one."""
+    for config in (TOY, replace(TOY, pinn=replace(TOY.pinn, layers=(2, 8, 8, 1)))):
+        stored = json.loads(json.dumps(config.to_dict()))
+        assert CampaignConfig.from_dict(stored) == config
