@@ -87,7 +87,7 @@ class CampaignConfig:
         d["heuristics"] = tuple(d["heuristics"])
         d["train"] = TrainConfig(**d["train"])
         pinn = dict(d["pinn"])
-        pinn["layers"] = tuple(pinn["layers"])
+        pinn["layers"] = None if pinn.get("layers") is None else tuple(pinn["layers"])
         d["pinn"] = PinnConfig(**pinn)
         return CampaignConfig(**d)
 
