@@ -50,9 +50,10 @@ def planted():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_ucb_and_ts_regret_is_at_most_three_quarters_of_random(planted, seed):
-    """Horizon 60 rounds (5 random warm-up), three seeds (contexts, noise, engine). Measured at
+    """Horizon 60 rounds (5 random warm-up), two seeds (contexts, noise, engine; a third passed too
+    but costs 22 s of the suite's 10-minute budget). Measured at
     seed 0 before the single-network arm: UCB 52.0, TS 73.6, random 112.4 (0.46 and 0.65)."""
     runs = planted if seed == 0 else {p: run_planted(p, 60, seed) for p in ("ucb", "ts", "random")}
     random_regret = runs["random"][1]
