@@ -59,3 +59,31 @@ def test_jet_skips_zero_components_but_stays_exact_for_first_layer_only_net():
     (g,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
     (gg,) = torch.autograd.grad(g[..., 0].sum(), x)
     torch.testing.assert_close(jet[(2, 0)], gg[..., 0])
+
+
+def test_a_periodic_networks_jet_equals_autograd_and_it_is_periodic():
+    """KdV's network: Fourier features of x (3 harmonics, period 20) in the first layer."""
+    import numpy as np
+
+    from metalic.pinn.jets import TanhJet, downward_closure
+    from metalic.pinn.network import StackedMLP
+
+    boxes = np.array([[[0, 0], [20, 10]], [[0, 10], [20, 20]]], float)
+    net = StackedMLP((2, 8, 8, 1), 2, boxes, [0, 1], dtype=torch.float64, period=20.0, harmonics=3)
+    x = torch.rand(2, 2, 7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 20
+    jet = net.jet(x, TanhJet(downward_closure([(3, 0), (1, 1), (0, 2)])))
+    xr = x.clone().requires_grad_(True)
+
+    def d(f, axis):
+        return torch.autograd.grad(f.sum(), xr, create_graph=True)[0][..., axis]
+
+    u = net(xr)
+    ux, ut = d(u, 0), d(u, 1)
+    uxx = d(ux, 0)
+    for alpha, ref in {(0, 0): u, (1, 0): ux, (2, 0): uxx, (3, 0): d(uxx, 0), (0, 1): ut, (1, 1): d(ux, 1),
+                       (0, 2): d(ut, 1)}.items():  # fmt: skip
+        torch.testing.assert_close(jet[alpha], ref.detach(), rtol=1e-12, atol=1e-12)
+    shifted = x.clone()
+    shifted[..., 0] += 20.0
+    torch.testing.assert_close(net(shifted), net(x), rtol=1e-12, atol=1e-12)
+    assert net.n_weights == 2 * ((2 * 3 + 1) * 8 + 8 + 8 * 8 + 8 + 8 + 1)
