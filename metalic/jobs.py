@@ -165,18 +165,17 @@ class SolveRequest(BaseModel):
             raise ValueError(f"at most {limit} (server cap)")
         return value
 
-    @field_validator("final_time_data")
+    @field_validator("final_time_data", "side_data")
     @classmethod
-    def _final_time(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and "family" in info.data and get_family(info.data["family"]).time_axis is None:
-            raise ValueError(f"needs a time-dependent family; {info.data['family']} is steady")
-        return value
-
-    @field_validator("side_data")
-    @classmethod
-    def _side_data(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and "family" in info.data and get_family(info.data["family"]).period is None:
-            raise ValueError(f"needs a periodic family; {info.data['family']} is not periodic")
+    def _family_supports(cls, value: bool, info: ValidationInfo) -> bool:
+        """Final-time data needs a time axis; side data a periodic coordinate."""
+        if not value or "family" not in info.data:
+            return value
+        family = get_family(info.data["family"])
+        if info.field_name == "final_time_data" and family.time_axis is None:
+            raise ValueError(f"needs a time-dependent family; {family.name} is steady")
+        if info.field_name == "side_data" and family.period is None:
+            raise ValueError(f"needs a periodic family; {family.name} is not periodic")
         return value
 
     # ---- derived -------------------------------------------------------------------------------

@@ -440,8 +440,6 @@ def test_each_run_of_a_batch_is_scored_on_its_own_reference_grid():
     from metalic.pinn.evaluate import predict_stitched
     from metalic.pinn.trainer import current_metrics
 
-    domain = Box((0.0, 0.0), (1.0, 1.0))
-
     def exact(p, pts):
         return np.sin(np.pi * pts[:, 0]) * np.exp(-p["q"] * pts[:, 1])
 
@@ -451,20 +449,15 @@ def test_each_run_of_a_batch_is_scored_on_its_own_reference_grid():
         a, b = np.meshgrid(*axes, indexing="ij")
         return ReferenceGrid(axes, exact(p, np.stack([a.ravel(), b.ravel()], 1)).reshape(n0, n1))
 
-    fam = Family(
+    # the NaN test family's domain and split, with a finite residual and its own references
+    fam = replace(
+        _nan_family(),
         name="two-grids",
         equation="u_t + q u = 0",
-        coords=("x", "t"),
-        domain=domain,
-        params=(Param("q", 0.0, 1.0, 0.0),),
         residual_uses=("u", "u_t"),
         residual=lambda d, p, x: d["u_t"] + p["q"] * d["u"],
-        boundary_edges=((1, 0),),
         boundary_value=exact,
         reference=reference,
-        default_decomposition=slabs(domain, 1, 2),
-        slab_axis=1,
-        time_axis=1,
     )
     specs = [RunSpec({"q": 0.2}, "u", seed=0), RunSpec({"q": 0.9}, "u", seed=1)]
     batch = train_batch(fam, specs, SMALL, SHORT, dtype="float64")
