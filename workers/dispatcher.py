@@ -207,7 +207,9 @@ class Dispatcher:
     def _collect(self, timeout: float = 0.0) -> bool:
         finished = self.executor.poll(timeout)
         for _slot, payload, outcome in finished:
-            flight = self.flights.pop(payload.batch_id, None)
+            # The flight leaves ``self.flights`` only once its batch row is final, so that
+            # ``wait_idle`` never returns between the two.
+            flight = self.flights.get(payload.batch_id)
             if isinstance(outcome, BatchReport):
                 task_store.finish_batch(self.store, payload.batch_id, "done", outcome.seconds)
                 if outcome.recorded and flight is not None:
@@ -221,6 +223,7 @@ class Dispatcher:
                     self.settings.max_attempts,
                 )
                 task_store.finish_batch(self.store, payload.batch_id, "lost")
+            self.flights.pop(payload.batch_id, None)
         return bool(finished)
 
     # ---- 2. stale leases --------------------------------------------------------------------------
