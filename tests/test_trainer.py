@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from metalic.domain import Box, slabs
 from metalic.families import get_family
 from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.pinn.adam import FlatAdam
 from metalic.pinn.artefact import evaluate_batch
 from metalic.pinn.evaluate import ERROR_CAP, metrics_of, reward_of
 from metalic.pinn.lbfgs import MAX_ITER, TOL_GRAD, TOL_LOSS, TOL_STEP, batched_lbfgs
@@ -486,3 +489,44 @@ def test_the_between_phases_hook_sees_the_capped_reward_for_a_run_that_diverged_
     assert diverged.reward == reward_of(math.nan) == -2.0 and math.isnan(diverged.rel_l2)
     assert math.isnan(diverged.max_abs) and math.isfinite(healthy.max_abs)  # the healthy run is measured
     # (this family's reference is 0, so the healthy run's relative error is huge and capped too)
+
+
+def test_flat_adam_is_torch_fused_adam_bit_for_bit_and_freezes_a_run():
+    """The trainer's Adam calls torch's fused kernel directly; its updates equal
+    ``torch.optim.Adam(fused=True)``'s exactly, and a frozen run's weights do not move."""
+    gen = torch.Generator().manual_seed(3)
+    target = torch.randn(3, 40, generator=gen)
+    ours = torch.randn(3, 40, generator=gen).requires_grad_()
+    theirs = ours.detach().clone().requires_grad_()
+    adam, reference = FlatAdam(ours, lr=0.01), torch.optim.Adam([theirs], lr=0.01, fused=True)
+    for _ in range(30):
+        for w in (ours, theirs):
+            w.grad = None
+            ((w - target) ** 4).sum().backward()
+        adam.step()
+        reference.step()
+    assert torch.equal(ours, theirs)
+    frozen = torch.tensor([[False], [True], [False]])
+    before = ours.detach().clone()
+    ours.grad = torch.ones_like(ours)
+    ours.grad[1] = math.nan  # a diverged run's gradient
+    adam.freeze(frozen)
+    adam.step()
+    assert torch.equal(ours[1], before[1])
+    assert torch.isfinite(ours).all() and not torch.equal(ours[0], before[0])
+
+
+def test_an_eager_training_does_not_import_the_compiler():
+    """A one-off eager solve must not pay for importing torch._dynamo (about 1.5 s on 2 cores)."""
+    code = (
+        "import sys\n"
+        "from metalic.families import get_family\n"
+        "from metalic.pinn.problem import PinnConfig\n"
+        "from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch\n"
+        "cfg = PinnConfig(n_collocation=20, n_boundary=8, n_interface=5)\n"
+        "train_batch(get_family('burgers'), [RunSpec({'nu': 0.01}, 'u,flux')], cfg,\n"
+        "            TrainConfig(adam_iters=3, lbfgs_iters=3, compile=False), device='cpu')\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 
 def poisson_dirichlet(
@@ -26,6 +24,9 @@ def poisson_dirichlet(
 
     ``n`` grid points per axis, edges included. Returns (axis [n], u [n, n] indexed [ix, iy]).
     """
+    import scipy.sparse as sp  # imported here: most solves never need it
+    import scipy.sparse.linalg as spla
+
     x = np.linspace(lo, hi, n)
     h = x[1] - x[0]
     xx, yy = np.meshgrid(x, x, indexing="ij")

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from metalic.conditions import TERM_NAMES, Arm, needed_quantities, parse_arm
 from metalic.families.base import Family
+from metalic.pinn.adam import FlatAdam
 from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched, reward_of
 from metalic.pinn.lbfgs import CANCELLED, DIVERGED, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
@@ -315,7 +316,7 @@ def _train(
     # on the device (``bad_at``) and frozen by masking (no gradient, no Adam moments, so its
     # weights stay those that gave the bad loss); the host reads the marks at progress points.
     theta = net.theta
-    opt = torch.optim.Adam([theta], lr=train_config.adam_lr, fused=True)
+    opt = FlatAdam(theta, lr=train_config.adam_lr)
     n_adam = train_config.adam_iters
     bad_at = torch.zeros(k, dtype=torch.long, device=dev)  # the Adam iteration a run went bad at
 
@@ -325,18 +326,14 @@ def _train(
                 diverged_at[j], adam_done[j] = f"adam iteration {at}", at - 1
 
     for it in range(1, n_adam + 1):
-        opt.zero_grad(set_to_none=False)
+        theta.grad = None
         parts = loss_call(arms_adam)
         total = parts.total.detach()
         bad = active & (~torch.isfinite(total) | (total.abs() > BLOW_UP))
         bad_at = torch.where(bad, it, bad_at)
         active.logical_and_(~bad)
         torch.where(active, parts.total, torch.zeros_like(parts.total)).sum().backward()
-        frozen = ~active[:, None]
-        theta.grad.masked_fill_(frozen, 0.0)  # a frozen run's gradient may be NaN: replaced, not scaled
-        for moment in opt.state[theta].values() if theta in opt.state else ():
-            if moment.shape == theta.shape:  # exp_avg, exp_avg_sq
-                moment.masked_fill_(frozen, 0.0)
+        opt.freeze(~active[:, None])
         opt.step()
         if it == 2:
             # Everything alive now (compiled graphs, the problem, the model) lives for the whole
