@@ -41,7 +41,7 @@ from metalic.pinn.artefact import evaluate_batch, models_from_batch
 from metalic.pinn.evaluate import Metrics, reward_of
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import Progress, RunSpec, TrainConfig, train_batch
-from metalic.settings import get_settings
+from metalic.settings import get_settings, resolve_device
 
 if TYPE_CHECKING:  # the bandit (BoTorch) is imported only where an engine is used
     from metalic.bandit.engine import BanditEngine
@@ -357,6 +357,7 @@ def run_solve_batch(
     compile: bool | None = None,
     progress_every: int = 10,
     artefacts: bool = True,
+    prefetch: bool | None = None,
 ) -> list[SolveResult]:
     """Train ``trainings`` (all with one ``batch_key``) as one batch; one result per training.
 
@@ -365,6 +366,8 @@ def run_solve_batch(
     ``engines``: the bandit engines that choose L-BFGS arms after the Adam phase (sequential).
     Runs with the single-network arm train as their own sub-batch, one network each, after the
     others (``Progress.runs`` says which runs a report is about).
+    ``prefetch``: solve the runs' reference grids in background threads during the training (None:
+    when it trains on an accelerator; on the CPU the solver threads would slow the training's cores).
     """
     if not trainings:
         return []
@@ -375,6 +378,12 @@ def run_solve_batch(
     for t in trainings:
         if t.lbfgs_policy is not None and t.engine_key not in engines:
             raise ValueError(f"training needs engine {t.engine_key!r} to choose its L-BFGS arm")
+    if prefetch is None:
+        prefetch = (device if isinstance(device, torch.device) else resolve_device(device)).type != "cpu"
+    if prefetch:
+        # Every run is scored on its reference grid after training (and after Adam in sequential
+        # mode): solve the grids in background threads now, while the device trains.
+        get_family(trainings[0].request.family).prefetch_references([t.request.params for t in trainings])
     single = [j for j, t in enumerate(trainings) if is_single_network(t.arm_adam)]
     split = [j for j in range(len(trainings)) if j not in single]
     start = time.perf_counter()

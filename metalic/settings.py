@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     home: Path = Path(".metalic")
     database_url: str = ""
     ray_address: str = ""
+    reference_cache: str = Field(
+        "", description="folder of reference grids kept on disk; empty = home/cache/references, 'off' = none"
+    )
 
     # dispatcher
     max_batch_cpu: int = Field(8, ge=1, description="runs packed into one CPU training")
@@ -68,6 +71,11 @@ class Settings(BaseSettings):
     session_hours: float = Field(8.0, gt=0, description="a dashboard login lasts this long")
     cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind TLS)")
     dashboard_poll_seconds: float = Field(2.0, gt=0, description="open dashboard pages ask for changes this often")
+
+    def reference_cache_dir(self) -> Path | None:
+        if self.reference_cache.strip().lower() == "off":
+            return None
+        return Path(self.reference_cache) if self.reference_cache.strip() else self.home / "cache" / "references"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

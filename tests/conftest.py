@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -17,6 +20,11 @@ PG_BASE = os.environ.get("METALIC_TEST_POSTGRES", "postgresql+psycopg://postgres
 os.environ["METALIC_PLUGINS"] = "tests.plugins.broken_family,tests.plugins.nan_family"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# One reference-grid cache for the whole session (every process), removed at its end: the suite
+# solves each grid once and writes nothing into the checkout.
+_REFERENCES = tempfile.mkdtemp(prefix="metalic-test-references-")
+os.environ["METALIC_REFERENCE_CACHE"] = _REFERENCES
+atexit.register(shutil.rmtree, _REFERENCES, ignore_errors=True)
 
 
 def _postgres_ok() -> bool:

@@ -7,12 +7,10 @@ family it trains. Derivatives are named by coordinate letters: for coordinates `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
-from scipy.interpolate import RegularGridInterpolator
 from torch import Tensor
 
 from metalic.domain import Box, Decomposition, slabs
@@ -45,6 +43,8 @@ class ReferenceGrid:
 
     def interpolate(self, points: np.ndarray) -> np.ndarray:
         """Cubic interpolation at ``points`` [N, 2] -> [N]."""
+        from scipy.interpolate import RegularGridInterpolator  # 0.4 s to import: only when used
+
         interp = RegularGridInterpolator(self.axes, self.u, method="cubic")
         return interp(points)
 
@@ -146,14 +146,16 @@ class Family:
         return slabs(self.domain, self.slab_axis, subdomains)
 
     def reference_grid(self, params: Mapping[str, float]) -> ReferenceGrid:
-        """Reference solution, cached per (family, parameters)."""
-        key = tuple(sorted(self.validate_params(params).items()))
-        return _cached_reference(self, key)
+        """Reference solution, kept in memory and on disk per (family, parameters) (``references``)."""
+        from metalic.families.references import STORE, params_key
 
+        return STORE.get(self, params_key(self.validate_params(params)))
 
-@lru_cache(maxsize=64)
-def _cached_reference(family: Family, key: tuple) -> ReferenceGrid:
-    return family.reference(dict(key))
+    def prefetch_references(self, params: Iterable[Mapping[str, float]]) -> None:
+        """Start computing these parameters' reference grids in the background (returns at once)."""
+        from metalic.families.references import STORE, params_key
+
+        STORE.prefetch(self, [params_key(self.validate_params(p)) for p in params])
 
 
 def closed_form_reference(

@@ -1,0 +1,145 @@
+"""Reference grids kept on disk and computed ahead (``metalic.families.references``)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from metalic import settings
+from metalic.domain import Box, slabs
+from metalic.families import get_family, references
+from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.families.references import ReferenceStore, params_key
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("METALIC_REFERENCE_CACHE", str(tmp_path / "references"))
+    settings.get_settings.cache_clear()
+    yield tmp_path / "references"
+    settings.get_settings.cache_clear()
+
+
+def _family(reference) -> Family:
+    """An unregistered family with the given reference function."""
+    domain = Box((0.0, 0.0), (1.0, 1.0))
+    return Family(
+        name="reference-test",
+        equation="u_t + u_x = 0",
+        coords=("x", "t"),
+        domain=domain,
+        params=(Param("q", 0.0, 1.0, 0.0),),
+        residual_uses=("u_t", "u_x"),
+        residual=lambda d, p, x: d["u_t"] + d["u_x"],
+        boundary_edges=((1, 0),),
+        boundary_value=lambda p, pts: np.sin(pts[:, 0]),
+        reference=reference,
+        default_decomposition=slabs(domain, 1, 2),
+        slab_axis=1,
+        time_axis=1,
+    )
+
+
+def test_a_solved_grid_is_read_back_from_disk_by_another_store_with_the_same_values(cache):
+    burgers = get_family("burgers")
+    key = params_key({"nu": 0.02})
+    first = ReferenceStore()
+    grid = first.get(burgers, key)
+    assert first.solved == 1
+    assert [p.name for p in cache.iterdir()] == [first.path_of(burgers, key).name]
+    second = ReferenceStore()  # a new process's store: empty memory, same folder
+    again = second.get(burgers, key)
+    assert second.solved == 0
+    assert np.array_equal(again.u, grid.u)
+    assert all(np.array_equal(a, b) for a, b in zip(again.axes, grid.axes, strict=True))
+
+
+def test_a_damaged_file_is_solved_again_and_replaced(cache):
+    burgers = get_family("burgers")
+    key = params_key({"nu": 0.03})
+    grid = ReferenceStore().get(burgers, key)
+    path = ReferenceStore.path_of(burgers, key)
+    path.write_bytes(b"not an npz file")
+    store = ReferenceStore()
+    assert np.array_equal(store.get(burgers, key).u, grid.u)
+    assert store.solved == 1
+    with np.load(path) as z:  # rewritten whole
+        assert np.array_equal(z["u"], grid.u)
+
+
+def test_other_solver_code_means_another_file(cache, monkeypatch):
+    burgers = get_family("burgers")
+    key = params_key({"nu": 0.04})
+    before = ReferenceStore.path_of(burgers, key)
+    monkeypatch.setattr(references, "code_fingerprint", lambda family: "an edited solver")
+    after = ReferenceStore.path_of(burgers, key)
+    assert before != after
+    store = ReferenceStore()
+    store.get(burgers, key)
+    assert store.solved == 1  # the grid of the old code is not read
+
+
+def test_the_cache_can_be_switched_off_and_unregistered_families_stay_in_memory(cache, monkeypatch):
+    fam = _family(lambda p: ReferenceGrid((np.linspace(0, 1, 3), np.linspace(0, 1, 3)), np.full((3, 3), p["q"])))
+    assert ReferenceStore.path_of(fam, params_key({"q": 0.5})) is None
+    monkeypatch.setenv("METALIC_REFERENCE_CACHE", "off")
+    settings.get_settings.cache_clear()
+    assert ReferenceStore.path_of(get_family("burgers"), params_key({"nu": 0.01})) is None
+
+
+def test_a_prefetch_returns_at_once_and_a_later_get_waits_for_it_instead_of_solving_again():
+    release, calls = threading.Event(), []
+
+    def slow_reference(p):
+        calls.append(p["q"])
+        assert release.wait(30)
+        return ReferenceGrid((np.linspace(0, 1, 3), np.linspace(0, 1, 3)), np.full((3, 3), p["q"]))
+
+    fam = _family(slow_reference)
+    store = ReferenceStore()
+    keys = [params_key({"q": q}) for q in (0.1, 0.2, 0.3)]
+    store.prefetch(fam, keys)  # returns while every solver is blocked
+    assert not release.is_set()
+    release.set()
+    grids = [store.get(fam, k) for k in keys]
+    assert [float(g.u[0, 0]) for g in grids] == [0.1, 0.2, 0.3]
+    assert sorted(calls) == [0.1, 0.2, 0.3] and store.solved == 3
+
+
+def test_a_solver_error_reaches_the_caller_and_the_next_get_tries_again():
+    fail = [True]
+
+    def flaky(p):
+        if fail[0]:
+            raise RuntimeError("solver failed")
+        return ReferenceGrid((np.linspace(0, 1, 2), np.linspace(0, 1, 2)), np.zeros((2, 2)))
+
+    fam = _family(flaky)
+    store = ReferenceStore()
+    store.prefetch(fam, [params_key({"q": 0.0})])
+    with pytest.raises(RuntimeError, match="solver failed"):
+        store.get(fam, params_key({"q": 0.0}))
+    fail[0] = False
+    assert store.get(fam, params_key({"q": 0.0})).u.shape == (2, 2)
+
+
+def test_a_batch_with_prefetch_scores_its_runs_as_one_without(cache):
+    from metalic.families.references import STORE
+    from metalic.jobs import SolveRequest, Training, run_solve_batch
+
+    requests = [
+        SolveRequest(family="burgers", params={"nu": nu}, arm="u,flux", adam=3, lbfgs=3, collocation=30,
+                     boundary=10, interface_points=5, seed=j)
+        for j, nu in enumerate((0.011, 0.012))
+    ]  # fmt: skip
+    solved = STORE.solved
+    STORE.clear_memory()
+    ahead = run_solve_batch([Training.explicit(r) for r in requests], device="cpu", artefacts=False, prefetch=True)
+    assert STORE.solved == solved + 2
+    assert len(list(cache.iterdir())) == 2
+    STORE.clear_memory()
+    after = run_solve_batch([Training.explicit(r) for r in requests], device="cpu", artefacts=False, prefetch=False)
+    assert STORE.solved == solved + 2  # read from disk
+    assert [r.rel_l2 for r in ahead] == [r.rel_l2 for r in after]
