@@ -7,19 +7,31 @@ and nested reverse-mode autograd (the authors' way). metalic is timed through it
 loop (``train_batch``), excluding start-up and compilation, for K = 1, 4, 16 runs batched, eager
 and torch.compile'd. Every figure is printed as a ratio to the baseline measured in this run.
 
+L-BFGS rows (``--lbfgs``): L-BFGS iterations per second of the same batch (``lbfgs_rate.py``)
+from this tree and from an earlier commit's tree (``--baseline-ref``, checked out in a temporary
+git worktree and run in a subprocess in the same session), eager and compiled; each printed as a
+ratio to the earlier commit at the same K. The whole default solve (1,000 Adam + 1,000 L-BFGS, wall
+time of the command) is ``solve_speed.py``.
+
     python benchmarks/train_speed.py [--device cpu|cuda] [--steps 60] [--k 1 4 16] [--no-compile]
+    python benchmarks/train_speed.py --lbfgs [--k 1 16] [--baseline-ref e0b550c] [--no-compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lbfgs_rate import lbfgs_rate
 from machine import describe
 from per_subdomain_baseline import BaselineBurgers
 
@@ -72,15 +84,44 @@ def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> fl
     return steps / (marks[total] - marks[WARMUP])
 
 
+def lbfgs_rows(ks: list[int], steps: int, modes: list[bool], device: torch.device, ref: str) -> None:
+    """L-BFGS batch it/s of this tree against the tree of commit ``ref``, at each K and mode."""
+    root = Path(__file__).resolve().parents[1]
+    old = Path(tempfile.mkdtemp(prefix="metalic-baseline-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old), ref], cwd=root, check=True, capture_output=True)
+    try:
+        print(f"\nL-BFGS, Burgers, all nine terms, {steps} timed iterations | {ref} | this tree")
+        print(f"| mode | K | {ref} run-it/s | now run-it/s | speed-up |")
+        print("|---|---|---|---|---|")
+        for compile_ in modes:
+            for k in ks:
+                cmd = [sys.executable, str(Path(__file__).parent / "lbfgs_rate.py"), "--k", str(k), "--steps",
+                       str(steps), "--device", str(device)] + (["--compile"] if compile_ else [])  # fmt: skip
+                env = {**os.environ, "PYTHONPATH": str(old)}
+                out = subprocess.run(cmd, cwd=old, env=env, check=True, capture_output=True, text=True).stdout
+                base = json.loads(out.strip().splitlines()[-1])["batch_it_s"] * k
+                now = lbfgs_rate(k, steps, compile_, device) * k
+                name = "compiled" if compile_ else "eager"
+                print(f"| {name} | {k} | {base:.1f} | {now:.1f} | {now / base:.2f}x |", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--lbfgs", action="store_true", help="the L-BFGS rows against --baseline-ref instead")
+    parser.add_argument("--baseline-ref", default="e0b550c", help="the commit the L-BFGS rows compare with")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"machine: {describe(device)}")
+    if args.lbfgs:
+        lbfgs_rows(args.k, max(args.steps, 100), [False] if args.no_compile else [False, True], device,
+                   args.baseline_ref)  # fmt: skip
+        return
     base = baseline_rate(args.steps, device)
     print(f"baseline (per-subdomain modules, nested autograd), K=1: {base:8.1f} it/s")
     modes = [False] if args.no_compile else [False, True]

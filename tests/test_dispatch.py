@@ -119,10 +119,12 @@ def test_an_actor_killed_mid_batch_has_its_tasks_finish_on_a_new_one(sqlite_stor
             with store.read() as s:
                 return (s.scalar(select(func.max(Task.progress_iteration)).where(Task.attempt == 1)) or 0) >= 40
 
-        wait_until(training)
-        with store.read() as s:  # (asking the busy actor itself would wait for its batch)
-            pid = s.scalar(select(Worker.pid).where(Worker.kind == "trainer", Worker.state == "busy"))
-        os.kill(pid, signal.SIGKILL)
+        def busy_pid() -> int | None:  # (asking the busy actor itself would wait for its batch)
+            with store.read() as s:
+                return s.scalar(select(Worker.pid).where(Worker.kind == "trainer", Worker.state == "busy"))
+
+        wait_until(lambda: training() and busy_pid() is not None)
+        os.kill(busy_pid(), signal.SIGKILL)
         wait_until(all_finished(store, 3))
         disp.wait_idle()
         with store.read() as s:

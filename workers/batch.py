@@ -108,13 +108,16 @@ class _Reporter:
 
 
 def _heartbeats(store, reporter: _Reporter, worker_id: str | None, batch_id: int, every: float, done: threading.Event):
-    while not done.wait(every):
+    """Beat at once (the worker shows busy from its batch's start), then every ``every`` seconds."""
+    while True:
         try:
             task_store.heartbeat_tasks(store, reporter.live_items())
             if worker_id is not None:
                 worker_store.heartbeat(store, worker_id, state="busy", current_batch=batch_id)
         except Exception:  # a missed heartbeat is retried; the lease is many periods long
             log.exception("heartbeat failed")
+        if done.wait(every):
+            return
 
 
 def run_batch(
