@@ -1,4 +1,4 @@
-"""L-BFGS iterations per second of the trainer on the authors' Burgers setup (all nine terms).
+"""L-BFGS iterations per second of the trainer on the authors' Burgers setup (all nine terms, or ``--arm``).
 
 Prints one JSON line {"k": K, "compile": bool, "batch_it_s": ...} per K. It uses only what every
 version of the trainer has (``train_batch``, its progress callback, ``TrainConfig``), so
@@ -6,7 +6,7 @@ version of the trainer has (``train_batch``, its progress callback, ``TrainConfi
 ``--warmup`` iterations (compilation, first allocations) are not timed; both tolerances are 0, so
 no run stops early.
 
-    python benchmarks/lbfgs_rate.py --k 1 16 [--steps 100] [--compile] [--device cpu]
+    python benchmarks/lbfgs_rate.py --k 1 16 [--steps 100] [--compile] [--device cpu] [--arm u,flux]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 from metalic.settings import resolve_device
 
 
-def lbfgs_rate(k: int, steps: int, compile_: bool, device: torch.device, warmup: int = 10) -> float:
+def lbfgs_rate(k: int, steps: int, compile_: bool, device: torch.device, warmup: int = 10, arm: str = "all") -> float:
     """L-BFGS iterations per second of a batch of ``k`` runs (each iteration advances all k)."""
     marks: dict[int, float] = {}
 
@@ -32,7 +32,7 @@ def lbfgs_rate(k: int, steps: int, compile_: bool, device: torch.device, warmup:
                 torch.cuda.synchronize()
             marks[p.iteration] = time.perf_counter()
 
-    specs = [RunSpec({"nu": 0.01 + 0.001 * (j % 40)}, "all", seed=j) for j in range(k)]
+    specs = [RunSpec({"nu": 0.01 + 0.001 * (j % 40)}, arm, seed=j) for j in range(k)]
     config = TrainConfig(adam_iters=0, lbfgs_iters=warmup + steps, compile=compile_, tolerance_grad=0.0,
                          tolerance_change=0.0)  # fmt: skip
     train_batch(get_family("burgers"), specs, train_config=config, device=device, progress=progress,
@@ -46,11 +46,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--arm", default="all", help="the interface terms (the default solve's: u,flux)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     for k in args.k:
-        rate = lbfgs_rate(k, args.steps, args.compile, device)
-        print(json.dumps({"k": k, "compile": args.compile, "batch_it_s": rate}), flush=True)
+        rate = lbfgs_rate(k, args.steps, args.compile, device, arm=args.arm)
+        print(json.dumps({"k": k, "arm": args.arm, "compile": args.compile, "batch_it_s": rate}), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ ratio to the earlier commit at the same K. The whole default solve (1,000 Adam +
 time of the command) is ``solve_speed.py``.
 
     python benchmarks/train_speed.py [--device cpu|cuda] [--steps 60] [--k 1 4 16] [--no-compile]
-    python benchmarks/train_speed.py --lbfgs [--k 1 16] [--baseline-ref e0b550c] [--no-compile]
+    python benchmarks/train_speed.py --lbfgs [--k 1 16] [--steps 990] [--arms all u,flux] [--repeat 3]
+                                         [--baseline-ref e0b550c] [--no-compile]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,25 +86,31 @@ def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> fl
     return steps / (marks[total] - marks[WARMUP])
 
 
-def lbfgs_rows(ks: list[int], steps: int, modes: list[bool], device: torch.device, ref: str) -> None:
-    """L-BFGS batch it/s of this tree against the tree of commit ``ref``, at each K and mode."""
+def lbfgs_rows(
+    ks: list[int], steps: int, modes: list[bool], device: torch.device, ref: str, arms: list[str], repeat: int
+) -> None:
+    """L-BFGS batch it/s of this tree against the tree of commit ``ref``, at each arm, K and mode."""
     root = Path(__file__).resolve().parents[1]
     old = Path(tempfile.mkdtemp(prefix="metalic-baseline-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), ref], cwd=root, check=True, capture_output=True)
     try:
-        print(f"\nL-BFGS, Burgers, all nine terms, {steps} timed iterations | {ref} | this tree")
-        print(f"| mode | K | {ref} run-it/s | now run-it/s | speed-up |")
-        print("|---|---|---|---|---|")
-        for compile_ in modes:
-            for k in ks:
-                cmd = [sys.executable, str(Path(__file__).parent / "lbfgs_rate.py"), "--k", str(k), "--steps",
-                       str(steps), "--device", str(device)] + (["--compile"] if compile_ else [])  # fmt: skip
-                env = {**os.environ, "PYTHONPATH": str(old)}
+        print(f"\nL-BFGS, Burgers, {steps} timed iterations | {ref} and this tree alternately, {repeat} pairs")
+        print(f"| arm | mode | K | {ref} run-it/s | now run-it/s | speed-up, median (range) |")
+        print("|---|---|---|---|---|---|")
+        for arm, compile_, k in ((a, c, k) for a in arms for c in modes for k in ks):
+            script = str(Path(__file__).parent / "lbfgs_rate.py")
+            cmd = [sys.executable, script, "--k", str(k), "--steps", str(steps), "--device", str(device), "--arm", arm]
+            cmd += ["--compile"] if compile_ else []
+            env = {**os.environ, "PYTHONPATH": str(old)}
+            bases, nows = [], []
+            for _ in range(repeat):  # alternate, so that a slow spell of the machine hits both
                 out = subprocess.run(cmd, cwd=old, env=env, check=True, capture_output=True, text=True).stdout
-                base = json.loads(out.strip().splitlines()[-1])["batch_it_s"] * k
-                now = lbfgs_rate(k, steps, compile_, device) * k
-                name = "compiled" if compile_ else "eager"
-                print(f"| {name} | {k} | {base:.1f} | {now:.1f} | {now / base:.2f}x |", flush=True)
+                bases.append(json.loads(out.strip().splitlines()[-1])["batch_it_s"] * k)
+                nows.append(lbfgs_rate(k, steps, compile_, device, arm=arm) * k)
+            ratios = sorted(n / b for n, b in zip(nows, bases, strict=True))
+            name = "compiled" if compile_ else "eager"
+            print(f"| {arm} | {name} | {k} | {statistics.median(bases):.1f} | {statistics.median(nows):.1f} | "
+                  f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |", flush=True)  # fmt: skip
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
 
@@ -110,18 +118,22 @@ def lbfgs_rows(ks: list[int], steps: int, modes: list[bool], device: torch.devic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=None, help="timed iterations (Adam: 60, L-BFGS: 990)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--lbfgs", action="store_true", help="the L-BFGS rows against --baseline-ref instead")
     parser.add_argument("--baseline-ref", default="e0b550c", help="the commit the L-BFGS rows compare with")
+    parser.add_argument("--arms", nargs="+", default=["all", "u,flux"], help="the L-BFGS rows' arms")
+    parser.add_argument("--repeat", type=int, default=3, help="L-BFGS rows: alternating pairs of measurements")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"machine: {describe(device)}")
     if args.lbfgs:
-        lbfgs_rows(args.k, max(args.steps, 100), [False] if args.no_compile else [False, True], device,
-                   args.baseline_ref)  # fmt: skip
+        modes = [False] if args.no_compile else [False, True]
+        steps = args.steps or 990  # a whole default phase (10 + 990): the old L-BFGS slowed as it went
+        lbfgs_rows(args.k, steps, modes, device, args.baseline_ref, args.arms, args.repeat)
         return
+    args.steps = args.steps or 60
     base = baseline_rate(args.steps, device)
     print(f"baseline (per-subdomain modules, nested autograd), K=1: {base:8.1f} it/s")
     modes = [False] if args.no_compile else [False, True]
