@@ -90,7 +90,7 @@ def batched_lbfgs(
     return a bool mask [K] of runs to stop now (reason ``cancelled``).
 
     No value is read back to the host inside the loop: stop reasons and iteration counts are
-    device tensors (read once at the end), history writes are ``torch.where`` selections, and
+    device tensors (read once at the end), history writes go to a free ring slot unconditionally, and
     whether any run is still active is asked only every ``check_every`` iterations (a stopped run
     is masked out meanwhile, so the results do not depend on it).
     """
@@ -102,9 +102,11 @@ def batched_lbfgs(
     if max_iter <= 0:
         return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
 
-    ys_hist = torch.zeros(k, history, n, device=dev, dtype=dt)  # y_i = g_{i+1} - g_i
-    ss_hist = torch.zeros(k, history, n, device=dev, dtype=dt)  # s_i = step
-    count = torch.zeros(k, dtype=torch.long, device=dev)  # stored pairs
+    # A ring of history + 1 slots: the slot at ``head`` never holds a stored pair, so every
+    # iteration writes its pair there unconditionally and only an accepted pair advances ``head``.
+    ys_hist = torch.zeros(k, history + 1, n, device=dev, dtype=dt)  # y_i = g_{i+1} - g_i
+    ss_hist = torch.zeros(k, history + 1, n, device=dev, dtype=dt)  # s_i = step
+    count = torch.zeros(k, dtype=torch.long, device=dev)  # stored pairs (at most ``history``)
     head = torch.zeros(k, dtype=torch.long, device=dev)  # next slot to write
     h_diag = torch.ones(k, device=dev, dtype=dt)
     rows = torch.arange(k, device=dev)
@@ -128,11 +130,10 @@ def batched_lbfgs(
             s = d * t[:, None]
             ys = (y * s).sum(-1)
             accept = active & (ys > 1e-10)
-            keep = accept[:, None]
-            ys_hist[rows, head] = torch.where(keep, y, ys_hist[rows, head])
-            ss_hist[rows, head] = torch.where(keep, s, ss_hist[rows, head])
+            ys_hist[rows, head] = y
+            ss_hist[rows, head] = s
             h_diag = torch.where(accept, ys / (y * y).sum(-1), h_diag)
-            head = torch.where(accept, (head + 1) % history, head)
+            head = torch.where(accept, (head + 1) % (history + 1), head)
             count = torch.where(accept, (count + 1).clamp_max(history), count)
             stored = min(it - 1, history)  # at most one pair per iteration: a bound known on the host
             direction = _inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag, stored)
@@ -159,9 +160,13 @@ def batched_lbfgs(
         if it == max_iter:
             stop(active.clone(), MAX_ITER)
             break
-        stop(g.abs().amax(-1) <= tolerance_grad, TOL_GRAD)
-        stop(step.abs().amax(-1) <= tolerance_change, TOL_STEP)
-        stop((loss - prev_loss).abs() < tolerance_change, TOL_LOSS)
+        # The three tolerance tests in torch.optim.LBFGS's order, as one code per run (0: none).
+        code = torch.where((loss - prev_loss).abs() < tolerance_change, _CODE[TOL_LOSS], 0)
+        code = torch.where(step.abs().amax(-1) <= tolerance_change, _CODE[TOL_STEP], code)
+        code = torch.where(g.abs().amax(-1) <= tolerance_grad, _CODE[TOL_GRAD], code)
+        ended = active & (code > 0)
+        reason = torch.where(ended, code, reason)
+        active.logical_and_(~ended)
     return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
 
 

@@ -374,14 +374,11 @@ def _train(
     # ---- phase 2: L-BFGS ----------------------------------------------------------------------
     def closure(x: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
-            theta.grad = None
+            theta.grad = None  # the next backward makes a new tensor: this one may be kept
             total = loss_call(arms_lbfgs).total
-            safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-            safe.sum().backward()
-            grad = theta.grad.detach().clone()
-        blown = total.detach().abs() > BLOW_UP
-        loss = torch.where(blown, torch.full_like(total, math.nan), total.detach())
-        grad = torch.where(torch.isfinite(loss)[:, None], grad, torch.full_like(grad, math.nan))  # no mask: no sync
+            torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0).sum().backward()
+        loss = torch.where(total.detach().abs() > BLOW_UP, math.nan, total.detach())
+        grad = torch.where(torch.isfinite(loss)[:, None], theta.grad, math.nan)  # no mask: no sync
         return loss, grad
 
     n_lbfgs = train_config.lbfgs_iters
