@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from metalic import settings
-from metalic.domain import Box, slabs
 from metalic.families import get_family, references
-from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.families.base import Family, ReferenceGrid
 from metalic.families.references import ReferenceStore, params_key
+from tests.plugins import nan_family
 
 
 @pytest.fixture
@@ -23,23 +24,8 @@ def cache(tmp_path, monkeypatch):
 
 
 def _family(reference) -> Family:
-    """An unregistered family with the given reference function."""
-    domain = Box((0.0, 0.0), (1.0, 1.0))
-    return Family(
-        name="reference-test",
-        equation="u_t + u_x = 0",
-        coords=("x", "t"),
-        domain=domain,
-        params=(Param("q", 0.0, 1.0, 0.0),),
-        residual_uses=("u_t", "u_x"),
-        residual=lambda d, p, x: d["u_t"] + d["u_x"],
-        boundary_edges=((1, 0),),
-        boundary_value=lambda p, pts: np.sin(pts[:, 0]),
-        reference=reference,
-        default_decomposition=slabs(domain, 1, 2),
-        slab_axis=1,
-        time_axis=1,
-    )
+    """An unregistered family (the NaN test family under another name) with this reference."""
+    return replace(nan_family.FAMILY, name="reference-test", reference=reference)
 
 
 def test_a_solved_grid_is_read_back_from_disk_by_another_store_with_the_same_values(cache):
