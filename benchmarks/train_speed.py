@@ -9,13 +9,13 @@ and torch.compile'd. Every figure is printed as a ratio to the baseline measured
 
 L-BFGS rows (``--lbfgs``): L-BFGS iterations per second of the same batch (``lbfgs_rate.py``)
 from this tree and from an earlier commit's tree (``--baseline-ref``, checked out in a temporary
-git worktree and run in a subprocess in the same session), eager and compiled; each printed as a
-ratio to the earlier commit at the same K. The whole default solve (1,000 Adam + 1,000 L-BFGS, wall
-time of the command) is ``solve_speed.py``.
+git worktree), each measurement in its own subprocess, alternately, in the same session, eager
+and compiled; each printed as a ratio to the earlier commit at the same K. The whole default
+solve (1,000 Adam + 1,000 L-BFGS, wall time of the command) is ``solve_speed.py``.
 
     python benchmarks/train_speed.py [--device cpu|cuda] [--steps 60] [--k 1 4 16] [--no-compile]
     python benchmarks/train_speed.py --lbfgs [--k 1 16] [--steps 990] [--arms all u,flux] [--repeat 3]
-                                         [--baseline-ref e0b550c] [--no-compile]
+                                         [--baseline-ref e0b550c] [--no-compile | --compiled-only]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lbfgs_rate import lbfgs_rate
 from machine import describe
 from per_subdomain_baseline import BaselineBurgers
 
@@ -101,12 +100,14 @@ def lbfgs_rows(
             script = str(Path(__file__).parent / "lbfgs_rate.py")
             cmd = [sys.executable, script, "--k", str(k), "--steps", str(steps), "--device", str(device), "--arm", arm]
             cmd += ["--compile"] if compile_ else []
-            env = {**os.environ, "PYTHONPATH": str(old)}
             bases, nows = [], []
             for _ in range(repeat):  # alternate, so that a slow spell of the machine hits both
-                out = subprocess.run(cmd, cwd=old, env=env, check=True, capture_output=True, text=True).stdout
-                bases.append(json.loads(out.strip().splitlines()[-1])["batch_it_s"] * k)
-                nows.append(lbfgs_rate(k, steps, compile_, device, arm=arm) * k)
+                # Each measurement in a fresh process: a compiled loss kept from an earlier
+                # training of this process would otherwise be reused (see trainer.compiled_loss).
+                for tree, rates in ((old, bases), (root, nows)):
+                    env = {**os.environ, "PYTHONPATH": str(tree)}
+                    out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
+                    rates.append(json.loads(out.strip().splitlines()[-1])["batch_it_s"] * k)
             ratios = sorted(n / b for n, b in zip(nows, bases, strict=True))
             name = "compiled" if compile_ else "eager"
             print(f"| {arm} | {name} | {k} | {statistics.median(bases):.1f} | {statistics.median(nows):.1f} | "
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--lbfgs", action="store_true", help="the L-BFGS rows against --baseline-ref instead")
+    parser.add_argument("--compiled-only", action="store_true", help="L-BFGS rows: only the compiled ones")
     parser.add_argument("--baseline-ref", default="e0b550c", help="the commit the L-BFGS rows compare with")
     parser.add_argument("--arms", nargs="+", default=["all", "u,flux"], help="the L-BFGS rows' arms")
     parser.add_argument("--repeat", type=int, default=3, help="L-BFGS rows: alternating pairs of measurements")
@@ -129,7 +131,7 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"machine: {describe(device)}")
     if args.lbfgs:
-        modes = [False] if args.no_compile else [False, True]
+        modes = [False] if args.no_compile else [True] if args.compiled_only else [False, True]
         steps = args.steps or 990  # a whole default phase (10 + 990): the old L-BFGS slowed as it went
         lbfgs_rows(args.k, steps, modes, device, args.baseline_ref, args.arms, args.repeat)
         return
