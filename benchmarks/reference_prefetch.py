@@ -30,9 +30,10 @@ from metalic.families.references import STORE
 from metalic.jobs import SolveRequest, Training, run_solve_batch
 
 
-def batch_seconds(k: int, iters: int, prefetch: bool, cold: bool) -> float:
+def batch_seconds(k: int, iters: int, prefetch: bool, cold: bool, caches: Path) -> float:
+    """Wall time of one batch; ``cold``: with a new, empty reference cache folder under ``caches``."""
     if cold:
-        os.environ["METALIC_REFERENCE_CACHE"] = tempfile.mkdtemp(prefix="metalic-bench-references-")
+        os.environ["METALIC_REFERENCE_CACHE"] = tempfile.mkdtemp(dir=caches)
         settings.get_settings.cache_clear()
     STORE.clear_memory()
     requests = [
@@ -56,12 +57,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {describe(torch.device('cpu'))}")
-    batch_seconds(1, 2, True, True)  # warm-up: imports, first allocations
     rows = {}
-    for label, prefetch, cold in (("grids solved after training (baseline)", False, True),
-                                  ("grids solved while training", True, True),
-                                  ("grids read from disk", True, False)):  # fmt: skip
-        rows[label] = min(batch_seconds(args.k, args.iters, prefetch, cold) for _ in range(args.repeat))
+    with tempfile.TemporaryDirectory(prefix="metalic-bench-references-") as caches:
+        batch_seconds(1, 2, True, True, Path(caches))  # warm-up: imports, first allocations
+        for label, prefetch, cold in (("grids solved after training (baseline)", False, True),
+                                      ("grids solved while training", True, True),
+                                      ("grids read from disk", True, False)):  # fmt: skip
+            runs = [batch_seconds(args.k, args.iters, prefetch, cold, Path(caches)) for _ in range(args.repeat)]
+            rows[label] = min(runs)
     base = rows["grids solved after training (baseline)"]
     print(f"\nBurgers, K = {args.k} contexts, {args.iters} Adam + {args.iters} L-BFGS, eager, best of {args.repeat}")
     print("| reference grids | batch s | vs baseline |")

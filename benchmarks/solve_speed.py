@@ -36,16 +36,14 @@ def timed(tree: Path, extra: list[str], repeat: int, cold_references: bool = Tru
     """Best wall time of ``repeat`` runs. ``cold_references``: each run gets an empty reference
     cache (a first solve of these parameters); otherwise one cache kept across the runs."""
     env = {**os.environ, "PYTHONPATH": str(tree), "METALIC_DEVICE": "cpu"}
-    kept = tempfile.mkdtemp(prefix="metalic-bench-references-")
     best = float("inf")
-    for _ in range(repeat):
-        env["METALIC_REFERENCE_CACHE"] = (
-            tempfile.mkdtemp(prefix="metalic-bench-references-") if cold_references else kept
-        )
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "metalic.cli", *SOLVE, *extra], cwd=tree, env=env, check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
-        best = min(best, time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="metalic-bench-references-") as caches:
+        for run in range(repeat):
+            env["METALIC_REFERENCE_CACHE"] = str(Path(caches) / (str(run) if cold_references else "kept"))
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "metalic.cli", *SOLVE, *extra], cwd=tree, env=env, check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            best = min(best, time.perf_counter() - start)
     return best
 
 
