@@ -1,12 +1,15 @@
-"""What machine a benchmark ran on, as one line."""
+"""What machine a benchmark ran on, as one line; the stores and baseline trees benchmarks use."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -50,3 +53,19 @@ def benchmark_store(backend: str, name: str) -> Iterator[tuple[str, str]]:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         engine.dispose()
+
+
+@contextmanager
+def baseline_tree(ref: str) -> Iterator[Path]:
+    """An earlier commit of this repository checked out in a temporary git worktree (the same-run
+    baseline of a speed benchmark), removed with its folder afterwards. Run it with
+    ``PYTHONPATH`` set to it: the editable install points at this tree."""
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="metalic-baseline-"))
+    tree = folder / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=root, check=True, capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe
+from machine import baseline_tree, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,10 +54,7 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="add a row with --compile (warm compile cache)")
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
-    old = Path(tempfile.mkdtemp(prefix="metalic-baseline-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline_ref], cwd=ROOT, check=True,
-                   capture_output=True)  # fmt: skip
-    try:
+    with baseline_tree(args.baseline_ref) as old:
         rows = []
         whole = ["--adam", "1000", "--lbfgs", "1000"]
         cases = (("whole solve, 1000 Adam + 1000 L-BFGS", whole, True),
@@ -73,8 +70,6 @@ def main() -> None:
         print("|---|---|---|---|")
         for label, base, now in rows:
             print(f"| {label} | {base:.1f} | {now:.1f} | {base / now:.2f}x |")
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
 
 
 if __name__ == "__main__":

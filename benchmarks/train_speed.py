@@ -26,14 +26,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe
+from machine import baseline_tree, describe
 from per_subdomain_baseline import BaselineBurgers
 
 from metalic.families import get_family
@@ -90,9 +89,7 @@ def lbfgs_rows(
 ) -> None:
     """L-BFGS batch it/s of this tree against the tree of commit ``ref``, at each arm, K and mode."""
     root = Path(__file__).resolve().parents[1]
-    old = Path(tempfile.mkdtemp(prefix="metalic-baseline-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(old), ref], cwd=root, check=True, capture_output=True)
-    try:
+    with baseline_tree(ref) as old:
         print(f"\nL-BFGS, Burgers, {steps} timed iterations | {ref} and this tree alternately, {repeat} pairs")
         print(f"| arm | mode | K | {ref} run-it/s | now run-it/s | speed-up, median (range) |")
         print("|---|---|---|---|---|---|")
@@ -112,8 +109,6 @@ def lbfgs_rows(
             name = "compiled" if compile_ else "eager"
             print(f"| {arm} | {name} | {k} | {statistics.median(bases):.1f} | {statistics.median(nows):.1f} | "
                   f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |", flush=True)  # fmt: skip
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
 
 
 def main() -> None:
