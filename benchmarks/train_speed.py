@@ -16,6 +16,7 @@ solve (1,000 Adam + 1,000 L-BFGS, wall time of the command) is ``solve_speed.py`
     python benchmarks/train_speed.py [--device cpu|cuda] [--steps 60] [--k 1 4 16] [--no-compile]
     python benchmarks/train_speed.py --lbfgs [--k 1 16] [--steps 990] [--arms all u,flux] [--repeat 3]
                                          [--baseline-ref e0b550c] [--no-compile | --compiled-only]
+                                         [--compile-steps]
 """
 
 from __future__ import annotations
@@ -85,28 +86,31 @@ def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> fl
 
 
 def lbfgs_rows(
-    ks: list[int], steps: int, modes: list[bool], device: torch.device, ref: str, arms: list[str], repeat: int
+    ks: list[int], steps: int, modes: list[str], device: torch.device, ref: str, arms: list[str], repeat: int
 ) -> None:
-    """L-BFGS batch it/s of this tree against the tree of commit ``ref``, at each arm, K and mode."""
+    """L-BFGS batch it/s of this tree against the tree of commit ``ref``, at each arm, K and mode
+    (``eager``, ``compiled``, or ``compiled+steps``: this tree also compiles the L-BFGS steps, the
+    earlier one compiles its loss as in ``compiled``)."""
     root = Path(__file__).resolve().parents[1]
     with baseline_tree(ref) as old:
         print(f"\nL-BFGS, Burgers, {steps} timed iterations | {ref} and this tree alternately, {repeat} pairs")
         print(f"| arm | mode | K | {ref} run-it/s | now run-it/s | speed-up, median (range) |")
         print("|---|---|---|---|---|---|")
-        for arm, compile_, k in ((a, c, k) for a in arms for c in modes for k in ks):
+        for arm, name, k in ((a, m, k) for a in arms for m in modes for k in ks):
             script = str(Path(__file__).parent / "lbfgs_rate.py")
             cmd = [sys.executable, script, "--k", str(k), "--steps", str(steps), "--device", str(device), "--arm", arm]
-            cmd += ["--compile"] if compile_ else []
+            cmd += ["--compile"] if name != "eager" else []
             bases, nows = [], []
             for _ in range(repeat):  # alternate, so that a slow spell of the machine hits both
                 # Each measurement in a fresh process: a compiled loss kept from an earlier
                 # training of this process would otherwise be reused (see trainer.compiled_loss).
                 for tree, rates in ((old, bases), (root, nows)):
                     env = {**os.environ, "PYTHONPATH": str(tree)}
-                    out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
+                    extra = ["--compile-steps"] if name == "compiled+steps" and tree == root else []
+                    out = subprocess.run([*cmd, *extra], cwd=tree, env=env, check=True, capture_output=True,
+                                         text=True).stdout  # fmt: skip
                     rates.append(json.loads(out.strip().splitlines()[-1])["batch_it_s"] * k)
             ratios = sorted(n / b for n, b in zip(nows, bases, strict=True))
-            name = "compiled" if compile_ else "eager"
             print(f"| {arm} | {name} | {k} | {statistics.median(bases):.1f} | {statistics.median(nows):.1f} | "
                   f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) |", flush=True)  # fmt: skip
 
@@ -119,6 +123,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--lbfgs", action="store_true", help="the L-BFGS rows against --baseline-ref instead")
     parser.add_argument("--compiled-only", action="store_true", help="L-BFGS rows: only the compiled ones")
+    parser.add_argument("--compile-steps", action="store_true", help="L-BFGS rows: add compiled rows where this "
+                        "tree also compiles the L-BFGS steps")  # fmt: skip
     parser.add_argument("--baseline-ref", default="e0b550c", help="the commit the L-BFGS rows compare with")
     parser.add_argument("--arms", nargs="+", default=["all", "u,flux"], help="the L-BFGS rows' arms")
     parser.add_argument("--repeat", type=int, default=3, help="L-BFGS rows: alternating pairs of measurements")
@@ -126,7 +132,8 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"machine: {describe(device)}")
     if args.lbfgs:
-        modes = [False] if args.no_compile else [True] if args.compiled_only else [False, True]
+        modes = ["eager"] if args.no_compile else ["compiled"] if args.compiled_only else ["eager", "compiled"]
+        modes += ["compiled+steps"] if args.compile_steps else []
         steps = args.steps or 990  # a whole default phase (10 + 990): the old L-BFGS slowed as it went
         lbfgs_rows(args.k, steps, modes, device, args.baseline_ref, args.arms, args.repeat)
         return

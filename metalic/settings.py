@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     reference_cache: str = Field(
         "", description="folder of reference grids kept on disk; empty = home/cache/references, 'off' = none"
     )
+    tune_heap: bool = Field(True, description="keep freed training buffers in the heap (glibc; pinn/heap.py)")
 
     # dispatcher
     max_batch_cpu: int = Field(8, ge=1, description="runs packed into one CPU training")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -55,3 +57,26 @@ def test_a_second_compiled_training_of_the_same_shape_does_not_recompile():
         assert a.loss == pytest.approx(b.loss, rel=1e-8)
     torch.testing.assert_close(second.net.theta, eager.net.theta, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(first.net.theta.detach(), kept, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_lbfgs_steps_train_what_eager_steps_train():
+    """The L-BFGS work around the loss compiled (history padded to its full size) gives the same
+    training in float64; by default it is compiled only with the loss and off the CPU."""
+    from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
+
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
+    specs = [RunSpec({"beta": 3.0}, "u,flux", seed=0), RunSpec({"beta": 9.0}, "all", seed=1)]
+    eager = TrainConfig(adam_iters=10, lbfgs_iters=40, compile=False, compile_lbfgs=False)
+    runs = [
+        train_batch(fam, specs, cfg, c, device="cpu", dtype="float64")
+        for c in (eager, replace(eager, compile_lbfgs=True))
+    ]
+    for a, b in zip(runs[0].outcomes, runs[1].outcomes, strict=True):
+        assert (a.lbfgs_iterations, a.lbfgs_stop) == (b.lbfgs_iterations, b.lbfgs_stop)
+        assert a.loss == pytest.approx(b.loss, rel=1e-8)
+    torch.testing.assert_close(runs[1].net.theta, runs[0].net.theta, rtol=1e-7, atol=1e-9)
+    assert TrainConfig(compile=True).use_compile_lbfgs(torch.device("cuda"))
+    assert not TrainConfig(compile=True).use_compile_lbfgs(torch.device("cpu"))
+    assert not TrainConfig(compile=False).use_compile_lbfgs(torch.device("cuda"))

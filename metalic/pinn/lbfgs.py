@@ -70,6 +70,69 @@ def _inverse_hessian_times(
     return gamma * g + (s_mat.transpose(1, 2) @ p1)[:, :, 0] + gamma * (y_mat.transpose(1, 2) @ p2)[:, :, 0]
 
 
+def _propose(
+    g: Tensor, prev_g: Tensor, d: Tensor, t: Tensor, theta: Tensor, ys_hist: Tensor, ss_hist: Tensor, head: Tensor,
+    count: Tensor, h_diag: Tensor, active: Tensor, reason: Tensor, iterations: Tensor, it: Tensor, lr: float,
+    tolerance_change: float, stored: int,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Iteration ``it`` > 1 up to the closure: the last step's curvature pair into the history (the
+    free ring slot at ``head``, written unconditionally; only an accepted pair advances ``head``),
+    the new direction, the descent test and the step, taken on ``theta`` in place. Tensors in,
+    tensors out, so that it can be compiled as one graph (``stored`` is then the history size).
+    Returns (d, t, step, before, active, reason, iterations, head, count, h_diag)."""
+    history = ys_hist.shape[1] - 1
+    rows = torch.arange(g.shape[0], device=g.device)
+    y = g - prev_g
+    s = d * t[:, None]
+    ys = (y * s).sum(-1)
+    accept = active & (ys > 1e-10)
+    ys_hist[rows, head] = y
+    ss_hist[rows, head] = s
+    h_diag = torch.where(accept, ys / (y * y).sum(-1), h_diag)
+    head = torch.where(accept, (head + 1) % (history + 1), head)
+    count = torch.where(accept, (count + 1).clamp_max(history), count)
+    direction = _inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag, stored)
+    d = torch.where(active[:, None], -direction, d)
+    t = torch.full_like(t, lr)
+    return (d, t, *_take_step(g, d, t, theta, active, reason, iterations, it, tolerance_change), head, count, h_diag)
+
+
+def _take_step(
+    g: Tensor, d: Tensor, t: Tensor, theta: Tensor, active: Tensor, reason: Tensor, iterations: Tensor, it: Tensor,
+    tolerance_change: float,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The descent test (a run whose direction does not descend stops), then ``theta`` += t d for
+    the runs still active. Returns (step, before, active, reason, iterations); ``before`` is
+    ``theta`` as it was, to restore exactly (theta + step - step is not theta)."""
+    no_descent = active & ((g * d).sum(-1) > -tolerance_change)
+    reason = torch.where(no_descent, _CODE[NO_DESCENT], reason)
+    active = active & ~no_descent
+    step = torch.where(active[:, None], d * t[:, None], torch.zeros_like(d))
+    before = theta.clone()
+    theta.add_(step)
+    iterations = torch.where(active, it, iterations)
+    return step, before, active, reason, iterations
+
+
+def _settle(
+    theta: Tensor, before: Tensor, loss: Tensor, g: Tensor, prev_loss: Tensor, step: Tensor, active: Tensor,
+    reason: Tensor, iterations: Tensor, it: Tensor, tolerance_grad: float, tolerance_change: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """After the closure of iteration ``it``: a run whose loss or gradient turned non-finite goes
+    back to its last finite weights, that step not counted, and stops ``diverged``; then the three
+    tolerance tests in ``torch.optim.LBFGS``'s order. Returns (active, reason, iterations)."""
+    bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1))
+    theta.copy_(torch.where(bad[:, None], before, theta))
+    iterations = torch.where(bad, it - 1, iterations)
+    reason = torch.where(bad, _CODE[DIVERGED], reason)
+    active = active & ~bad
+    code = torch.where((loss - prev_loss).abs() < tolerance_change, _CODE[TOL_LOSS], 0)
+    code = torch.where(step.abs().amax(-1) <= tolerance_change, _CODE[TOL_STEP], code)
+    code = torch.where(g.abs().amax(-1) <= tolerance_grad, _CODE[TOL_GRAD], code)
+    ended = active & (code > 0)
+    return active & ~ended, torch.where(ended, code, reason), iterations
+
+
 def batched_lbfgs(
     closure: Callable[[Tensor], tuple[Tensor, Tensor]],
     theta: Tensor,
@@ -81,18 +144,24 @@ def batched_lbfgs(
     active: Tensor | None = None,
     callback: Callable[[int, Tensor], Tensor | None] | None = None,
     check_every: int = 25,
+    compile_steps: bool = False,
 ) -> LbfgsResult:
     """Minimise in place. ``theta`` [K, n]; ``closure(theta) -> (loss [K], grad [K, n])``.
 
     ``active`` [K] bool marks runs to optimise (others are left untouched and reported
     ``diverged``). A run whose loss or gradient turns non-finite stops with ``diverged`` and its
     last finite weights. ``callback(iteration, loss [K])`` runs after every iteration; it may
-    return a bool mask [K] of runs to stop now (reason ``cancelled``).
+    return a bool mask [K] of runs to stop now (reason ``cancelled``, unless the run stopped for
+    another reason at that iteration).
 
     No value is read back to the host inside the loop: stop reasons and iteration counts are
     device tensors (read once at the end), history writes go to a free ring slot unconditionally, and
     whether any run is still active is asked only every ``check_every`` iterations (a stopped run
     is masked out meanwhile, so the results do not depend on it).
+
+    ``compile_steps``: run the work around the closure (history, direction, step; the checks
+    after it) as two ``torch.compile``d graphs, with every run's history padded to its full size
+    (padding pairs add nothing). About 140 small operations per iteration become two calls.
     """
     k, n = theta.shape
     dev, dt = theta.device, theta.dtype
@@ -101,73 +170,63 @@ def batched_lbfgs(
     iterations = torch.zeros(k, dtype=torch.long, device=dev)
     if max_iter <= 0:
         return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
+    propose, settle = _compiled_steps() if compile_steps else (_propose, _settle)
 
-    # A ring of history + 1 slots: the slot at ``head`` never holds a stored pair, so every
-    # iteration writes its pair there unconditionally and only an accepted pair advances ``head``.
+    # A ring of history + 1 slots: the slot at ``head`` never holds a stored pair.
     ys_hist = torch.zeros(k, history + 1, n, device=dev, dtype=dt)  # y_i = g_{i+1} - g_i
     ss_hist = torch.zeros(k, history + 1, n, device=dev, dtype=dt)  # s_i = step
     count = torch.zeros(k, dtype=torch.long, device=dev)  # stored pairs (at most ``history``)
     head = torch.zeros(k, dtype=torch.long, device=dev)  # next slot to write
     h_diag = torch.ones(k, device=dev, dtype=dt)
-    rows = torch.arange(k, device=dev)
-
-    def stop(mask: Tensor, why: str) -> None:
-        nonlocal reason
-        reason = torch.where(mask & active, _CODE[why], reason)
-        active.logical_and_(~mask)
 
     loss, g = closure(theta)
-    stop(~torch.isfinite(loss) | ~torch.isfinite(g).all(-1), DIVERGED)
-    stop(g.abs().amax(-1) <= tolerance_grad, TOL_GRAD)
-    d = -g
-    t = torch.zeros(k, device=dev, dtype=dt)
-    prev_g, prev_loss = g, loss
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(g).all(-1)
+    reason = torch.where(active & bad, _CODE[DIVERGED], reason)
+    active = active & ~bad
+    reason = torch.where(active & (g.abs().amax(-1) <= tolerance_grad), _CODE[TOL_GRAD], reason)
+    active = active & (reason == 0)
+    d, prev_g = -g, g
+    t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr  # the first step, scaled as torch's
+    counter = torch.arange(max_iter + 1, device=dev)  # the iteration numbers, made on the device once
     for it in range(1, max_iter + 1):
         if (it - 1) % check_every == 0 and not bool(active.any()):
             break
-        if it > 1:
-            y = g - prev_g
-            s = d * t[:, None]
-            ys = (y * s).sum(-1)
-            accept = active & (ys > 1e-10)
-            ys_hist[rows, head] = y
-            ss_hist[rows, head] = s
-            h_diag = torch.where(accept, ys / (y * y).sum(-1), h_diag)
-            head = torch.where(accept, (head + 1) % (history + 1), head)
-            count = torch.where(accept, (count + 1).clamp_max(history), count)
-            stored = min(it - 1, history)  # at most one pair per iteration: a bound known on the host
-            direction = _inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag, stored)
-            d = torch.where(active[:, None], -direction, d)
+        it_t = counter[it]
+        if it == 1:
+            step, before, active, reason, iterations = _take_step(g, d, t, theta, active, reason, iterations, it_t,
+                                                                  tolerance_change)  # fmt: skip
+        else:
+            stored = history if compile_steps else min(it - 1, history)  # a bound on every run's pair count
+            d, t, step, before, active, reason, iterations, head, count, h_diag = propose(
+                g, prev_g, d, t, theta, ys_hist, ss_hist, head, count, h_diag, active, reason, iterations, it_t, lr,
+                tolerance_change, stored,
+            )  # fmt: skip
         prev_g, prev_loss = g, loss
-        t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr if it == 1 else torch.full_like(t, lr)
-        gtd = (g * d).sum(-1)
-        stop(gtd > -tolerance_change, NO_DESCENT)
-        step = torch.where(active[:, None], d * t[:, None], torch.zeros_like(d))
-        before = theta.detach().clone()  # to restore exactly (theta + step - step is not theta)
-        with torch.no_grad():
-            theta.add_(step)
-        iterations = torch.where(active, it, iterations)
         loss, g = closure(theta)
-        bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1))
-        with torch.no_grad():  # back to the last finite weights; the step that blew up does not count
-            theta.copy_(torch.where(bad[:, None], before, theta))
-        iterations = torch.where(bad, it - 1, iterations)
-        stop(bad, DIVERGED)
+        if it == max_iter:  # torch's order: the iteration budget is tested before the tolerances
+            active, reason, iterations = _settle(theta, before, loss, g, prev_loss, step, active, reason, iterations,
+                                                 it_t, -1.0, -1.0)  # fmt: skip
+            reason = torch.where(active, _CODE[MAX_ITER], reason)
+        else:
+            active, reason, iterations = settle(theta, before, loss, g, prev_loss, step, active, reason, iterations,
+                                                it_t, tolerance_grad, tolerance_change)  # fmt: skip
         if callback is not None:
             cancel = callback(it, loss)
             if cancel is not None:
-                stop(cancel.to(dev), CANCELLED)
-        if it == max_iter:
-            stop(active.clone(), MAX_ITER)
-            break
-        # The three tolerance tests in torch.optim.LBFGS's order, as one code per run (0: none).
-        code = torch.where((loss - prev_loss).abs() < tolerance_change, _CODE[TOL_LOSS], 0)
-        code = torch.where(step.abs().amax(-1) <= tolerance_change, _CODE[TOL_STEP], code)
-        code = torch.where(g.abs().amax(-1) <= tolerance_grad, _CODE[TOL_GRAD], code)
-        ended = active & (code > 0)
-        reason = torch.where(ended, code, reason)
-        active.logical_and_(~ended)
+                cancel = cancel.to(dev) & active
+                reason = torch.where(cancel, _CODE[CANCELLED], reason)
+                active = active & ~cancel
     return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
+
+
+def _compiled_steps() -> tuple[Callable, Callable]:
+    """``_propose`` and ``_settle`` compiled once per process (graphs per shape, dtype and device)."""
+    if not _COMPILED:
+        _COMPILED.extend((torch.compile(_propose), torch.compile(_settle)))
+    return _COMPILED[0], _COMPILED[1]
+
+
+_COMPILED: list[Callable] = []
 
 
 _REASONS = (RUNNING, MAX_ITER, TOL_GRAD, TOL_STEP, TOL_LOSS, NO_DESCENT, DIVERGED, CANCELLED)

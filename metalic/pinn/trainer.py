@@ -23,6 +23,7 @@ from metalic.conditions import TERM_NAMES, Arm, needed_quantities, parse_arm
 from metalic.families.base import Family
 from metalic.pinn.adam import FlatAdam
 from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched, reward_of
+from metalic.pinn.heap import keep_freed_memory
 from metalic.pinn.lbfgs import CANCELLED, DIVERGED, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
@@ -47,11 +48,21 @@ class TrainConfig:
     # torch.compile the loss (forward and backward): ~4x faster per step on CPU, but compiling
     # takes 15-40 s. None = only when the budget is large enough to pay that back.
     compile: bool | None = None
+    # Also compile the L-BFGS work around the loss (``lbfgs.batched_lbfgs(compile_steps=True)``):
+    # about 140 small operations per iteration become two calls. None = when the loss is compiled
+    # on an accelerator, where each operation is a kernel launch; on a CPU it saved 0.4-0.5 ms per
+    # iteration (docs/benchmarks.md) for about 10 s more of a cold compile.
+    compile_lbfgs: bool | None = None
 
     def use_compile(self) -> bool:
         if self.compile is not None:
             return self.compile
         return self.adam_iters + self.lbfgs_iters >= COMPILE_AUTO_ITERATIONS
+
+    def use_compile_lbfgs(self, device: torch.device) -> bool:
+        if self.compile_lbfgs is not None:
+            return self.compile_lbfgs
+        return self.use_compile() and device.type != "cpu"
 
     def validate(self) -> None:
         for name in ("adam_iters", "lbfgs_iters"):
@@ -248,6 +259,7 @@ def train_batch(
         for s in specs
     ]
     start = time.perf_counter()
+    keep_freed_memory()  # once per process: no page faults per step (pinn/heap.py)
     held: list = []  # kept compiled losses this training uses
     try:
         return _train(
@@ -403,6 +415,7 @@ def _train(
             tolerance_change=train_config.tolerance_change,
             active=active,
             callback=lbfgs_progress,
+            compile_steps=train_config.use_compile_lbfgs(dev),
         )
 
     gc.unfreeze()
