@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 
 import pytest
@@ -80,3 +81,23 @@ def test_compiled_lbfgs_steps_train_what_eager_steps_train():
     assert TrainConfig(compile=True).use_compile_lbfgs(torch.device("cuda"))
     assert not TrainConfig(compile=True).use_compile_lbfgs(torch.device("cpu"))
     assert not TrainConfig(compile=False).use_compile_lbfgs(torch.device("cuda"))
+
+
+def test_a_process_keeps_compiling_losses_past_dynamo_s_default_of_eight_graphs(monkeypatch):
+    """A long-lived worker meets many batch shapes; each is a graph of ``PinnLoss.__call__``, and
+    dynamo runs a code object eager once it holds 8. Ten batch sizes one after another are all
+    compiled (dynamo's tracing alone, ``backend="eager"``, keeps this fast: the limit is dynamo's)."""
+    from torch._dynamo.utils import counters
+
+    from metalic.pinn import trainer
+    from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
+
+    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(trainer, "_COMPILED", OrderedDict())  # no later test reuses these kept losses
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=8, n_boundary=4, n_interface=3)
+    graphs = counters["stats"]["unique_graphs"]
+    for k in range(1, 11):
+        specs = [RunSpec({"beta": 2.0 + j}, "u", seed=j) for j in range(k)]
+        train_batch(fam, specs, cfg, TrainConfig(adam_iters=1, lbfgs_iters=0, compile=True), device="cpu")
+    assert counters["stats"]["unique_graphs"] - graphs == 10

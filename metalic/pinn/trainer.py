@@ -191,7 +191,7 @@ def compiled_loss(
         key = next((k for k in reversed(_COMPILED) if k[0] == shape and k[1] >= needed and k not in _IN_USE), key)
     if key in _IN_USE:  # another training of this process holds it: one of its own, not kept
         loss_fn = PinnLoss(problem, net, config, arms)
-        return net, loss_fn, torch.compile(loss_fn.__call__)
+        return net, loss_fn, compile_loss(loss_fn)
     hit = _COMPILED.get(key)
     if hit is None:
         kept_problem = replace(problem, params=list(problem.params))
@@ -200,7 +200,7 @@ def compiled_loss(
         kept_problem.param_tensors = {n: t.clone() for n, t in problem.param_tensors.items()}
         kept_net = copy.deepcopy(net)
         loss_fn = PinnLoss(kept_problem, kept_net, config, arms)
-        hit = (kept_problem, kept_net, loss_fn, torch.compile(loss_fn.__call__))
+        hit = (kept_problem, kept_net, loss_fn, compile_loss(loss_fn))
         _COMPILED[key] = hit
         while len(_COMPILED) > COMPILED_KEEP:
             _COMPILED.popitem(last=False)
@@ -222,6 +222,26 @@ def compiled_loss(
 
 
 _IN_USE: set[tuple] = set()  # keys of kept losses a training is using now
+
+# Dynamo keeps at most ``recompile_limit`` (8) graphs per code object and then runs that code
+# eager, and every compiled loss of a process is a graph of ``PinnLoss.__call__`` (one per batch
+# shape, derivative set and kept loss; an evicted loss's graph stays counted): a long-lived worker
+# that had seen 8 of them trained every later batch eager. Measured: K = 1..11 one after another,
+# graphs stopped at 8. The limit for this code is raised to ``LOSS_GRAPHS``.
+LOSS_GRAPHS = 64
+COMPILE_BACKEND = "inductor"
+
+
+def compile_loss(loss_fn: PinnLoss) -> Callable:
+    """``torch.compile`` of ``loss_fn.__call__``, with room for ``LOSS_GRAPHS`` graphs per process."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, LOSS_GRAPHS)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * LOSS_GRAPHS)
+    return torch.compile(loss_fn.__call__, backend=COMPILE_BACKEND)
+
+
 _PROBLEM_TENSORS = ("x_main", "g_data", "m_data", "x_iface", "side_a", "side_b", "iface_points", "iface_axis")
 
 
@@ -377,7 +397,7 @@ def _train(
         arms_lbfgs = torch.tensor(chosen, device=dev, dtype=dt)
         if not set(loss_fn.quantities) >= needed_quantities(chosen):  # new terms: new derivatives
             loss_fn = PinnLoss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]))
-            loss_call = torch.compile(loss_fn.__call__) if train_config.use_compile() else loss_fn.__call__
+            loss_call = compile_loss(loss_fn) if train_config.use_compile() else loss_fn.__call__
 
     with torch.no_grad():
         after_adam = loss_fn(arms_adam).total
