@@ -14,6 +14,7 @@ The CLI's ``solve``, campaigns and the service's workers all call ``run_solve_ba
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -40,7 +41,7 @@ from metalic.families import get_family
 from metalic.pinn.artefact import evaluate_batch, models_from_batch
 from metalic.pinn.evaluate import Metrics, reward_of
 from metalic.pinn.problem import PinnConfig
-from metalic.pinn.trainer import Progress, RunSpec, TrainConfig, train_batch
+from metalic.pinn.trainer import Progress, RunSpec, TrainConfig, TrainedBatch, train_batch
 from metalic.settings import get_settings, resolve_device
 
 if TYPE_CHECKING:  # the bandit (BoTorch) is imported only where an engine is used
@@ -358,6 +359,7 @@ def run_solve_batch(
     progress_every: int = 10,
     artefacts: bool = True,
     prefetch: bool | None = None,
+    pad: bool | None = None,
 ) -> list[SolveResult]:
     """Train ``trainings`` (all with one ``batch_key``) as one batch; one result per training.
 
@@ -368,6 +370,9 @@ def run_solve_batch(
     others (``Progress.runs`` says which runs a report is about).
     ``prefetch``: solve the runs' reference grids in background threads during the training (None:
     when it trains on an accelerator; on the CPU the solver threads would slow the training's cores).
+    ``pad``: train K runs as the next power of two (copies of the last run, their results dropped),
+    so that a long-lived worker compiles one loss per size class, not per batch size (None: when
+    the loss is compiled on an accelerator, where the extra runs cost little).
     """
     if not trainings:
         return []
@@ -395,7 +400,7 @@ def run_solve_batch(
         report = None if progress is None else _progress_of(runs, progress)
         stop = None if should_stop is None else _stops_of(runs, should_stop)
         for j, res in zip(runs, _train_group(group, runs is single, device, report, stop, engines, compile,
-                                             progress_every, artefacts), strict=True):  # fmt: skip
+                                             progress_every, artefacts, pad), strict=True):  # fmt: skip
             results[j] = res
     wall = time.perf_counter() - start
     for res in results.values():
@@ -425,10 +430,16 @@ def _train_group(
     compile: bool | None,
     progress_every: int,
     artefacts: bool,
+    pad: bool | None = None,
 ) -> list[SolveResult]:
     """One train_batch call: every training multi-domain, or every one single-network (one
     subdomain, no interface terms; its arms stay the single-network arm in the results)."""
     first = trainings[0].request
+    train_config = first.train_config(compile)
+    if pad is None:
+        pad = train_config.use_compile() and resolve_device(device).type != "cpu"
+    k = len(trainings)
+    extra = (1 << (k - 1).bit_length()) - k if pad else 0  # copies of the last training, dropped after
     family = get_family(first.family)
     pinn = first.pinn_config()
     if single_network:
@@ -440,11 +451,14 @@ def _train_group(
     ]  # fmt: skip
     sequential = any(t.request.mode == "sequential" for t in trainings)
     hook = _lbfgs_chooser(trainings, engines) if sequential else None
+    if extra:
+        specs += [specs[-1]] * extra
+        hook, progress, should_stop = _padded(k, extra, hook, progress, should_stop)
     batch = train_batch(
         family,
         specs,
         pinn,
-        first.train_config(compile),
+        train_config,
         device=device,
         dtype=first.dtype,
         progress=progress,
@@ -452,6 +466,8 @@ def _train_group(
         between_phases=hook,
         should_stop=should_stop,
     )
+    if extra:
+        batch = _unpadded(batch, k)
     metrics = evaluate_batch(batch)
     models = models_from_batch(batch, metrics) if artefacts else [None] * len(trainings)
     results = []
@@ -486,6 +502,39 @@ def _train_group(
             )
         )
     return results
+
+
+def _padded(k: int, extra: int, hook, progress, should_stop):
+    """The trainer's callbacks for K real runs trained among K + ``extra``: the padding runs take
+    the last real run's L-BFGS arm, are left out of progress reports, and are stopped with the last
+    real run still going (so that a batch whose runs are all cancelled ends)."""
+    padding = list(range(k, k + extra))
+
+    def choose(metrics: list[Metrics]) -> list[Arm]:
+        arms = list(hook(metrics[:k]))
+        return arms + [arms[-1]] * extra
+
+    def report(p: Progress) -> None:
+        progress(replace(p, loss=p.loss[:k]))
+
+    named: set[int] = set()
+
+    def stop() -> list[int]:
+        now = [j for j in should_stop() if j < k]
+        named.update(now)
+        return now + padding if len(named) == k else now
+
+    return (None if hook is None else choose, None if progress is None else report,
+            None if should_stop is None else stop)  # fmt: skip
+
+
+def _unpadded(batch: TrainedBatch, k: int) -> TrainedBatch:
+    """The first ``k`` runs of a padded batch: their specs, outcomes, problem rows and weights."""
+    net = copy.deepcopy(batch.net)
+    net.theta = torch.nn.Parameter(batch.net.theta.detach()[:k].clone())
+    net.center, net.scale, net.n_runs = net.center[:k], net.scale[:k], k
+    problem = batch.problem.first_runs(k)
+    return replace(batch, problem=problem, net=net, specs=batch.specs[:k], outcomes=batch.outcomes[:k])
 
 
 def _lbfgs_chooser(

@@ -140,3 +140,53 @@ def test_a_diverged_run_is_an_outcome_with_the_capped_reward():
     assert results[1].status == "diverged" and results[1].outcome["diverged_at"] == "adam iteration 1"
     assert results[1].reward == -math.log10(ERROR_CAP)  # whatever its frozen weights would score
     assert results[0].status == "ok" and results[0].reward > -math.log10(ERROR_CAP)
+
+
+def test_a_padded_batch_gives_its_runs_what_an_unpadded_one_gives():
+    """Padding (an accelerator worker's size classes): three runs trained among four give the
+    results of three trained alone in a batch, report three losses, and a sequential engine sees
+    three runs after Adam. The fourth run is a copy of the third and is not returned."""
+    engine = BanditEngine("advection", mode="sequential", policy="mean", seed=0)
+    a, b = (1, 0, 0, 0, 1, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0, 0, 0, 1)
+    engine.observe(*[Observation({"beta": 1.0 + i}, a, 2.0, b if i % 2 else a, 0.5) for i in range(8)])
+    explicit = [req(params={"beta": 2.0 + 3 * j}, arm="u,flux", seed=j, dtype="float64") for j in range(2)]
+    learned = req(params={"beta": 7.0}, arm="u,flux", mode="sequential", seed=5, dtype="float64")
+    trainings = [Training.explicit(r) for r in explicit] + [Training(learned, a, None, "mean", "study")]
+    runs = {}
+    for pad in (False, True):
+        seen, arms_seen = [], []
+        live = BanditEngine.from_snapshot(engine.snapshot())
+        original = live.report_phase0
+
+        def report(*args, _orig=original, _arms=arms_seen, **kw):
+            _arms.append(args[0])
+            return _orig(*args, **kw)
+
+        live.report_phase0 = report
+        runs[pad] = run_solve_batch(trainings, device="cpu", engines={"study": live}, progress=seen.append, pad=pad)
+        assert all(len(p.loss) == 3 for p in seen) and arms_seen == [{"beta": 7.0}]
+    assert [r.batch_size for r in runs[True]] == [3, 3, 3]
+    for plain, padded in zip(runs[False], runs[True], strict=True):
+        assert (padded.status, padded.arm_lbfgs) == (plain.status, plain.arm_lbfgs)
+        assert padded.rel_l2 == pytest.approx(plain.rel_l2, rel=1e-9)
+        assert padded.reward_phase0 == plain.reward_phase0
+        w_plain, w_padded = TrainedModel.from_bytes(plain.model), TrainedModel.from_bytes(padded.model)
+        np.testing.assert_allclose(w_padded.weights.numpy(), w_plain.weights.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_a_padded_batch_whose_runs_are_all_cancelled_ends():
+    r = [req(params={"beta": 3.0}, arm="u", seed=s, adam=400, lbfgs=100) for s in range(3)]
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return {0, 1, 2} if len(polls) >= 2 else set()
+
+    seen = []
+    results = run_solve_batch([Training.explicit(x) for x in r], device="cpu", should_stop=should_stop, pad=True,
+                              progress=seen.append)  # fmt: skip
+    assert [x.status for x in results] == ["cancelled"] * 3
+    # the padding run was stopped with them: the training ended within the activity check's 25 iterations
+    assert seen[-1].phase == "adam" and seen[-1].iteration <= 50
+    assert [x.outcome["adam_iterations"] for x in results] == [20] * 3
+    assert all(x.outcome["lbfgs_iterations"] == 0 for x in results)

@@ -14,7 +14,7 @@ trained alone. Layout (S subdomains, I interfaces):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -78,6 +78,17 @@ class BatchProblem:
     @property
     def n_runs(self) -> int:
         return self.x_main.shape[0]
+
+    def first_runs(self, k: int) -> BatchProblem:
+        """The same problem for its first ``k`` runs (the per-run rows; the interfaces are shared)."""
+        return replace(
+            self,
+            params=self.params[:k],
+            x_main=self.x_main[:k],
+            g_data=self.g_data[:k],
+            m_data=self.m_data[:k],
+            param_tensors={n: t[:k] for n, t in self.param_tensors.items()},
+        )
 
 
 def _data_points(family, boxes, params, n, rng, final_time: bool, side_data: bool):
