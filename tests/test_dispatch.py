@@ -210,3 +210,14 @@ def test_cancelled_while_queued_never_runs_and_while_running_stops_at_the_next_p
 def _batches(store) -> list[Batch]:
     with store.read() as s:
         return list(s.scalars(select(Batch)).all())
+
+
+def test_a_worker_compiles_as_asked_else_on_an_accelerator_else_by_the_budget_rule():
+    import torch
+
+    from workers.batch import worker_compile
+
+    assert worker_compile(True, "cpu") is True and worker_compile(False, "cpu") is False
+    assert worker_compile(None, "cpu") is None  # TrainConfig.use_compile decides by the budget
+    if torch.cuda.is_available():
+        assert worker_compile(None, "cuda") is True

@@ -19,7 +19,7 @@ from typing import Any
 from metalic.bandit.engine import BanditEngine
 from metalic.jobs import SolveRequest, Training, run_solve_batch
 from metalic.pinn.trainer import Progress
-from metalic.settings import Settings, get_settings
+from metalic.settings import Settings, get_settings, resolve_device
 from metalic.store import tasks as task_store
 from metalic.store import workers as worker_store
 from metalic.store.studies import arm_of_bits
@@ -120,6 +120,15 @@ def _heartbeats(store, reporter: _Reporter, worker_id: str | None, batch_id: int
             return
 
 
+def worker_compile(requested: bool | None, device: str | None) -> bool | None:
+    """Whether a worker compiles a batch's loss: as the payload says, else always on an accelerator
+    (a worker lives long: one compile per batch shape class, padded, serves every later batch of
+    it), else the training budget's rule (``TrainConfig.use_compile``: a CPU compile costs 15-40 s)."""
+    if requested is not None:
+        return requested
+    return True if resolve_device(device).type != "cpu" else None
+
+
 def run_batch(
     store,
     payload: BatchPayload,
@@ -148,7 +157,7 @@ def run_batch(
             progress=reporter.progress,
             should_stop=reporter.should_stop,
             engines=engines,
-            compile=payload.compile,
+            compile=worker_compile(payload.compile, device),
         )
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
