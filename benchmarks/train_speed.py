@@ -6,6 +6,9 @@ interface terms on. The baseline is ``per_subdomain_baseline.py``: one nn.Module
 and nested reverse-mode autograd (the authors' way). metalic is timed through its real trainer
 loop (``train_batch``), excluding start-up and compilation, for K = 1, 4, 16 runs batched, eager
 and torch.compile'd. Every figure is printed as a ratio to the baseline measured in this run.
+On a GPU each row adds the training's peak memory per run (``torch.cuda.max_memory_allocated``
+and ``max_memory_reserved`` over K; ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` in the
+environment tries the expandable-segments allocator).
 
 L-BFGS rows (``--lbfgs``): L-BFGS iterations per second of the same batch (``lbfgs_rate.py``)
 from this tree and from an earlier commit's tree (``--baseline-ref``, checked out in a temporary
@@ -63,8 +66,12 @@ def baseline_rate(steps: int, device: torch.device) -> float:
 
 
 def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> float:
-    """Adam iterations per second of one run (the batch does k of them per iteration)."""
+    """Adam iterations per second of one run (the batch does k of them per iteration). On a GPU
+    it also records the training's peak memory per run (``PEAK_MIB``: allocated, reserved)."""
     marks: dict[int, float] = {}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
     def progress(p):
         if p.phase == "adam":
@@ -82,7 +89,14 @@ def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> fl
         progress=progress,
         progress_every=WARMUP,
     )
+    if device.type == "cuda":
+        mib = 2**20 * k
+        PEAK_MIB[(compile_, k)] = (torch.cuda.max_memory_allocated(device) / mib,
+                                   torch.cuda.max_memory_reserved(device) / mib)  # fmt: skip
     return steps / (marks[total] - marks[WARMUP])
+
+
+PEAK_MIB: dict[tuple[bool, int], tuple[float, float]] = {}  # (compiled, K) -> MiB per run
 
 
 def lbfgs_rows(
@@ -153,6 +167,9 @@ def main() -> None:
             line += f" | {rate * k / base:6.1f}x baseline" if base == base else ""
             if single:
                 line += f" | {rate * k / single:5.2f}x K=1 aggregate"
+            if (compile_, k) in PEAK_MIB:
+                allocated, reserved = PEAK_MIB[(compile_, k)]
+                line += f" | peak {allocated:.1f} MiB allocated, {reserved:.1f} MiB reserved per run"
             print(line, flush=True)
 
 
