@@ -383,8 +383,9 @@ def run_solve_batch(
     for t in trainings:
         if t.lbfgs_policy is not None and t.engine_key not in engines:
             raise ValueError(f"training needs engine {t.engine_key!r} to choose its L-BFGS arm")
+    device = device if isinstance(device, torch.device) else resolve_device(device)  # once, for every group
     if prefetch is None:
-        prefetch = (device if isinstance(device, torch.device) else resolve_device(device)).type != "cpu"
+        prefetch = device.type != "cpu"
     if prefetch:
         # Every run is scored on its reference grid after training (and after Adam in sequential
         # mode): solve the grids in background threads now, while the device trains.
@@ -423,21 +424,21 @@ def _stops_of(runs: list[int], should_stop: Callable[[], Collection[int]]) -> Ca
 def _train_group(
     trainings: list[Training],
     single_network: bool,
-    device,
+    device: torch.device,
     progress,
     should_stop,
     engines: Mapping[str, BanditEngine],
     compile: bool | None,
     progress_every: int,
     artefacts: bool,
-    pad: bool | None = None,
+    pad: bool | None,
 ) -> list[SolveResult]:
     """One train_batch call: every training multi-domain, or every one single-network (one
     subdomain, no interface terms; its arms stay the single-network arm in the results)."""
     first = trainings[0].request
     train_config = first.train_config(compile)
     if pad is None:
-        pad = train_config.use_compile() and resolve_device(device).type != "cpu"
+        pad = train_config.use_compile() and device.type != "cpu"
     k = len(trainings)
     extra = (1 << (k - 1).bit_length()) - k if pad else 0  # copies of the last training, dropped after
     family = get_family(first.family)
