@@ -140,11 +140,12 @@ def create_app(service: Service) -> FastAPI:
 def from_settings() -> FastAPI:
     """An API-only app on the settings' store (no trainers): for API replicas beside one
     ``metalic dispatcher``, e.g. ``uvicorn --factory api.app:from_settings --workers 4``."""
+    import migrations
     from metalic.settings import get_settings
     from metalic.store import open_store
 
     store = open_store()
-    store.check_schema()
+    migrations.check(store)
     app = create_app(Service(get_settings(), store))
     tune_gc()
     return app

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import func, select
 
-from metalic.store.models import TASK_STATES, Batch, Observation
-from metalic.store.tasks import counts_by_state
+from metalic.store import reports
+from metalic.store.models import TASK_STATES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Histogram(
@@ -29,24 +28,16 @@ class StoreCollector:
         self.store = store
 
     def collect(self):
-        with self.store.read() as s:
-            by_state = counts_by_state(s)
-            batches, runs, seconds = s.execute(
-                select(
-                    func.count(), func.coalesce(func.sum(Batch.size), 0), func.coalesce(func.sum(Batch.seconds), 0.0)
-                )
-                .select_from(Batch)
-                .where(Batch.state == "done")
-            ).one()
-            observations = s.scalar(select(func.count()).select_from(Observation))
+        t = reports.totals(self.store)
         tasks = GaugeMetricFamily("metalic_tasks", "tasks by state", labels=["state"])
         for state in TASK_STATES:
-            tasks.add_metric([state], by_state.get(state, 0))
+            tasks.add_metric([state], t.tasks.get(state, 0))
         yield tasks
-        yield CounterMetricFamily("metalic_batches", "finished training batches", value=batches)
-        yield CounterMetricFamily("metalic_batch_runs", "runs in finished batches (batches x size)", value=runs)
+        yield CounterMetricFamily("metalic_batches", "finished training batches", value=t.batches)
+        yield CounterMetricFamily("metalic_batch_runs", "runs in finished batches (batches x size)", value=t.batch_runs)
+        seconds = t.training_seconds
         yield CounterMetricFamily("metalic_training_seconds", "wall seconds of finished batches", value=seconds)
-        yield CounterMetricFamily("metalic_observations", "bandit observations recorded", value=observations)
+        yield CounterMetricFamily("metalic_observations", "bandit observations recorded", value=t.observations)
 
 
 def render(store) -> bytes:

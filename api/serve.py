@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+import migrations
 from api.app import create_app, tune_gc
 from api.service import Service
 from metalic.settings import Settings, get_settings
@@ -120,7 +121,7 @@ def serve(
     if workers is not None:
         settings = settings.model_copy(update={"cpu_workers": workers})
     store = open_store()
-    store.upgrade()
+    migrations.upgrade(store)
     first_admin_token(store, settings)
     service = Service(settings, store)
     service.started = True

@@ -132,8 +132,7 @@ class Service:
         self.dispatcher = dispatcher  # set once the trainers are up (metalic serve)
         self.dispatcher_error: str | None = None
         self.tokens = Refreshed(settings.token_cache_seconds)  # token digest -> Principal | None
-        self.engines = EngineCache()
-        self.engine_lock = threading.Lock()
+        self.engines = EngineCache(store)
         self.submitter = Submitter(store)
         self.models = LRU(32)
         self.plots = LRU(64)

@@ -1,4 +1,4 @@
-"""The interface-term catalogue. An arm is a 0/1 mask over these nine terms.
+"""The interface-term catalogue. An arm (``metalic.arms.Arm``) is a mask over these nine terms.
 
 Every term is a pure function of per-side quantities on the interface points, written with the
 interface normal n (unit vector along one coordinate axis, from side a to side b) and tangent tau:
@@ -68,76 +68,6 @@ TERMS: tuple[Term, ...] = (
 )
 N_TERMS = len(TERMS)
 TERM_NAMES = tuple(t.name for t in TERMS)
-
-Arm = tuple[int, ...]
-
-# The "don't split" arm: one network over the whole domain, no interface. It sits beside the 512
-# term subsets as a tenth bit (no term bit set), so the bandit can learn where not splitting wins.
-SINGLE_NETWORK_LABEL = "single-domain"
-SINGLE_NETWORK: Arm = (0,) * N_TERMS + (1,)
-
-
-def is_single_network(arm: Arm) -> bool:
-    return len(arm) == N_TERMS + 1 and arm[-1] == 1
-
-
-def term_bits(arm: Arm) -> Arm:
-    """The nine term bits an arm trains with (the single-network arm has none)."""
-    return tuple(arm[:N_TERMS])
-
-
-def parse_arm(spec: str | Sequence[int] | Sequence[bool]) -> Arm:
-    """An arm from names (``"u,flux,res_continuity"``), a 9-character bit string (``"100010000"``,
-    bit i = term i), ``"all"``, ``"none"``, ``"single-domain"`` (one network, no split), or a
-    sequence of 9 zeros and ones (10 for the stored form, whose tenth bit is the single network).
-
-    Raises ValueError naming the bad element.
-    """
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("all", "*"):
-            return (1,) * N_TERMS
-        if text in ("none", ""):
-            return (0,) * N_TERMS
-        if text in (SINGLE_NETWORK_LABEL, "single"):
-            return SINGLE_NETWORK
-        if len(text) in (N_TERMS, N_TERMS + 1) and set(text) <= {"0", "1"}:
-            return parse_arm([int(c) for c in text])
-        bits = [0] * N_TERMS
-        for name in (n.strip() for n in text.split(",")):
-            if name not in TERM_NAMES:
-                raise ValueError(f"unknown interface term {name!r} (terms: {', '.join(TERM_NAMES)})")
-            bits[TERM_NAMES.index(name)] = 1
-        return tuple(bits)
-    bits = list(spec)
-    if len(bits) not in (N_TERMS, N_TERMS + 1):
-        raise ValueError(f"an arm has {N_TERMS} bits, got {len(bits)}")
-    if any(int(b) not in (0, 1) or int(b) != b for b in bits):
-        raise ValueError("arm bits must be 0 or 1")
-    arm = tuple(int(b) for b in bits)
-    if len(arm) == N_TERMS or arm[-1] == 0:
-        return arm[:N_TERMS]
-    if any(arm[:N_TERMS]):
-        raise ValueError(f"the {SINGLE_NETWORK_LABEL} arm has no interface terms")
-    return SINGLE_NETWORK
-
-
-def arm_label(arm: Arm) -> str:
-    """Comma-separated names of the switched-on terms, ``none`` for the empty arm,
-    ``single-domain`` for the single-network arm."""
-    if is_single_network(arm):
-        return SINGLE_NETWORK_LABEL
-    names = [t.name for t, bit in zip(TERMS, arm, strict=True) if bit]
-    return ",".join(names) if names else "none"
-
-
-def needed_quantities(arms: Sequence[Arm]) -> set[str]:
-    """Side quantities that the union of ``arms`` needs."""
-    out: set[str] = set()
-    for t in TERMS:
-        if any(arm[t.bit] for arm in arms):
-            out.update(t.needs)
-    return out
 
 
 # ---- per-side quantities ----------------------------------------------------------------------

@@ -1,13 +1,14 @@
-"""A solve request -> a batch of trainings -> per-request results: the one place "solve" is glued.
+"""A solve request -> runs -> batches of trainings -> per-request results: the one place "solve"
+is glued together.
 
 - ``SolveRequest``: what a user asks for (family, parameters, arm choice, budgets, point counts,
   seed, ...), validated once; a bad field raises ``pydantic.ValidationError`` naming it.
-- ``Training``: a request whose arms are decided (the caller, the dispatcher or a campaign resolves
-  ``learned``); in sequential mode the L-BFGS arm may be left to a bandit engine that picks it
-  after the Adam phase.
-- ``run_solve_batch(trainings, ...)``: trains compatible trainings (same ``batch_key``) as one
-  ``train_batch`` and returns one ``SolveResult`` per training: status, errors, reward, timings,
-  phase losses, the trained model and the solution grid as bytes.
+- ``Run``: a request whose arms are decided (the caller, the dispatcher or a campaign resolves
+  ``learned``); in sequential mode the L-BFGS arm may be left to an ``LbfgsChooser`` (a bandit
+  engine) that picks it after the Adam phase.
+- ``run_solve_batch(runs, ...)``: trains runs of one batch key as one batch (its ``train_batch``
+  calls planned by ``batching.plan_groups``) and returns one ``SolveResult`` per run: status,
+  errors, reward, timings, phase losses, the trained model and the solution grid as bytes.
 
 The CLI's ``solve``, campaigns and the service's workers all call ``run_solve_batch``.
 """
@@ -22,21 +23,16 @@ import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import fields as fields_of
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from metalic.conditions import (
-    SINGLE_NETWORK,
-    SINGLE_NETWORK_LABEL,
-    Arm,
-    arm_label,
-    is_single_network,
-    parse_arm,
-    term_bits,
-)
+from metalic.arms import SINGLE_NETWORK_LABEL, Arm
+from metalic.bandit.policies import learning_policies
+from metalic.batching import Group, batch_key, pad_batches, plan_groups
 from metalic.families import get_family
 from metalic.pinn.artefact import evaluate_batch, models_from_batch
 from metalic.pinn.evaluate import Metrics, reward_of
@@ -44,19 +40,15 @@ from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import Progress, RunSpec, TrainConfig, TrainedBatch, train_batch
 from metalic.settings import get_settings, resolve_device
 
-if TYPE_CHECKING:  # the bandit (BoTorch) is imported only where an engine is used
-    from metalic.bandit.engine import BanditEngine
-
 LEARNED = "learned"
-POLICIES = ("ucb", "ts", "mean", "random")
 
 
 @dataclass(frozen=True)
 class ArmChoice:
-    """An arm as asked: explicit terms, or ``learned`` (with an optional policy for this request)."""
+    """An arm as asked: an explicit arm, or ``learned`` (with an optional policy for this request)."""
 
-    arm: Arm | None  # explicit bits, None when learned
-    policy: str | None = None  # learned: None = the study's own policy, else one of POLICIES
+    arm: Arm | None  # None when learned
+    policy: str | None = None  # learned: None = the study's own policy, else a learning policy's name
 
     @property
     def learned(self) -> bool:
@@ -64,20 +56,20 @@ class ArmChoice:
 
     @staticmethod
     def parse(text: str) -> ArmChoice:
-        """``learned``, ``learned:ts`` (ucb, ts, mean, random), or terms for ``parse_arm``."""
+        """``learned``, ``learned:ts`` (ucb, ts, mean, random), or an arm for ``Arm.parse``."""
         value = text.strip().lower()
         if value == LEARNED:
             return ArmChoice(None)
         if value.startswith(LEARNED + ":"):
             policy = value.split(":", 1)[1]
-            if policy not in POLICIES:
-                raise ValueError(f"learned policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+            if policy not in learning_policies():
+                raise ValueError(f"learned policy must be one of {', '.join(learning_policies())}, got {policy!r}")
             return ArmChoice(None, policy)
-        return ArmChoice(parse_arm(value))
+        return ArmChoice(Arm.parse(value))
 
     def __str__(self) -> str:
         if self.arm is not None:
-            return arm_label(self.arm)
+            return self.arm.label
         return LEARNED if self.policy is None else f"{LEARNED}:{self.policy}"
 
 
@@ -141,10 +133,10 @@ class SolveRequest(BaseModel):
             value = LEARNED
         choice = ArmChoice.parse(value)
         first = ArmChoice.parse(info.data["arm"]) if "arm" in info.data else None
-        if first is not None and first.arm is not None and is_single_network(first.arm):
-            if choice.arm is not None and not is_single_network(choice.arm):
+        if first is not None and first.arm is not None and first.arm.single:
+            if choice.arm is not None and not choice.arm.single:
                 raise ValueError(f"a {SINGLE_NETWORK_LABEL} Adam phase goes on as one network (omit arm_lbfgs)")
-        elif choice.arm is not None and is_single_network(choice.arm):
+        elif choice.arm is not None and choice.arm.single:
             raise ValueError(f"{SINGLE_NETWORK_LABEL}: also the Adam phase's arm (a split cannot merge)")
         return str(choice)
 
@@ -231,7 +223,7 @@ class SolveRequest(BaseModel):
 
     def batch_key(self) -> str:
         """Requests with equal keys train together in one batch (arms, parameters, seeds may differ)."""
-        return f"{self.family}/{self.profile_key()}/{self.device}"
+        return batch_key(self.family, self.profile_key(), self.device)
 
 
 def profile_key(profile: Mapping[str, Any]) -> str:
@@ -257,33 +249,47 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 
 @dataclass(frozen=True)
-class Training:
-    """A request with its arms decided.
+class Run:
+    """A request with its arms decided: what a batch trains.
 
     ``arm_lbfgs``: None = the Adam arm (single mode). In sequential mode either an explicit arm or
-    ``lbfgs_policy`` (a policy of the engine ``engines[engine_key]`` that picks the L-BFGS arm
-    from the reward measured after the Adam phase).
+    ``lbfgs_policy``: a policy of the chooser ``choosers[chooser]`` (``run_solve_batch``), which
+    picks the L-BFGS arm from the reward measured after the Adam phase.
     """
 
     request: SolveRequest
     arm_adam: Arm
     arm_lbfgs: Arm | None = None
     lbfgs_policy: str | None = None
-    engine_key: str | None = None
+    chooser: str | None = None
 
     @staticmethod
-    def explicit(request: SolveRequest) -> Training:
+    def explicit(request: SolveRequest) -> Run:
         """For a request whose arms are all explicit (ValueError when one is ``learned``)."""
         first, second = request.arm_choice, request.arm_lbfgs_choice
         if first.learned or (second is not None and second.learned):
             raise ValueError("arm: 'learned' needs a bandit study (submit it to the service)")
-        return Training(request, first.arm, None if second is None else second.arm)
+        return Run(request, first.arm, None if second is None else second.arm)
+
+    def spec(self) -> RunSpec:
+        """What the trainer needs of this run."""
+        return RunSpec(self.request.params, self.arm_adam, self.arm_lbfgs, self.request.seed)
+
+
+class LbfgsChooser(Protocol):
+    """Picks L-BFGS arms after the Adam phase (``BanditEngine`` is one)."""
+
+    def report_adam(
+        self, params: Mapping[str, float], arm_adam: Arm, reward_adam: float, q: int = 1,
+        pending: Sequence[tuple[Mapping[str, float], float, Arm]] = (), policy: str | None = None,
+    ) -> list[Arm]: ...  # fmt: skip
 
 
 @dataclass
 class SolveResult:
     """What one training gave. ``reward`` = -log10(capped rel. L2); a diverged run gets the capped
-    reward (-2) whatever its frozen weights score. Bytes: the model file and the solution ``.npz``."""
+    reward (-2) whatever its frozen weights score. ``reward_adam`` / ``rel_l2_adam``: after the
+    Adam phase, when measured (sequential). Bytes: the model file and the solution ``.npz``."""
 
     status: str  # ok / diverged / cancelled
     arm_adam: Arm
@@ -291,8 +297,8 @@ class SolveResult:
     rel_l2: float | None
     max_abs: float | None
     reward: float | None
-    reward_phase0: float | None
-    rel_l2_phase0: float | None
+    reward_adam: float | None
+    rel_l2_adam: float | None
     outcome: dict[str, Any]
     seconds: float  # this run's share of the batch's wall time
     batch_seconds: float
@@ -303,19 +309,19 @@ class SolveResult:
 
     @staticmethod
     def from_summary(data: Mapping[str, Any]) -> SolveResult:
-        """Back from ``summary()`` (without the bytes)."""
+        """Back from ``summary()`` (without the bytes); older summaries (arm bits, ``*_phase0``) too."""
         fields = {k: v for k, v in data.items() if k not in ("arm_adam_terms", "arm_lbfgs_terms")}
-        fields["arm_adam"] = tuple(fields["arm_adam"])
-        fields["arm_lbfgs"] = tuple(fields["arm_lbfgs"])
+        fields["arm_adam"] = Arm.parse(fields["arm_adam"])
+        fields["arm_lbfgs"] = Arm.parse(fields["arm_lbfgs"])
+        for old, new in (("reward_phase0", "reward_adam"), ("rel_l2_phase0", "rel_l2_adam")):
+            if old in fields:
+                fields[new] = fields.pop(old)
         return SolveResult(**fields)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready (no bytes; non-finite numbers as None)."""
-        out = asdict(self)
-        out.pop("model")
-        out.pop("solution")
-        out["arm_adam_terms"] = arm_label(self.arm_adam)
-        out["arm_lbfgs_terms"] = arm_label(self.arm_lbfgs)
+        """JSON-ready (no bytes; arms as labels; non-finite numbers as None)."""
+        out = {f.name: getattr(self, f.name) for f in fields_of(SolveResult) if f.name not in ("model", "solution")}
+        out["arm_adam"], out["arm_lbfgs"] = self.arm_adam.label, self.arm_lbfgs.label
         return _finite(out)
 
 
@@ -350,70 +356,72 @@ def read_solution(data: bytes) -> dict[str, np.ndarray]:
 
 
 def run_solve_batch(
-    trainings: Sequence[Training],
+    runs: Sequence[Run],
     device: str | torch.device | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], Collection[int]] | None = None,
-    engines: Mapping[str, BanditEngine] | None = None,
+    choosers: Mapping[str, LbfgsChooser] | None = None,
     compile: bool | None = None,
     progress_every: int = 10,
     artefacts: bool = True,
     prefetch: bool | None = None,
     pad: bool | None = None,
 ) -> list[SolveResult]:
-    """Train ``trainings`` (all with one ``batch_key``) as one batch; one result per training.
+    """Train ``runs`` (all with one ``batch_key``) as one batch; one result per run.
 
     ``progress(Progress)`` gets every run's loss every ``progress_every`` iterations;
     ``should_stop() -> run indices`` is polled at the same points (those runs end ``cancelled``).
-    ``engines``: the bandit engines that choose L-BFGS arms after the Adam phase (sequential).
-    Runs with the single-network arm train as their own sub-batch, one network each, after the
-    others (``Progress.runs`` says which runs a report is about).
+    ``choosers``: what picks L-BFGS arms after the Adam phase (sequential), by ``Run.chooser``.
+    The batch's ``train_batch`` calls come from ``batching.plan_groups``: the split runs, then the
+    single-network runs (``Progress.runs`` says which runs a report is about).
     ``prefetch``: solve the runs' reference grids in background threads during the training (None:
     when it trains on an accelerator; on the CPU the solver threads would slow the training's cores).
-    ``pad``: train K runs as the next power of two (copies of the last run, their results dropped),
-    so that a long-lived worker compiles one loss per size class, not per batch size (None: when
-    the loss is compiled on an accelerator, where the extra runs cost little).
+    ``pad``: train each group at its size class (``batching.size_class``; the extra runs' results
+    are dropped), so that a long-lived worker compiles one loss per size class, not per batch size
+    (None: ``batching.pad_batches``, when the loss is compiled on an accelerator).
     """
-    if not trainings:
+    if not runs:
         return []
-    keys = {t.request.batch_key() for t in trainings}
-    if len(keys) != 1:
-        raise ValueError(f"trainings of one batch must share a batch key, got {sorted(keys)}")
-    engines = engines or {}
-    for t in trainings:
-        if t.lbfgs_policy is not None and t.engine_key not in engines:
-            raise ValueError(f"training needs engine {t.engine_key!r} to choose its L-BFGS arm")
+    choosers = choosers or {}
+    _check_batch(runs, choosers)
     device = device if isinstance(device, torch.device) else resolve_device(device)  # once, for every group
     if prefetch is None:
         prefetch = device.type != "cpu"
     if prefetch:
         # Every run is scored on its reference grid after training (and after Adam in sequential
         # mode): solve the grids in background threads now, while the device trains.
-        get_family(trainings[0].request.family).prefetch_references([t.request.params for t in trainings])
-    single = [j for j, t in enumerate(trainings) if is_single_network(t.arm_adam)]
-    split = [j for j in range(len(trainings)) if j not in single]
+        get_family(runs[0].request.family).prefetch_references([r.request.params for r in runs])
+    if pad is None:
+        pad = pad_batches(runs[0].request.train_config(compile).use_compile(), device.type)
     start = time.perf_counter()
     results: dict[int, SolveResult] = {}
-    for runs in (split, single):
-        if not runs:
-            continue
-        group = [trainings[j] for j in runs]
-        report = None if progress is None else _progress_of(runs, progress)
-        stop = None if should_stop is None else _stops_of(runs, should_stop)
-        for j, res in zip(runs, _train_group(group, runs is single, device, report, stop, engines, compile,
-                                             progress_every, artefacts, pad), strict=True):  # fmt: skip
+    for group in plan_groups([r.arm_adam.single for r in runs], pad):
+        members = [runs[j] for j in group.runs]
+        report = None if progress is None else _progress_of(group.runs, progress)
+        stop = None if should_stop is None else _stops_of(group.runs, should_stop)
+        batch = _train_group(members, group, device, report, stop, choosers, compile, progress_every)
+        for j, res in zip(group.runs, _results(batch, artefacts), strict=True):
             results[j] = res
     wall = time.perf_counter() - start
     for res in results.values():
-        res.seconds, res.batch_seconds, res.batch_size = wall / len(trainings), wall, len(trainings)
-    return [results[j] for j in range(len(trainings))]
+        res.seconds, res.batch_seconds, res.batch_size = wall / len(runs), wall, len(runs)
+    return [results[j] for j in range(len(runs))]
 
 
-def _progress_of(runs: list[int], progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
+def _check_batch(runs: Sequence[Run], choosers: Mapping[str, LbfgsChooser]) -> None:
+    keys = {r.request.batch_key() for r in runs}
+    if len(keys) != 1:
+        raise ValueError(f"runs of one batch must share a batch key, got {sorted(keys)}")
+    for r in runs:
+        if r.lbfgs_policy is not None and r.chooser not in choosers:
+            raise ValueError(f"run needs chooser {r.chooser!r} to choose its L-BFGS arm")
+
+
+def _progress_of(runs: Sequence[int], progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
     return lambda p: progress(replace(p, runs=[runs[i] for i in p.runs] if p.runs is not None else list(runs)))
 
 
-def _stops_of(runs: list[int], should_stop: Callable[[], Collection[int]]) -> Callable[[], list[int]]:
+def _stops_of(runs: Sequence[int], should_stop: Callable[[], Collection[int]]) -> Callable[[], list[int]]:
     def local() -> list[int]:
         named = set(should_stop())
         return [i for i, j in enumerate(runs) if j in named]
@@ -422,44 +430,33 @@ def _stops_of(runs: list[int], should_stop: Callable[[], Collection[int]]) -> Ca
 
 
 def _train_group(
-    trainings: list[Training],
-    single_network: bool,
+    runs: list[Run],
+    group: Group,
     device: torch.device,
     progress,
     should_stop,
-    engines: Mapping[str, BanditEngine],
+    choosers: Mapping[str, LbfgsChooser],
     compile: bool | None,
     progress_every: int,
-    artefacts: bool,
-    pad: bool | None,
-) -> list[SolveResult]:
-    """One train_batch call: every training multi-domain, or every one single-network (one
-    subdomain, no interface terms; its arms stay the single-network arm in the results)."""
-    first = trainings[0].request
-    train_config = first.train_config(compile)
-    if pad is None:
-        pad = train_config.use_compile() and device.type != "cpu"
-    k = len(trainings)
-    extra = (1 << (k - 1).bit_length()) - k if pad else 0  # copies of the last training, dropped after
-    family = get_family(first.family)
+) -> TrainedBatch:
+    """One ``train_batch`` call: every run multi-domain, or every one single-network (one
+    subdomain, no interface terms), padded to ``group.size`` runs and trimmed back afterwards."""
+    first = runs[0].request
     pinn = first.pinn_config()
-    if single_network:
+    if group.single_network:
         pinn = replace(pinn, subdomains=1)
-    specs = [
-        RunSpec(t.request.params, term_bits(t.arm_adam), None if t.arm_lbfgs is None else term_bits(t.arm_lbfgs),
-                t.request.seed)
-        for t in trainings
-    ]  # fmt: skip
-    sequential = any(t.request.mode == "sequential" for t in trainings)
-    hook = _lbfgs_chooser(trainings, engines) if sequential else None
+    specs = [r.spec() for r in runs]
+    sequential = any(r.request.mode == "sequential" for r in runs)
+    hook = _lbfgs_chooser(runs, choosers) if sequential else None
+    k, extra = len(runs), group.size - len(runs)  # the extra runs copy the last one
     if extra:
         specs += [specs[-1]] * extra
         hook, progress, should_stop = _padded(k, extra, hook, progress, should_stop)
     batch = train_batch(
-        family,
+        get_family(first.family),
         specs,
         pinn,
-        train_config,
+        first.train_config(compile),
         device=device,
         dtype=first.dtype,
         progress=progress,
@@ -467,38 +464,40 @@ def _train_group(
         between_phases=hook,
         should_stop=should_stop,
     )
-    if extra:
-        batch = _unpadded(batch, k)
+    return _unpadded(batch, k) if extra else batch
+
+
+def _results(batch: TrainedBatch, artefacts: bool) -> list[SolveResult]:
+    """One result per run of a trained group (cancelled runs: no errors, no bytes)."""
     metrics = evaluate_batch(batch)
-    models = models_from_batch(batch, metrics) if artefacts else [None] * len(trainings)
+    models = models_from_batch(batch, metrics) if artefacts else [None] * len(batch.specs)
+    family = batch.family
     results = []
-    for j, (spec, outcome, m) in enumerate(zip(batch.specs, batch.outcomes, metrics, strict=True)):
-        arm0, arm1 = (SINGLE_NETWORK, SINGLE_NETWORK) if single_network else spec.arms
-        diverged = outcome.status == "diverged"
+    for spec, outcome, m, model in zip(batch.specs, batch.outcomes, metrics, models, strict=True):
         cancelled = outcome.status == "cancelled"
-        # The phase-0 reward is what the between-phases hook saw (and told an engine).
-        r0 = None if outcome.phase0_rel_l2 is None else reward_of(outcome.phase0_rel_l2)
         solution = None
         if artefacts and not cancelled:
             grid = family.reference_grid(spec.params)
-            pred = models[j].predict(grid.points()).reshape(grid.u.shape)
+            pred = model.predict(grid.points()).reshape(grid.u.shape)
             solution = solution_npz(family.coords, grid.axes, pred, grid.u)
+        # The Adam-phase reward is what the between-phases hook saw (and told a chooser).
+        rel_l2_adam = outcome.rel_l2_adam
         results.append(
             SolveResult(
                 status=outcome.status,
-                arm_adam=arm0,
-                arm_lbfgs=arm1,
+                arm_adam=spec.arms[0],
+                arm_lbfgs=spec.arms[1],
                 rel_l2=None if cancelled else m.rel_l2,
                 max_abs=None if cancelled else m.max_abs,
-                reward=None if cancelled else reward_of(math.nan) if diverged else m.reward,
-                reward_phase0=r0,
-                rel_l2_phase0=outcome.phase0_rel_l2,
+                reward=None if cancelled else reward_of(math.nan) if outcome.status == "diverged" else m.reward,
+                reward_adam=None if rel_l2_adam is None else reward_of(rel_l2_adam),
+                rel_l2_adam=rel_l2_adam,
                 outcome=asdict(outcome),
                 seconds=0.0,  # set by run_solve_batch for the whole batch
                 batch_seconds=0.0,
-                batch_size=len(trainings),
+                batch_size=len(batch.specs),
                 device=str(batch.net.theta.device),
-                model=models[j].to_bytes() if artefacts and not cancelled else None,
+                model=model.to_bytes() if artefacts and not cancelled else None,
                 solution=solution,
             )
         )
@@ -538,25 +537,23 @@ def _unpadded(batch: TrainedBatch, k: int) -> TrainedBatch:
     return replace(batch, problem=problem, net=net, specs=batch.specs[:k], outcomes=batch.outcomes[:k])
 
 
-def _lbfgs_chooser(
-    trainings: Sequence[Training], engines: Mapping[str, BanditEngine]
-) -> Callable[[list[Metrics]], list[Arm]]:
+def _lbfgs_chooser(runs: Sequence[Run], choosers: Mapping[str, LbfgsChooser]) -> Callable[[list[Metrics]], list[Arm]]:
     """The trainer's between-phases hook: explicit L-BFGS arms stay; learned ones come from their
-    engine's ``report_phase0``, pending-aware within the batch (runs in order, per engine)."""
+    chooser's ``report_adam``, pending-aware within the batch (runs in order, per chooser)."""
 
     def choose(metrics: list[Metrics]) -> list[Arm]:
         pending: dict[str, list] = {}
         arms: list[Arm] = []
-        for t, m in zip(trainings, metrics, strict=True):
-            if t.lbfgs_policy is None:
-                arms.append(term_bits(t.arm_lbfgs if t.arm_lbfgs is not None else t.arm_adam))
+        for r, m in zip(runs, metrics, strict=True):
+            if r.lbfgs_policy is None:
+                arms.append(r.arm_lbfgs if r.arm_lbfgs is not None else r.arm_adam)
                 continue
-            engine = engines[t.engine_key]
-            r0 = reward_of(m.rel_l2)
-            seen = pending.setdefault(t.engine_key, [])
-            arm = engine.report_phase0(t.request.params, t.arm_adam, r0, pending=seen, policy=t.lbfgs_policy)[0]
-            seen.append((t.request.params, r0, arm))
-            arms.append(term_bits(arm))  # what the trainer trains with (the single network: none)
+            reward_adam = reward_of(m.rel_l2)
+            seen = pending.setdefault(r.chooser, [])
+            arm = choosers[r.chooser].report_adam(r.request.params, r.arm_adam, reward_adam, pending=seen,
+                                                  policy=r.lbfgs_policy)[0]  # fmt: skip
+            seen.append((r.request.params, reward_adam, arm))
+            arms.append(arm)
         return arms
 
     return choose

@@ -14,49 +14,34 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
 
 from metalic.bandit.engine import BanditEngine
-from metalic.jobs import SolveRequest, Training, run_solve_batch
+from metalic.jobs import Run, run_solve_batch
 from metalic.pinn.trainer import Progress
 from metalic.settings import Settings, get_settings, resolve_device
 from metalic.store import tasks as task_store
 from metalic.store import workers as worker_store
-from metalic.store.studies import arm_of_bits
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A task as dispatched: its attempt, request (JSON) and decided arms (bits)."""
+class DispatchedTask:
+    """A task as dispatched: which attempt this is, and its run (arms decided; a learned L-BFGS
+    arm names its study's engine as ``run.chooser``)."""
 
     task_id: int
     attempt: int
-    study_id: int
-    request: dict[str, Any]
-    arm_adam: str
-    arm_lbfgs: str | None = None
-    lbfgs_policy: str | None = None
-
-    def training(self) -> Training:
-        request = SolveRequest.model_validate(self.request, context={"trusted": True})
-        return Training(
-            request,
-            arm_of_bits(self.arm_adam),
-            arm_of_bits(self.arm_lbfgs),
-            self.lbfgs_policy,
-            str(self.study_id) if self.lbfgs_policy else None,
-        )
+    run: Run
 
 
 @dataclass
 class BatchPayload:
     """What a worker needs to train a batch: the tasks and, for learned L-BFGS arms, the engine
-    snapshots (with observations) of their studies, keyed by study id."""
+    snapshots (with observations) of their studies, keyed by ``Run.chooser``."""
 
     batch_id: int
-    tasks: list[TaskSpec]
+    tasks: list[DispatchedTask]
     engines: dict[str, dict] = field(default_factory=dict)
     compile: bool | None = None
 
@@ -149,14 +134,13 @@ def run_batch(
     )
     beat.start()
     try:
-        trainings = [t.training() for t in payload.tasks]
         engines = {k: BanditEngine.from_snapshot(v) for k, v in payload.engines.items()}
         results = run_solve_batch(
-            trainings,
+            [t.run for t in payload.tasks],
             device=device,
             progress=reporter.progress,
             should_stop=reporter.should_stop,
-            engines=engines,
+            choosers=engines,
             compile=worker_compile(payload.compile, device),
         )
     except Exception as exc:

@@ -1,67 +1,40 @@
-"""What the dashboard shows, as bounded queries: every page costs a fixed number of queries and
-rows whatever the size of the tables (aggregates in SQL, keyset pages, bucketed series), so it
-stays fast with 100,000 tasks and observations. Everything returned is JSON-ready.
+"""What the dashboard shows: the store's bounded reports (``metalic.store.reports``) made into
+JSON-ready values (labels for arms, ISO times, finite numbers or None), and the posterior over a
+parameter slice from a study's engine.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import String, case, func, select
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
-from sqlalchemy.sql.functions import FunctionElement
 
+from metalic.arms import SWITCHES, Arm
 from metalic.bandit.engine import BanditEngine
-from metalic.conditions import SINGLE_NETWORK_LABEL, TERM_NAMES, arm_label
+from metalic.campaign import CampaignConfig, RoundRow, switch_frequency
 from metalic.families import get_family
-from metalic.pinn.evaluate import ERROR_CAP, outcome_error
-from metalic.store.models import (
-    TASK_STATES,
-    Batch,
-    Campaign,
-    Observation,
-    ProgressPoint,
-    Study,
-    Task,
-    Worker,
-    utc_now,
-)
-from metalic.store.studies import arm_of_bits, latest_snapshots, observation_counts
+from metalic.pinn.evaluate import outcome_error
+from metalic.store import campaigns as campaign_store
+from metalic.store import reports
+from metalic.store import studies as study_store
+from metalic.store.models import TASK_STATES
+from metalic.store.records import CampaignRecord, ObservationRecord, TaskRecord
+from metalic.store.studies import StudySummary
 from metalic.store.tasks import counts_by_state
 from metalic.store.workers import is_alive
 
 PAGE = 50  # rows of a table page
 SERIES = 300  # points of a per-round series (longer series are averaged in buckets)
 PROGRESS = 2000  # loss points sent at most per request
-LINE_POINTS = 60  # contexts along one parameter
-GRID_POINTS = 24  # contexts per axis of a two-parameter heatmap
+LINE_POINTS = 60  # parameter points along one parameter
+GRID_POINTS = 24  # parameter points per axis of a two-parameter heatmap
 
 
-class hour_of(FunctionElement):
-    """A timestamp's hour as text 'YYYY-MM-DD HH:00' (a group-by key on both databases)."""
-
-    type = String()
-    inherit_cache = True
-
-
-@compiles(hour_of, "sqlite")
-def _hour_sqlite(element, compiler, **kw) -> str:
-    return f"strftime('%Y-%m-%d %H:00', {compiler.process(element.clauses, **kw)})"
-
-
-@compiles(hour_of, "postgresql")
-def _hour_postgresql(element, compiler, **kw) -> str:
-    return f"to_char(date_trunc('hour', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD HH24:00')"
-
-
-def terms(bits: str | None) -> str | None:
-    return None if bits is None else arm_label(arm_of_bits(bits))
+def _label(arm) -> str | None:
+    return None if arm is None else arm.label
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -73,46 +46,34 @@ def _num(x: float | None) -> float | None:
 
 
 # ---- overview -------------------------------------------------------------------------------------
-def queue(s: Session, campaign_id: int | None = None) -> dict[str, int]:
+def queue(store, campaign_id: int | None = None) -> dict[str, int]:
     """Tasks by state, every state present (of one campaign, or of all)."""
-    counts = counts_by_state(s, campaign_id)
+    counts = counts_by_state(store, campaign_id)
     return {state: counts.get(state, 0) for state in TASK_STATES}
 
 
-def studies(s: Session, campaign_id: int | None = None, limit: int = 100) -> list[dict]:
+def study_row(summary: StudySummary) -> dict[str, Any]:
+    st, snap = summary.study, summary.snapshot
+    return {
+        "id": st.id,
+        "family": st.family,
+        "mode": st.mode,
+        "profile": st.profile_key,
+        "heuristic": st.heuristic or st.policy,
+        "observations": summary.observations,
+        "snapshot_version": snap.version if snap else 0,
+        "last_refit": _iso(snap.created_at) if snap else None,
+    }
+
+
+def studies(store, campaign_id: int | None = None, limit: int = 100) -> list[dict]:
     """Service studies (or one campaign's) with observation counts and their latest snapshot."""
-    where = Study.campaign_id.is_(None) if campaign_id is None else Study.campaign_id == campaign_id
-    rows = s.scalars(select(Study).where(where).order_by(Study.id).limit(limit)).all()
-    ids = [st.id for st in rows]
-    counts, snaps = observation_counts(s, ids), latest_snapshots(s, ids)
-    out = []
-    for st in rows:
-        snap = snaps.get(st.id)
-        out.append(
-            {
-                "id": st.id,
-                "family": st.family,
-                "mode": st.mode,
-                "profile": st.profile_key,
-                "heuristic": st.heuristic or st.policy,
-                "observations": int(counts.get(st.id, 0)),
-                "snapshot_version": snap.version if snap else 0,
-                "last_refit": _iso(snap.created_at) if snap else None,
-            }
-        )
-    return out
+    return [study_row(st) for st in study_store.list_studies(store, campaign_id=campaign_id, limit=limit)]
 
 
-def workers(s: Session, stale_seconds: float, now: datetime) -> list[dict]:
+def workers(store, stale_seconds: float) -> list[dict]:
     """Trainers and dispatchers seen in the last hour, not stopped (at most 200)."""
-    rows = s.scalars(
-        select(Worker)
-        .where(Worker.state != "stopped", Worker.last_seen >= now - timedelta(hours=1))
-        .order_by(Worker.kind.desc(), Worker.started_at)
-        .limit(200)
-    ).all()
-    current = [w.current_batch for w in rows if w.current_batch is not None]
-    sizes = dict(s.execute(select(Batch.id, Batch.size).where(Batch.id.in_(current))).all()) if current else {}
+    now, rows = reports.workers_with_batches(store)
     return [
         {
             "id": w.id,
@@ -121,61 +82,40 @@ def workers(s: Session, stale_seconds: float, now: datetime) -> list[dict]:
             "device": w.device,
             "state": w.state,
             "current_batch": w.current_batch,
-            "batch_size": sizes.get(w.current_batch),
+            "batch_size": size,
             "last_seen": _iso(w.last_seen),
             "seconds_ago": round((now - w.last_seen).total_seconds(), 1),
             "alive": is_alive(w, now, stale_seconds),
         }
-        for w in rows
+        for w, size in rows
     ]
 
 
-def overview(s: Session, stale_seconds: float) -> dict[str, Any]:
-    now = s.execute(select(utc_now())).scalar_one()
-    day = now - timedelta(hours=24)
-    hours = [(now - timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(23, -1, -1)]
-    per_hour: dict[str, Counter] = {h: Counter() for h in hours}
-    bucket = hour_of(Task.finished_at)
-    for hour, state, n in s.execute(
-        select(bucket, Task.state, func.count()).where(Task.finished_at >= day).group_by(bucket, Task.state)
-    ).all():
-        if hour in per_hour:
-            per_hour[hour][state] += int(n)
-    n_batches, mean_size, busy = s.execute(
-        select(func.count(), func.avg(Batch.size), func.sum(Batch.seconds)).where(Batch.created_at >= day)
-    ).one()
-    last_hour = s.scalar(select(func.count()).select_from(Task).where(Task.finished_at >= now - timedelta(hours=1)))
-    failed = s.execute(
-        select(Task.id, Task.family, Task.error, Task.finished_at)
-        .where(Task.state == "failed")
-        .order_by(Task.id.desc())
-        .limit(10)
-    ).all()
-    campaigns = s.execute(
-        select(Campaign.id, Campaign.family, Campaign.state, Campaign.step, Campaign.steps, Campaign.created_at)
-        .order_by(Campaign.id.desc())
-        .limit(10)
-    ).all()
+def overview(store, stale_seconds: float) -> dict[str, Any]:
+    day = reports.day_activity(store)
+    hours, per_hour = day.hours, day.per_hour
     return {
-        "now": _iso(now),
-        "queue": queue(s),
+        "now": _iso(day.now),
+        "queue": queue(store),
         "throughput": {
             "hours": hours,
             "succeeded": [per_hour[h]["succeeded"] for h in hours],
             "failed": [per_hour[h]["failed"] for h in hours],
             "cancelled": [per_hour[h]["cancelled"] for h in hours],
-            "finished_last_hour": int(last_hour or 0),
+            "finished_last_hour": day.finished_last_hour,
             "finished_last_day": sum(sum(c.values()) for c in per_hour.values()),
-            "batches_last_day": int(n_batches or 0),
-            "mean_batch_size": _num(float(mean_size)) if mean_size is not None else None,
-            "training_seconds_last_day": _num(busy),
+            "batches_last_day": day.batches,
+            "mean_batch_size": _num(day.mean_batch_size),
+            "training_seconds_last_day": _num(day.training_seconds),
         },
-        "studies": studies(s),
-        "workers": workers(s, stale_seconds, now),
-        "failed": [{"id": i, "family": f, "error": (e or "")[:200], "finished_at": _iso(t)} for i, f, e, t in failed],
+        "studies": studies(store),
+        "workers": workers(store, stale_seconds),
+        "failed": [
+            {"id": i, "family": f, "error": (e or "")[:200], "finished_at": _iso(t)} for i, f, e, t in day.failed
+        ],
         "campaigns": [
             {"id": i, "family": f, "state": st, "step": a, "steps": b, "created_at": _iso(t)}
-            for i, f, st, a, b, t in campaigns
+            for i, f, st, a, b, t in day.campaigns
         ],
     }
 
@@ -200,7 +140,7 @@ TASK_COLUMNS = (
 )
 
 
-def task_row(t: Task) -> dict[str, Any]:
+def task_row(t: TaskRecord) -> dict[str, Any]:
     progress = None
     if t.progress_phase is not None:
         progress = f"{t.progress_phase} {t.progress_iteration}/{t.progress_total}"
@@ -209,8 +149,8 @@ def task_row(t: Task) -> dict[str, Any]:
         "family": t.family,
         "params": t.request.get("params", {}),
         "state": t.state,
-        "arm_adam": terms(t.arm_adam),
-        "arm_lbfgs": terms(t.arm_lbfgs),
+        "arm_adam": _label(t.arm_adam),
+        "arm_lbfgs": _label(t.arm_lbfgs),
         "attempt": t.attempt,
         "progress": progress,
         "rel_l2": _num(t.rel_l2),
@@ -223,62 +163,31 @@ def task_row(t: Task) -> dict[str, Any]:
     }
 
 
-def _task_filter(state: str | None, family: str | None, campaign_id: int | None) -> list:
-    where = []
-    if state:
-        where.append(Task.state == state)
-    if family:
-        where.append(Task.family == family)
-    if campaign_id is not None:
-        where.append(Task.campaign_id == campaign_id)
-    return where
-
-
-def task_page(
-    s: Session, state: str | None, family: str | None, campaign_id: int | None, before: int | None
-) -> dict[str, Any]:
+def task_page(store, state: str | None, family: str | None, campaign_id: int | None, before: int | None) -> dict:
     """One page of tasks, newest first (keyset on id), and the count of each state."""
-    q = select(Task).where(*_task_filter(state, family, campaign_id)).order_by(Task.id.desc()).limit(PAGE + 1)
-    if before is not None:
-        q = q.where(Task.id < before)
-    rows = s.scalars(q).all()
+    rows, next_before, counts = reports.task_page(store, state, family, campaign_id, before, PAGE)
     return {
-        "rows": [task_row(t) for t in rows[:PAGE]],
-        "next_before": rows[PAGE - 1].id if len(rows) > PAGE else None,
-        "queue": queue(s),
+        "rows": [task_row(t) for t in rows],
+        "next_before": next_before,
+        "queue": {st: counts.get(st, 0) for st in TASK_STATES},
     }
 
 
-def iter_tasks(s: Session, state: str | None, family: str | None, campaign_id: int | None) -> Iterator[dict]:
-    """Every task of a filter, newest first, streamed in keyset chunks (CSV downloads)."""
-    before = None
-    while True:
-        q = select(Task).where(*_task_filter(state, family, campaign_id)).order_by(Task.id.desc()).limit(1000)
-        if before is not None:
-            q = q.where(Task.id < before)
-        rows = s.scalars(q).all()
-        yield from (task_row(t) for t in rows)
-        if len(rows) < 1000:
-            return
-        before = rows[-1].id
-        s.expunge_all()
+def iter_tasks(store, state: str | None, family: str | None, campaign_id: int | None) -> Iterator[dict]:
+    """Every task of a filter, newest first, streamed (CSV downloads)."""
+    return (task_row(t) for t in reports.iter_tasks(store, state, family, campaign_id))
 
 
-def task_detail(s: Session, task_id: int, since: int = 0) -> dict[str, Any] | None:
+def task_detail(store, task_id: int, since: int = 0) -> dict[str, Any] | None:
     """A task's state and the loss points after point id ``since`` (the latest attempt's)."""
-    t = s.get(Task, task_id)
-    if t is None:
+    found = reports.task_progress(store, task_id, since, PROGRESS)
+    if found is None:
         return None
-    points = s.execute(
-        select(ProgressPoint.id, ProgressPoint.phase, ProgressPoint.iteration, ProgressPoint.loss)
-        .where(ProgressPoint.task_id == task_id, ProgressPoint.attempt == t.attempt, ProgressPoint.id > since)
-        .order_by(ProgressPoint.id.desc())
-        .limit(PROGRESS)
-    ).all()
-    points = list(reversed(points))
+    t, points = found
     row = task_row(t)
     result = t.result or {}
     outcome = result.get("outcome") or {}
+    reward_adam = result.get("reward_adam", result.get("reward_phase0"))
     row.update(
         {
             "progress_phase": t.progress_phase,
@@ -292,29 +201,28 @@ def task_detail(s: Session, task_id: int, since: int = 0) -> dict[str, Any] | No
             "status": result.get("status"),
             "seconds": _num(result.get("seconds")),
             "lbfgs_stop": outcome.get("lbfgs_stop"),
-            "reward_phase0": _num(result.get("reward_phase0")),
+            "reward_adam": _num(reward_adam),
             "mode": t.request.get("mode"),
         }
     )
     return {
         "task": row,
         "points": {
-            "id": [p.id for p in points],
-            "phase": [p.phase for p in points],
-            "iteration": [p.iteration for p in points],
-            "loss": [_num(p.loss) for p in points],
+            "id": [p[0] for p in points],
+            "phase": [p[1] for p in points],
+            "iteration": [p[2] for p in points],
+            "loss": [_num(p[3]) for p in points],
         },
-        "cursor": points[-1].id if points else since,
+        "cursor": points[-1][0] if points else since,
     }
 
 
 # ---- studies ----------------------------------------------------------------------------------------
-def study_meta(s: Session, study_id: int) -> dict[str, Any] | None:
-    st = s.get(Study, study_id)
-    if st is None:
+def study_meta(store, study_id: int) -> dict[str, Any] | None:
+    found = study_store.list_studies(store, study_id=study_id)
+    if not found:
         return None
-    snap = latest_snapshots(s, [study_id]).get(study_id)
-    count = observation_counts(s, [study_id]).get(study_id, 0)
+    st, snap = found[0].study, found[0].snapshot
     return {
         "id": st.id,
         "family": st.family,
@@ -324,7 +232,7 @@ def study_meta(s: Session, study_id: int) -> dict[str, Any] | None:
         "policy": st.policy,
         "heuristic": st.heuristic,
         "campaign_id": st.campaign_id,
-        "observations": int(count or 0),
+        "observations": found[0].observations,
         "snapshot_version": snap.version if snap else 0,
         "snapshot_observations": snap.observation_count if snap else 0,
         "last_refit": _iso(snap.created_at) if snap else None,
@@ -337,9 +245,9 @@ def hyperparameters(engine: BanditEngine) -> list[dict]:
     a length-scale per parameter (unit-cube units), the Hamming length-scale of the arm kernel,
     the noise variance (reward units squared) and the outcome standardisation."""
     out = []
-    phases = [("phase 0" if engine.mode == "sequential" else "reward", engine.phase0, [])]
-    if engine.phase1 is not None:
-        phases.append(("phase 1 (L-BFGS)", engine.phase1, ["phase-0 reward"]))
+    phases = [("Adam phase" if engine.mode == "sequential" else "reward", engine.adam, [])]
+    if engine.lbfgs is not None:
+        phases.append(("L-BFGS phase", engine.lbfgs, ["Adam-phase reward"]))
     for label, phase, extra in phases:
         fitted = phase.gp.fitted_values() if phase.ready else None
         if fitted is None:
@@ -356,114 +264,65 @@ def hyperparameters(engine: BanditEngine) -> list[dict]:
     return out
 
 
-def term_frequency(s: Session, study_id: int) -> dict[str, Any]:
-    """How often each interface term (and the single-network arm) was on, per phase (an aggregate
-    over at most 513 arms each)."""
-    names = [*TERM_NAMES, SINGLE_NETWORK_LABEL]
-    out: dict[str, Any] = {"terms": names}
-    for label, column in (("adam", Observation.arm_adam), ("lbfgs", Observation.arm_lbfgs)):
-        counts = s.execute(
-            select(column, func.count()).where(Observation.study_id == study_id, column.is_not(None)).group_by(column)
-        ).all()
-        total = sum(int(n) for _, n in counts)
+def term_frequency(store, study_id: int) -> dict[str, Any]:
+    """How often each interface term (and the single-network arm) was on, per phase."""
+    out: dict[str, Any] = {"terms": list(SWITCHES)}
+    for phase, counts in reports.arm_counts(store, study_id).items():
+        total = sum(n for _, n in counts)
         if total == 0:
             continue
-        on = np.zeros(len(names))
-        for bits, n in counts:
-            on += np.array([int(b) for b in bits.ljust(len(names), "0")]) * int(n)
-        out[label] = (on / total).round(4).tolist()
-        out[f"{label}_n"] = total
+        on = np.zeros(len(SWITCHES))
+        for arm, n in counts:
+            on += np.array(arm.switches) * n
+        out[phase] = (on / total).round(4).tolist()
+        out[f"{phase}_n"] = total
     return out
 
 
-def reward_series(s: Session, study_id: int) -> dict[str, Any]:
+def reward_series(store, study_id: int) -> dict[str, Any]:
     """Reward per observation in order (averaged in at most SERIES buckets of consecutive ids) and
     the accumulated error (sum of capped rel. L2)."""
-    lo, hi, n = s.execute(
-        select(func.min(Observation.id), func.max(Observation.id), func.count()).where(Observation.study_id == study_id)
-    ).one()
-    if not n:
+    buckets, width = reports.reward_buckets(store, study_id, SERIES)
+    if not buckets:
         return {"round": [], "reward": [], "reward_min": [], "reward_max": [], "accumulated_error": []}
-    width = max(1, math.ceil((hi - lo + 1) / SERIES))
-    bucket = ((Observation.id - lo) // width).label("b") if width > 1 else Observation.id.label("b")
-    err = case(
-        (Observation.status == "diverged", ERROR_CAP),
-        (Observation.rel_l2.is_(None), ERROR_CAP),
-        (Observation.rel_l2 > ERROR_CAP, ERROR_CAP),
-        else_=Observation.rel_l2,
-    )
-    rows = s.execute(
-        select(
-            bucket,
-            func.count(),
-            func.avg(Observation.reward),
-            func.min(Observation.reward),
-            func.max(Observation.reward),
-            func.sum(err),
-        )
-        .where(Observation.study_id == study_id)
-        .group_by(bucket)
-        .order_by(bucket)
-    ).all()
-    rounds, mean, low, high, acc, seen, total = [], [], [], [], [], 0, 0.0
-    for _, count, avg, mn, mx, err_sum in rows:
-        seen += int(count)
-        total += float(err_sum or 0.0)
+    rounds, seen, acc, total = [], 0, [], 0.0
+    for b in buckets:
+        seen += b.count
+        total += b.error_sum
         rounds.append(seen)
-        mean.append(_num(avg))
-        low.append(_num(mn))
-        high.append(_num(mx))
         acc.append(round(total, 6))
     return {
         "round": rounds,
-        "reward": mean,
-        "reward_min": low,
-        "reward_max": high,
+        "reward": [_num(b.reward_mean) for b in buckets],
+        "reward_min": [_num(b.reward_min) for b in buckets],
+        "reward_max": [_num(b.reward_max) for b in buckets],
         "accumulated_error": acc,
         "bucket": width,
     }
 
 
-def observations_page(s: Session, study_id: int, before: int | None) -> dict[str, Any]:
-    q = select(Observation).where(Observation.study_id == study_id).order_by(Observation.id.desc()).limit(PAGE + 1)
-    if before is not None:
-        q = q.where(Observation.id < before)
-    rows = s.scalars(q).all()
-    return {
-        "rows": [observation_row(o) for o in rows[:PAGE]],
-        "next_before": rows[PAGE - 1].id if len(rows) > PAGE else None,
-    }
+def observations_page(store, study_id: int, before: int | None) -> dict[str, Any]:
+    rows, next_before = reports.observation_page(store, study_id, before, PAGE)
+    return {"rows": [observation_row(o) for o in rows], "next_before": next_before}
 
 
-def observation_row(o: Observation) -> dict[str, Any]:
+def observation_row(o: ObservationRecord) -> dict[str, Any]:
     return {
         "id": o.id,
         "task_id": o.task_id,
-        "context": o.context,
-        "arm_adam": terms(o.arm_adam),
-        "arm_lbfgs": terms(o.arm_lbfgs),
+        "params": o.params,
+        "arm_adam": _label(o.arm_adam),
+        "arm_lbfgs": _label(o.arm_lbfgs),
         "reward": _num(o.reward),
-        "reward_phase0": _num(o.reward_phase0),
+        "reward_adam": _num(o.reward_adam),
         "rel_l2": _num(o.rel_l2),
         "status": o.status,
         "created_at": _iso(o.created_at),
     }
 
 
-def iter_observations(s: Session, study_id: int) -> Iterator[dict]:
-    after = 0
-    while True:
-        rows = s.scalars(
-            select(Observation)
-            .where(Observation.study_id == study_id, Observation.id > after)
-            .order_by(Observation.id)
-            .limit(1000)
-        ).all()
-        yield from (observation_row(o) for o in rows)
-        if len(rows) < 1000:
-            return
-        after = rows[-1].id
-        s.expunge_all()
+def iter_observations(store, study_id: int) -> Iterator[dict]:
+    return (observation_row(o) for o in reports.iter_observations(store, study_id))
 
 
 class SliceError(ValueError):
@@ -547,70 +406,55 @@ def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dic
 
 
 # ---- campaigns -------------------------------------------------------------------------------------
-def campaign_charts(rows: list) -> dict[str, Any]:
+def campaign_charts(rows: list[RoundRow]) -> dict[str, Any]:
     """A campaign's figures from its round rows: accumulated online error and reward per round for
-    each heuristic, test errors, term frequency."""
-    heuristics = list(dict.fromkeys(r.heuristic for r in rows))
-    out: dict[str, Any] = {"heuristics": heuristics, "accumulated": {}, "reward": {}, "test": {}, "terms": {}}
-    names = [*TERM_NAMES, SINGLE_NETWORK_LABEL]
-    out["term_names"] = names
-    for h in heuristics:
-        online = [r for r in rows if r.heuristic == h and r.stage != "test"]
-        test = [r for r in rows if r.heuristic == h and r.stage == "test"]
-        out["accumulated"][h] = {
+    each policy, test errors, term frequency."""
+    policies = list(dict.fromkeys(r.policy for r in rows))
+    out: dict[str, Any] = {"heuristics": policies, "accumulated": {}, "reward": {}, "test": {}, "terms": {}}
+    out["term_names"] = list(SWITCHES)
+    for p in policies:
+        online = [r for r in rows if r.policy == p and r.stage != "test"]
+        test = [r for r in rows if r.policy == p and r.stage == "test"]
+        out["accumulated"][p] = {
             "round": [r.round for r in online],
             "error": np.cumsum([outcome_error(r.rel_l2, r.status) for r in online]).round(6).tolist(),
         }
-        out["reward"][h] = {"round": [r.round for r in online], "reward": [_num(r.reward) for r in online]}
-        out["test"][h] = [outcome_error(r.rel_l2, r.status) for r in test]
-        chosen = [r for r in online if r.stage == "online"]
+        out["reward"][p] = {"round": [r.round for r in online], "reward": [_num(r.reward) for r in online]}
+        out["test"][p] = [outcome_error(r.rel_l2, r.status) for r in test]
+        chosen = [Arm.parse(r.arm) for r in online if r.stage == "online"]
         if chosen:
-            on = np.zeros(len(names))
-            for r in chosen:
-                arm = set(r.arm.split(",")) if r.arm not in ("none", "") else set()
-                on += np.array([name in arm for name in names], dtype=float)
-            out["terms"][h] = (on / len(chosen)).round(4).tolist()
+            out["terms"][p] = np.round(switch_frequency(chosen), 4).tolist()
     return out
 
 
-def campaign_state(s: Session, campaign_id: int) -> dict[str, Any] | None:
-    camp = s.get(Campaign, campaign_id)
-    if camp is None:
-        return None
+def campaign_row(c: CampaignRecord) -> dict[str, Any]:
     return {
-        "id": camp.id,
-        "name": camp.name,
-        "family": camp.family,
-        "state": camp.state,
-        "step": camp.step,
-        "steps": camp.steps,
-        "config": camp.config,
-        "error": camp.error,
-        "created_at": _iso(camp.created_at),
-        "finished_at": _iso(camp.finished_at),
-        "tasks": queue(s, campaign_id),
+        "id": c.id,
+        "name": c.name,
+        "family": c.family,
+        "state": c.state,
+        "step": c.step,
+        "steps": c.steps,
+        "heuristics": ", ".join(CampaignConfig.from_dict(c.config).policies),
+        "created_at": _iso(c.created_at),
+        "finished_at": _iso(c.finished_at),
     }
 
 
-def campaign_page(s: Session, before: int | None) -> dict[str, Any]:
-    q = select(Campaign).order_by(Campaign.id.desc()).limit(PAGE + 1)
-    if before is not None:
-        q = q.where(Campaign.id < before)
-    rows = s.scalars(q).all()
+def campaign_state(store, campaign_id: int) -> dict[str, Any] | None:
+    camp = campaign_store.get(store, campaign_id)
+    if camp is None:
+        return None
+    return campaign_row(camp) | {
+        "config": camp.config,
+        "error": camp.error,
+        "tasks": queue(store, campaign_id),
+    }
+
+
+def campaign_page(store, before: int | None) -> dict[str, Any]:
+    rows = campaign_store.list_campaigns(store, PAGE + 1, before)
     return {
-        "rows": [
-            {
-                "id": c.id,
-                "name": c.name,
-                "family": c.family,
-                "state": c.state,
-                "step": c.step,
-                "steps": c.steps,
-                "heuristics": ", ".join(c.config.get("heuristics", [])),
-                "created_at": _iso(c.created_at),
-                "finished_at": _iso(c.finished_at),
-            }
-            for c in rows[:PAGE]
-        ],
+        "rows": [campaign_row(c) for c in rows[:PAGE]],
         "next_before": rows[PAGE - 1].id if len(rows) > PAGE else None,
     }

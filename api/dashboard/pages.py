@@ -25,7 +25,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
-from sqlalchemy import select
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -37,10 +36,12 @@ from api.routes.admin import create_campaign
 from api.routes.tasks import plot_png
 from api.schemas import MAX_ID, CampaignBody
 from api.service import LRU, Service
-from metalic.bandit.engine import HEURISTICS
+from metalic.bandit.policies import POLICIES, FixedArm
 from metalic.families import FAMILIES, get_family
+from metalic.store import campaigns as campaign_store
+from metalic.store import studies as study_store
 from metalic.store import tasks as task_store
-from metalic.store.models import TASK_STATES, Artefact, Study, Task, utc_now
+from metalic.store.models import TASK_STATES
 
 HERE = FilePath(__file__).parent
 PLOTLY_JS = FilePath(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -201,14 +202,12 @@ def _stale(request: Request) -> float:
 
 
 def overview_page(request: Request, who: Admin) -> HTMLResponse:
-    with _store(request).read() as s:
-        view = data.overview(s, _stale(request))
+    view = data.overview(_store(request), _stale(request))
     return render(request, "overview.html", who=who, view=view)
 
 
 def overview_data(request: Request, who: Admin) -> Response:
-    with _store(request).read() as s:
-        return etag_json(request, data.overview(s, _stale(request)))
+    return etag_json(request, data.overview(_store(request), _stale(request)))
 
 
 WORKER_COLUMNS = [
@@ -218,9 +217,7 @@ WORKER_COLUMNS = [
 
 
 def workers_csv(request: Request, who: Admin) -> StreamingResponse:
-    with _store(request).read() as s:
-        now = s.execute(select(utc_now())).scalar_one()
-        rows = data.workers(s, _stale(request), now)
+    rows = data.workers(_store(request), _stale(request))
     return csv_response("workers", WORKER_COLUMNS, iter(rows))
 
 
@@ -234,8 +231,7 @@ def tasks_page(
     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> HTMLResponse:
     state, family = _state(state), _family(family)
-    with _store(request).read() as s:
-        page = data.task_page(s, state, family, campaign, before)
+    page = data.task_page(_store(request), state, family, campaign, before)
     filters = {"state": state or "", "family": family or "", "campaign": campaign or ""}
     return render(
         request,
@@ -257,50 +253,40 @@ def tasks_csv(
     campaign: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> StreamingResponse:
     state, family = _state(state), _family(family)
-    store = _store(request)
-
-    def rows() -> Iterator[dict]:
-        with store.read() as s:
-            yield from data.iter_tasks(s, state, family, campaign)
-
-    return csv_response("tasks", list(data.TASK_COLUMNS), rows())
+    return csv_response("tasks", list(data.TASK_COLUMNS), data.iter_tasks(_store(request), state, family, campaign))
 
 
-def _task_or_404(s, task_id: int) -> dict:
-    found = data.task_detail(s, task_id)
+def _task_or_404(store, task_id: int) -> dict:
+    found = data.task_detail(store, task_id)
     if found is None:
         raise HTTPException(404, f"no task {task_id}")
     return found
 
 
 def task_page(request: Request, task_id: PageId, who: Admin) -> HTMLResponse:
-    with _store(request).read() as s:
-        view = _task_or_404(s, task_id)
+    view = _task_or_404(_store(request), task_id)
     return render(request, "task.html", who=who, view=view, task=view["task"])
 
 
 def task_data(
     request: Request, task_id: PageId, who: Admin, since: Annotated[int, Query(ge=0, le=MAX_ID)] = 0
 ) -> Response:
-    with _store(request).read() as s:
-        found = data.task_detail(s, task_id, since)
+    found = data.task_detail(_store(request), task_id, since)
     if found is None:
         raise HTTPException(404, f"no task {task_id}")
     return etag_json(request, found)
 
 
 def task_plot(request: Request, task_id: PageId, who: Admin) -> Response:
-    with _store(request).read() as s:
-        task, artefact = s.get(Task, task_id), s.get(Artefact, task_id)
+    store = _store(request)
+    task, artefact = task_store.get_task(store, task_id), task_store.get_artefact(store, task_id)
     if task is None or task.state != "succeeded" or artefact is None or artefact.solution is None:
         raise HTTPException(404, f"task {task_id} has no solution figure")
     return Response(plot_png(request.app.state.service, task, artefact), media_type="image/png")
 
 
 def progress_csv(request: Request, task_id: PageId, who: Admin) -> StreamingResponse:
-    with _store(request).read() as s:
-        found = _task_or_404(s, task_id)
-    p = found["points"]
+    p = _task_or_404(_store(request), task_id)["points"]
     rows = (
         {"phase": ph, "iteration": it, "loss": lo}
         for ph, it, lo in zip(p["phase"], p["iteration"], p["loss"], strict=True)
@@ -330,26 +316,25 @@ def _study_view(request: Request, study_id: int, charts: bool) -> dict:
     """The study's facts and hyper-parameters; with ``charts``, the data of its charts too (the
     page's JSON twin: the HTML page itself draws no chart)."""
     service = request.app.state.service
-    with service.store.read() as s:
-        meta = data.study_meta(s, study_id)
-        if meta is None:
-            raise HTTPException(404, f"no study {study_id}")
-        cut = _slice(request, meta["family"])
-        view: dict[str, Any] = {"study": meta, "slice": cut, "landscape": None, "hyperparameters": []}
-        engine = None
-        if meta["snapshot_version"]:
-            version, engine = service.engines.get(s, s.get(Study, study_id), meta["snapshot_version"])
-            view["hyperparameters"] = data.hyperparameters(engine)
-        if not charts:
-            return view
-        view["terms"] = data.term_frequency(s, study_id)
-        view["rewards"] = data.reward_series(s, study_id)
-        if engine is not None and engine.phase0.ready:
-            key = (study_id, version, json.dumps(cut, sort_keys=True))
-            view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
-        if meta["campaign_id"] is not None:
-            view["campaign"] = data.campaign_state(s, meta["campaign_id"])
+    store = service.store
+    meta = data.study_meta(store, study_id)
+    if meta is None:
+        raise HTTPException(404, f"no study {study_id}")
+    cut = _slice(request, meta["family"])
+    view: dict[str, Any] = {"study": meta, "slice": cut, "landscape": None, "hyperparameters": []}
+    engine = None
+    if meta["snapshot_version"]:
+        version, engine = service.engines.get(study_id, meta["snapshot_version"])
+        view["hyperparameters"] = data.hyperparameters(engine)
+    if not charts:
+        return view
+    view["terms"] = data.term_frequency(store, study_id)
+    view["rewards"] = data.reward_series(store, study_id)
+    if engine is not None and engine.adam.ready:
+        key = (study_id, version, json.dumps(cut, sort_keys=True))
+        view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
     if meta["campaign_id"] is not None:
+        view["campaign"] = data.campaign_state(store, meta["campaign_id"])
         view["campaign_charts"] = _campaign_charts(request, view["campaign"])
     return view
 
@@ -369,8 +354,7 @@ def study_page(
     request: Request, study_id: PageId, who: Admin, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
 ) -> HTMLResponse:
     view = _study_view(request, study_id, charts=False)
-    with _store(request).read() as s:
-        observations = data.observations_page(s, study_id, before)
+    observations = data.observations_page(_store(request), study_id, before)
     family = get_family(view["study"]["family"])
     return render(
         request,
@@ -390,25 +374,19 @@ def study_data(request: Request, study_id: PageId, who: Admin) -> Response:
 
 def observations_csv(request: Request, study_id: PageId, who: Admin) -> StreamingResponse:
     store = _store(request)
-    with store.read() as s:
-        if s.get(Study, study_id) is None:
-            raise HTTPException(404, f"no study {study_id}")
-
-    def rows() -> Iterator[dict]:
-        with store.read() as s:
-            yield from data.iter_observations(s, study_id)
-
-    return csv_response(f"study-{study_id}-observations", OBSERVATION_COLUMNS, rows())
+    if study_store.get_study(store, study_id) is None:
+        raise HTTPException(404, f"no study {study_id}")
+    return csv_response(f"study-{study_id}-observations", OBSERVATION_COLUMNS, data.iter_observations(store, study_id))
 
 
 OBSERVATION_COLUMNS = [
     "id",
     "task_id",
-    "context",
+    "params",
     "arm_adam",
     "arm_lbfgs",
     "reward",
-    "reward_phase0",
+    "reward_adam",
     "rel_l2",
     "status",
     "created_at",
@@ -434,8 +412,7 @@ FORM_DEFAULTS = {
 
 
 def _campaigns_view(request: Request, who, before: int | None, form: dict, errors: dict, status: int = 200):
-    with _store(request).read() as s:
-        page = data.campaign_page(s, before)
+    page = data.campaign_page(_store(request), before)
     return render(
         request,
         "campaigns.html",
@@ -445,7 +422,7 @@ def _campaigns_view(request: Request, who, before: int | None, form: dict, error
         form=form,
         errors=errors,
         families=list(FAMILIES),
-        heuristics=[h for h in HEURISTICS if not h.startswith("fixed")] + ["single-domain"],
+        heuristics=[name for name in POLICIES if name != FixedArm.name],
     )
 
 
@@ -510,11 +487,11 @@ async def start_campaign(request: Request, who: Admin) -> Response:
 
 
 def _campaign_view(request: Request, campaign_id: int, charts: bool) -> dict:
-    with _store(request).read() as s:
-        state = data.campaign_state(s, campaign_id)
-        if state is None:
-            raise HTTPException(404, f"no campaign {campaign_id}")
-        state["studies"] = data.studies(s, campaign_id)
+    store = _store(request)
+    state = data.campaign_state(store, campaign_id)
+    if state is None:
+        raise HTTPException(404, f"no campaign {campaign_id}")
+    state["studies"] = data.studies(store, campaign_id)
     return {"campaign": state, "charts": _campaign_charts(request, state) if charts else None}
 
 
@@ -528,24 +505,20 @@ def campaign_data(request: Request, campaign_id: PageId, who: Admin) -> Response
 
 
 def rounds_csv(request: Request, campaign_id: PageId, who: Admin) -> StreamingResponse:
-    from dataclasses import asdict
-
     from workers import campaigns
 
-    if campaigns.get(_store(request), campaign_id) is None:
+    if campaign_store.get(_store(request), campaign_id) is None:
         raise HTTPException(404, f"no campaign {campaign_id}")
-    rows = (asdict(r) for r in campaigns.rows(_store(request), campaign_id))
+    rows = (r.record() for r in campaigns.rows(_store(request), campaign_id))
     columns = ["heuristic", "stage", "round", "context", "arm", "arm_lbfgs", "rel_l2", "reward", "status", "seconds"]
     return csv_response(f"campaign-{campaign_id}-rounds", columns, rows)
 
 
 async def cancel_campaign(request: Request, campaign_id: PageId, who: Admin) -> Response:
-    from workers import campaigns
-
     form = await request.form()
     if not csrf_ok(request, form.get("csrf")):
         raise HTTPException(403, "CSRF token missing or wrong")
-    await run_in_threadpool(campaigns.cancel, _store(request), campaign_id)
+    await run_in_threadpool(campaign_store.cancel, _store(request), campaign_id)
     return RedirectResponse(f"{request.scope.get('root_path', '')}/campaigns/{campaign_id}", status_code=303)
 
 

@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from api.auth import Admin
 from api.schemas import CampaignBody, CampaignOut, Id, Problem, StudyOut, WorkerOut
-from metalic.bandit.campaign import CampaignConfig, summarise
+from metalic.campaign import CampaignConfig, summarise
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
-from metalic.store.models import Campaign, Study, Worker, utc_now
-from metalic.store.studies import latest_snapshots, observation_counts
+from metalic.store import campaigns as campaign_store
+from metalic.store import studies as study_store
+from metalic.store import workers as worker_store
+from metalic.store.records import CampaignRecord
+from metalic.store.studies import StudySummary
 from metalic.store.tasks import counts_by_state
-from metalic.store.workers import is_alive
 from workers import campaigns
 
 router = APIRouter(tags=["admin"], responses={401: {"model": Problem}, 403: {"model": Problem}})
 NOT_FOUND = {404: {"model": Problem}}
 
 
-def campaign_out(session, camp: Campaign, store=None) -> CampaignOut:
-    by_state = counts_by_state(session, camp.id)
-    summary = summarise(campaigns.rows(store, camp.id)) if store is not None and camp.state == "succeeded" else None
+def campaign_out(store, camp: CampaignRecord, with_summary: bool = False) -> CampaignOut:
+    by_state = counts_by_state(store, camp.id)
+    summary = summarise(campaigns.rows(store, camp.id)) if with_summary and camp.state == "succeeded" else None
     return CampaignOut(
         id=camp.id,
         name=camp.name,
@@ -67,12 +67,12 @@ def _campaign_error(exc: ValueError) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", *where), "msg": message, "type": kind}])
 
 
-def create_campaign(service, body: CampaignBody, owner: str) -> Campaign:
+def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
     """Validate a campaign body (RequestValidationError at the body's field) and queue it."""
     try:
         config = CampaignConfig(
             family=body.family,
-            heuristics=tuple(body.heuristics),
+            policies=tuple(body.heuristics),
             mode=body.mode,
             warmup=body.warmup,
             rounds=body.rounds,
@@ -92,7 +92,7 @@ def create_campaign(service, body: CampaignBody, owner: str) -> Campaign:
             raise ValueError("warmup: warm-up, online and test rounds together are at most 10000")
     except ValueError as exc:  # pydantic's ValidationError included
         raise _campaign_error(exc) from None
-    camp = campaigns.create(service.store, config, owner=owner)
+    camp = campaign_store.create(service.store, config, owner=owner)
     service.wake()
     return camp
 
@@ -102,83 +102,68 @@ def start_campaign(body: CampaignBody, who: Admin, request: Request) -> Campaign
     """Start a METALIC campaign; the dispatcher runs it step by step through the task queue."""
     service = request.app.state.service
     camp = create_campaign(service, body, who.name)
-    with service.store.read() as s:
-        return campaign_out(s, s.get(Campaign, camp.id))
+    return campaign_out(service.store, camp)
 
 
 @router.get("/campaigns", response_model=list[CampaignOut])
 def list_campaigns(_: Admin, request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[CampaignOut]:
-    with request.app.state.service.store.read() as s:
-        rows = s.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit)).all()
-        return [campaign_out(s, c) for c in rows]
+    store = request.app.state.service.store
+    return [campaign_out(store, c) for c in campaign_store.list_campaigns(store, limit)]
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=NOT_FOUND)
 def get_campaign(campaign_id: Id, _: Admin, request: Request) -> CampaignOut:
     """Progress (steps, tasks by state) and, once finished, each heuristic's accumulated error."""
     store = request.app.state.service.store
-    with store.read() as s:
-        camp = s.get(Campaign, campaign_id)
-        if camp is None:
-            raise HTTPException(404, f"no campaign {campaign_id}")
-        return campaign_out(s, camp, store)
+    camp = campaign_store.get(store, campaign_id)
+    if camp is None:
+        raise HTTPException(404, f"no campaign {campaign_id}")
+    return campaign_out(store, camp, with_summary=True)
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, responses=NOT_FOUND)
 def cancel_campaign(campaign_id: Id, _: Admin, request: Request) -> CampaignOut:
     store = request.app.state.service.store
-    if campaigns.get(store, campaign_id) is None:
+    if campaign_store.get(store, campaign_id) is None:
         raise HTTPException(404, f"no campaign {campaign_id}")
-    campaigns.cancel(store, campaign_id)
-    with store.read() as s:
-        return campaign_out(s, s.get(Campaign, campaign_id))
+    campaign_store.cancel(store, campaign_id)
+    return campaign_out(store, campaign_store.get(store, campaign_id))
 
 
-def _studies(session, where) -> list[StudyOut]:
-    rows = session.scalars(select(Study).where(*where).order_by(Study.id)).all()
-    ids = [st.id for st in rows]
-    counts = observation_counts(session, ids)
-    snaps = latest_snapshots(session, ids, with_engine=True)  # the answer carries the hyper-parameters
-    out = []
-    for st in rows:
-        snap = snaps.get(st.id)
-        out.append(
-            StudyOut(
-                id=st.id,
-                key=st.key,
-                family=st.family,
-                mode=st.mode,
-                policy=st.policy,
-                profile=st.profile,
-                campaign_id=st.campaign_id,
-                heuristic=st.heuristic,
-                observations=counts.get(st.id, 0),
-                snapshot_version=snap.version if snap else 0,
-                last_refit=snap.created_at if snap else None,
-                hyperparameters=snap.engine.get("hyperparameters") if snap else None,
-            )
-        )
-    return out
+def study_out(summary: StudySummary) -> StudyOut:
+    st, snap = summary.study, summary.snapshot
+    return StudyOut(
+        id=st.id,
+        key=st.key,
+        family=st.family,
+        mode=st.mode,
+        policy=st.policy,
+        profile=st.profile,
+        campaign_id=st.campaign_id,
+        heuristic=st.heuristic,
+        observations=summary.observations,
+        snapshot_version=snap.version if snap else 0,
+        last_refit=snap.created_at if snap else None,
+        hyperparameters=snap.engine.get("hyperparameters") if snap else None,
+    )
 
 
 @router.get("/studies", response_model=list[StudyOut])
 def list_studies(_: Admin, request: Request, family: str | None = None, campaigns_too: bool = False) -> list[StudyOut]:
     """Every service study (and campaign studies with ``campaigns_too``)."""
-    where = [] if campaigns_too else [Study.campaign_id.is_(None)]
-    if family is not None:
-        where.append(Study.family == family)
-    with request.app.state.service.store.read() as s:
-        return _studies(s, where)
+    found = study_store.list_studies(
+        request.app.state.service.store, family=family, campaigns_too=campaigns_too, with_engine=True
+    )
+    return [study_out(st) for st in found]
 
 
 @router.get("/studies/{study_id}", response_model=StudyOut, responses=NOT_FOUND)
 def get_study(study_id: Id, _: Admin, request: Request) -> StudyOut:
     """Observation count, snapshot version, GP hyper-parameters and the last refit's time."""
-    with request.app.state.service.store.read() as s:
-        found = _studies(s, [Study.id == study_id])
+    found = study_store.list_studies(request.app.state.service.store, study_id=study_id, with_engine=True)
     if not found:
         raise HTTPException(404, f"no study {study_id}")
-    return found[0]
+    return study_out(found[0])
 
 
 @router.get("/workers", response_model=list[WorkerOut])
@@ -186,12 +171,7 @@ def list_workers(_: Admin, request: Request, stopped: bool = False) -> list[Work
     """Trainers and dispatchers with their heartbeats (``alive`` false: stale or stopped)."""
     service = request.app.state.service
     stale = 3 * service.settings.heartbeat_seconds + 5
-    with service.store.read() as s:
-        now = s.execute(select(utc_now())).scalar_one()
-        q = select(Worker).order_by(Worker.kind, Worker.started_at)
-        if not stopped:
-            q = q.where(Worker.state != "stopped", Worker.last_seen >= now - timedelta(hours=1))
-        rows = s.scalars(q).all()
+    now, rows = worker_store.list_workers(service.store, stopped, limit=10_000)
     return [
         WorkerOut(
             id=w.id,
@@ -203,7 +183,7 @@ def list_workers(_: Admin, request: Request, stopped: bool = False) -> list[Work
             current_batch=w.current_batch,
             started_at=w.started_at,
             last_seen=w.last_seen,
-            alive=is_alive(w, now, stale),
+            alive=worker_store.is_alive(w, now, stale),
         )
         for w in rows
     ]

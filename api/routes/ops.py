@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
+import migrations
 from api import metrics
 
 router = APIRouter(tags=["operations"])
@@ -22,9 +22,8 @@ def readyz(request: Request) -> JSONResponse:
     service = request.app.state.service
     checks: dict[str, str] = {}
     try:
-        with service.store.read() as s:
-            s.execute(text("SELECT 1"))
-        service.store.check_schema()
+        service.store.ping()
+        migrations.check(service.store)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"

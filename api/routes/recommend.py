@@ -14,14 +14,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import func, select
 
 from api.auth import User
 from api.routes.families import family_or_404
 from api.schemas import MAX_ID, ArmOut, Mode, Problem, RecommendationOut
-from metalic.bandit.engine import R0_SCALE, BanditEngine, Recommendation
-from metalic.store.models import Observation, Study
-from metalic.store.studies import bits, latest_version
+from metalic.bandit.engine import R_ADAM_SCALE, BanditEngine, Recommendation
+from metalic.store import studies as study_store
+from metalic.store.records import StudyRecord
 
 router = APIRouter(tags=["recommendations"], responses={401: {"model": Problem}})
 
@@ -29,7 +28,7 @@ router = APIRouter(tags=["recommendations"], responses={401: {"model": Problem}}
 def _arm(r: Recommendation) -> ArmOut:
     return ArmOut(
         terms=r.terms,
-        bits=bits(r.arm),
+        bits=r.arm.bits,
         predicted_error=r.predicted_error,
         error_interval=r.error_interval,
         reward_mean=r.reward_mean,
@@ -37,25 +36,17 @@ def _arm(r: Recommendation) -> ArmOut:
     )
 
 
-def pick_study(session, family: str, mode: str, study_id: int | None) -> Study:
+def pick_study(store, family: str, mode: str, study_id: int | None) -> StudyRecord:
     """The study asked for, else the service study of (family, mode) with the most observations."""
     if study_id is not None:
-        study = session.get(Study, study_id)
+        study = study_store.get_study(store, study_id)
         if study is None or study.family != family or study.mode != mode:
             raise HTTPException(404, f"no {mode} study {study_id} of {family}")
         return study
-    counts = (
-        select(Study, func.count(Observation.id).label("n"))
-        .outerjoin(Observation, Observation.study_id == Study.id)
-        .where(Study.family == family, Study.mode == mode, Study.campaign_id.is_(None))
-        .group_by(Study.id)
-        .order_by(func.count(Observation.id).desc(), Study.id)
-        .limit(1)
-    )
-    row = session.execute(counts).first()
-    if row is None:
+    study = study_store.pick_study(store, family, mode)
+    if study is None:
         raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: nothing has been solved")
-    return row[0]
+    return study
 
 
 @dataclass(frozen=True)
@@ -63,20 +54,19 @@ class Policy:
     """The engine a (family, mode, study) question is answered with, and when that was checked."""
 
     checked: float
-    study: Study
+    study: StudyRecord
     version: int
     engine: BanditEngine
 
 
 def latest_policy(service, family: str, mode: str, study_id: int | None) -> Policy:
     """The chosen study's latest snapshot, its engine restored once per version (thread pool)."""
-    with service.store.read() as s:
-        chosen = service.studies.get((family, mode, study_id), lambda: pick_study(s, family, mode, study_id))
-        version = latest_version(s, chosen.id)
-        if version == 0:
-            raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: its first refit is pending")
-        with service.engine_lock:
-            _, engine = service.engines.get(s, chosen, version)
+    store = service.store
+    chosen = service.studies.get((family, mode, study_id), lambda: pick_study(store, family, mode, study_id))
+    version = study_store.latest_version(store, chosen.id)
+    if version == 0:
+        raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: its first refit is pending")
+    _, engine = service.engines.get(chosen.id, version)
     return Policy(time.monotonic(), chosen, version, engine)
 
 
@@ -130,8 +120,8 @@ async def recommendation(
     if mode == "sequential":
         r0 = reward_phase0
         if r0 is None:  # the median Adam-phase reward seen so far
-            r0 = statistics.median(float(x[0]) * R0_SCALE for x in engine.phase1.x)
-        arms_lbfgs = [_arm(r) for r in engine.recommend(context, top=top, reward_phase0=r0)]
+            r0 = statistics.median(float(x[0]) * R_ADAM_SCALE for x in engine.lbfgs.x)
+        arms_lbfgs = [_arm(r) for r in engine.recommend(context, top=top, reward_adam=r0)]
     out = RecommendationOut(
         family=fam.name,
         mode=mode,

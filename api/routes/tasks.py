@@ -13,7 +13,6 @@ import numpy as np
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from api.auth import Principal, User
 from api.routes.families import family_or_404
@@ -30,45 +29,49 @@ from api.schemas import (
     TaskOut,
     TaskPage,
 )
-from metalic.conditions import arm_label
 from metalic.families import get_family
-from metalic.jobs import SolveRequest, read_solution
+from metalic.jobs import SolveRequest, SolveResult, read_solution
 from metalic.pinn.artefact import TrainedModel
 from metalic.plotting import plot_solution_npz
 from metalic.store import tasks as task_store
-from metalic.store.models import TASK_STATES, Artefact, Task
-from metalic.store.studies import arm_of_bits
+from metalic.store.models import TASK_STATES
+from metalic.store.records import ArtefactRecord, TaskRecord
 
 router = APIRouter(tags=["tasks"], responses={401: {"model": Problem}})
 NOT_FOUND = {404: {"model": Problem, "description": "no such task (or not yours)"}}
 NPZ = "application/x-npz"
 
 
-def _terms(bits: str | None) -> str | None:
-    return None if bits is None else arm_label(arm_of_bits(bits))
+def _label(arm) -> str | None:
+    return None if arm is None else arm.label
 
 
-def task_out(task: Task) -> TaskOut:
+def result_out(summary: dict) -> ResultOut:
+    """A task's result as the API answers it (``reward_phase0`` / ``rel_l2_phase0``: after Adam)."""
+    r = SolveResult.from_summary(summary)
+    o = r.outcome
+    return ResultOut(
+        status=r.status,
+        rel_l2=r.rel_l2,
+        max_abs=r.max_abs,
+        reward=r.reward,
+        reward_phase0=r.reward_adam,
+        rel_l2_phase0=r.rel_l2_adam,
+        adam_iterations=o["adam_iterations"],
+        lbfgs_iterations=o["lbfgs_iterations"],
+        lbfgs_stop=o["lbfgs_stop"],
+        loss=o["loss"],
+        seconds=r.seconds,
+        batch_size=r.batch_size,
+        device=r.device,
+    )
+
+
+def task_out(task: TaskRecord) -> TaskOut:
     req = task.request
-    result = None
-    if task.result is not None:
-        r, o = task.result, task.result["outcome"]
-        result = ResultOut(
-            status=r["status"],
-            rel_l2=r["rel_l2"],
-            max_abs=r["max_abs"],
-            reward=r["reward"],
-            reward_phase0=r["reward_phase0"],
-            rel_l2_phase0=r["rel_l2_phase0"],
-            adam_iterations=o["adam_iterations"],
-            lbfgs_iterations=o["lbfgs_iterations"],
-            lbfgs_stop=o["lbfgs_stop"],
-            loss=o["loss"],
-            seconds=r["seconds"],
-            batch_size=r["batch_size"],
-            device=r["device"],
-        )
+    result = None if task.result is None else result_out(task.result)
     base = f"/v1/tasks/{task.id}"
+    arm_lbfgs = task.arm_lbfgs if task.arm_lbfgs is not None else task.arm_adam if req["mode"] == "single" else None
     return TaskOut(
         id=task.id,
         state=task.state,
@@ -77,10 +80,8 @@ def task_out(task: Task) -> TaskOut:
         mode=req["mode"],
         arm_requested=req["arm"],
         arm_lbfgs_requested=req.get("arm_lbfgs"),
-        arm_adam=_terms(task.arm_adam),
-        arm_lbfgs=_terms(task.arm_lbfgs)
-        if task.arm_lbfgs
-        else (_terms(task.arm_adam) if req["mode"] == "single" else None),
+        arm_adam=_label(task.arm_adam),
+        arm_lbfgs=_label(arm_lbfgs),
         arm_policy=task.arm_policy,
         owner=task.owner,
         campaign_id=task.campaign_id,
@@ -155,9 +156,8 @@ async def solve(
     return task_out(task)
 
 
-def _task(request: Request, task_id: Id, who: Principal) -> Task:
-    with request.app.state.service.store.read() as s:
-        task = task_store.get_task(s, task_id, who.owner_filter())
+def _task(request: Request, task_id: Id, who: Principal) -> TaskRecord:
+    task = task_store.get_task(request.app.state.service.store, task_id, who.owner_filter())
     if task is None:
         raise HTTPException(404, f"no task {task_id}")
     return task
@@ -182,15 +182,7 @@ def list_tasks(
         raise RequestValidationError(
             [{"loc": ("query", "state"), "msg": f"must be one of {', '.join(TASK_STATES)}", "type": "value_error"}]
         )
-    q = select(Task).order_by(Task.id.desc()).limit(limit + 1)
-    if who.owner_filter() is not None:
-        q = q.where(Task.owner == who.owner_filter())
-    if state is not None:
-        q = q.where(Task.state == state)
-    if before is not None:
-        q = q.where(Task.id < before)
-    with request.app.state.service.store.read() as s:
-        rows = s.scalars(q).all()
+    rows = task_store.list_tasks(request.app.state.service.store, who.owner_filter(), state, limit + 1, before)
     items = [task_out(t) for t in rows[:limit]]
     nxt = None
     if len(rows) > limit:
@@ -211,12 +203,11 @@ def cancel_task(task_id: Id, who: User, request: Request) -> TaskOut:
     return task_out(task_store.cancel(request.app.state.service.store, task_id, who.owner_filter()))
 
 
-def _artefact(request: Request, task_id: Id, who: Principal) -> tuple[Task, Artefact]:
+def _artefact(request: Request, task_id: Id, who: Principal) -> tuple[TaskRecord, ArtefactRecord]:
     task = _task(request, task_id, who)
     if task.state != "succeeded":
         raise HTTPException(409, f"task {task_id} is {task.state}: it has no solution")
-    with request.app.state.service.store.read() as s:
-        artefact = s.get(Artefact, task_id)
+    artefact = task_store.get_artefact(request.app.state.service.store, task_id)
     if artefact is None:
         raise HTTPException(404, f"task {task_id} kept no artefact")
     return task, artefact
@@ -284,14 +275,14 @@ def plot(task_id: Id, who: User, request: Request) -> Response:
     return Response(plot_png(request.app.state.service, task, artefact), media_type="image/png")
 
 
-def plot_png(service, task: Task, artefact: Artefact) -> bytes:
+def plot_png(service, task: TaskRecord, artefact: ArtefactRecord) -> bytes:
     """The solution figure of a succeeded task (PNG bytes), drawn once per task."""
 
     def draw() -> bytes:
         req = SolveRequest.model_validate(task.request, context={"trusted": True})
         family = get_family(req.family)
         r = task.result
-        title = f"{family.name} {req.params}  arm {_terms(task.arm_adam)}  rel L2 {r['rel_l2'] or float('nan'):.2e}"
+        title = f"{family.name} {req.params}  arm {_label(task.arm_adam)}  rel L2 {r['rel_l2'] or float('nan'):.2e}"
         buffer = io.BytesIO()
         plot_solution_npz(
             family, family.decomposition(req.subdomains), read_solution(artefact.solution), buffer, title, dpi=80

@@ -1,86 +1,77 @@
 """Single and sequential METALIC engines behind one ask/tell API.
 
-- ``suggest(context, q, pending)``: q arms for trainings at ``context`` (the whole training in
+- ``suggest(params, q, pending)``: q arms for trainings at ``params`` (the whole training in
   single mode, the Adam phase in sequential mode), aware of trainings still running.
-- ``report_phase0(context, arm0, reward0)`` (sequential): report the reward after the Adam phase
-  and get the L-BFGS arm, one explicit operation.
+- ``report_adam(params, arm_adam, reward_adam)`` (sequential): report the reward after the Adam
+  phase and get the L-BFGS arm, one explicit operation.
 - ``observe(...)``: record a finished training and refit the surrogate(s), warm-started.
-- ``recommend(context)``: arms ranked by posterior mean, with predicted error and a 95% interval.
+- ``recommend(params)``: arms ranked by posterior mean, with predicted error and a 95% interval.
 - ``snapshot()`` / ``BanditEngine.from_snapshot()``: observations, hyper-parameters, random state
   and version as JSON-ready data; a reloaded engine suggests exactly what the original would.
 
-Sequential targets follow the authors (reference §4): the phase-0 GP learns (r0 + gamma r1) / 2 at
-(context, arm0); the phase-1 GP learns r1 at (r0, context, arm1).
+Each engine has one GP per phase it chooses an arm for. ``adam``: the arm a training starts with
+(in single mode the arm of the whole training). ``lbfgs`` (sequential mode): the L-BFGS phase's
+arm, given the reward measured after the Adam phase. Sequential targets follow the authors
+(reference §4): the Adam GP learns (r_adam + gamma r) / 2 at (params, arm_adam); the L-BFGS GP
+learns r at (r_adam, params, arm_lbfgs).
 
 Arms: the 512 subsets of the nine interface terms and the single-network arm (``single-domain``:
 one network over the whole domain, no split), 513 in all. A training that starts as one network
-stays one, so in sequential mode the single-network arm is a phase-0 arm only: its L-BFGS phase
-is single-network too and teaches the phase-1 GP nothing.
+stays one, so in sequential mode the single-network arm is an Adam-phase arm only: its L-BFGS
+phase is single-network too and teaches the L-BFGS GP nothing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 import metalic
-from metalic.bandit.space import (
-    ALL_ARMS,
-    DTYPE,
-    TERM_ARMS,
-    ContextSpace,
-    arm_features,
-    arm_index,
-    arm_of,
-    check_arm,
-)
-from metalic.bandit.surrogate import RewardGP, conditioned_covariance, gp_ucb_beta, joint_draws
-from metalic.conditions import SINGLE_NETWORK, Arm, arm_label, is_single_network
+from metalic.arms import SINGLE, Arm, all_arms, split_arms
+from metalic.bandit.policies import Candidates, Policy, parse_policy, policy_from_json
+from metalic.bandit.space import ALL_FEATURES, DTYPE, SPLIT_FEATURES, ContextSpace, arm_features
+from metalic.bandit.surrogate import RewardGP
 from metalic.families import get_family
 
-SNAPSHOT_FORMAT = "metalic-policy/1"
-HEURISTICS = ("ucb", "ts", "mean", "random", "fixed:<terms>")
-R0_SCALE = 4.0  # phase-0 rewards enter the phase-1 GP divided by this (rewards span about [-2, 8])
-
-
-@dataclass(frozen=True)
-class Policy:
-    """``kind`` in ucb, ts, mean, random, fixed; ``arm`` for fixed; UCB weight constant or GP-UCB."""
-
-    kind: str
-    arm: Arm | None = None
-    ucb_schedule: str = "constant"  # "constant" (the authors: mean + c std) or "gp-ucb"
-    ucb_coef: float = 1.0
-
-    @staticmethod
-    def parse(text: str, ucb_schedule: str = "constant", ucb_coef: float = 1.0) -> Policy:
-        name = text.strip().lower()
-        if ucb_schedule not in ("constant", "gp-ucb"):
-            raise ValueError(f"ucb_schedule must be 'constant' or 'gp-ucb', got {ucb_schedule!r}")
-        if name.startswith("fixed:"):
-            return Policy("fixed", check_arm(name[len("fixed:") :], "heuristic fixed arm"))
-        if name not in ("ucb", "ts", "mean", "random"):
-            raise ValueError(f"heuristic: unknown heuristic {text!r} (one of {', '.join(HEURISTICS)})")
-        return Policy(name, None, ucb_schedule, ucb_coef)
-
-    @property
-    def label(self) -> str:
-        return f"fixed:{arm_label(self.arm)}" if self.kind == "fixed" else self.kind
+SNAPSHOT_FORMAT = "metalic-policy/2"
+READS_FORMATS = ("metalic-policy/1", SNAPSHOT_FORMAT)
+R_ADAM_SCALE = 4.0  # Adam-phase rewards enter the L-BFGS GP divided by this (rewards span about [-2, 8])
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One finished training. Sequential mode also has the L-BFGS arm and the phase-0 reward."""
+    """One finished training. Sequential mode also has the L-BFGS arm and the Adam-phase reward."""
 
-    context: dict[str, float]
+    params: dict[str, float]
     arm: Arm
     reward: float
     arm_lbfgs: Arm | None = None
-    reward_phase0: float | None = None
+    reward_adam: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "params": self.params,
+            "arm": self.arm.label,
+            "reward": self.reward,
+            "arm_lbfgs": None if self.arm_lbfgs is None else self.arm_lbfgs.label,
+            "reward_adam": self.reward_adam,
+        }
+
+    @staticmethod
+    def from_json(o: Mapping) -> Observation:
+        """Back from ``to_json`` (or an older snapshot's context / bits / reward_phase0)."""
+        arm_lbfgs = o.get("arm_lbfgs")
+        return Observation(
+            dict(o["params"] if "params" in o else o["context"]),
+            Arm.parse(o["arm"]),
+            o["reward"],
+            None if arm_lbfgs is None else Arm.parse(arm_lbfgs),
+            o["reward_adam"] if "reward_adam" in o else o.get("reward_phase0"),
+        )
 
 
 @dataclass(frozen=True)
@@ -141,206 +132,186 @@ class BanditEngine:
         self.family = get_family(family)
         self.space = ContextSpace(self.family)
         self.mode = mode
-        self.policy = policy if isinstance(policy, Policy) else Policy.parse(policy, ucb_schedule, ucb_coef)
+        self.policy = policy if isinstance(policy, Policy) else parse_policy(policy, ucb_schedule, ucb_coef)
+        if not self.policy.has_engine:
+            raise ValueError(f"policy: {self.policy.label} does not run on an engine")
         self.seed, self.kernel, self.gamma, self.max_exact = seed, kernel, gamma, max_exact
         self.generator = torch.Generator().manual_seed(seed)
         d = self.space.dim
-        self.phase0 = _Phase(RewardGP(d, kernel=kernel, max_exact=max_exact))
-        self.phase1 = _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact)) if mode == "sequential" else None
+        self.adam = _Phase(RewardGP(d, kernel=kernel, max_exact=max_exact))
+        self.lbfgs = _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact)) if mode == "sequential" else None
         self.observations: list[Observation] = []
         # Observations made before those held here (a restore from a window of the latest ones).
         self.n_before = 0
 
     # ---- encoding --------------------------------------------------------------------------------
-    def _rows(self, unit_context: Tensor, arms: Tensor, r0: float | None = None) -> Tensor:
-        """GP inputs for arms [m, 10] (``arm_features``) at one context: [m, (1 +) d + 10]."""
-        parts = [unit_context.expand(len(arms), -1), arms]
-        if r0 is not None:
-            parts.insert(0, torch.full((len(arms), 1), r0 / R0_SCALE, dtype=DTYPE))
+    def _rows(self, unit: Tensor, features: Tensor, reward_adam: float | None = None) -> Tensor:
+        """GP inputs for arms' ``features`` [m, F] at one point ``unit`` of the parameter cube:
+        [m, (1 +) d + F] (the L-BFGS GP also reads the Adam-phase reward)."""
+        parts = [unit.expand(len(features), -1), features]
+        if reward_adam is not None:
+            parts.insert(0, torch.full((len(features), 1), reward_adam / R_ADAM_SCALE, dtype=DTYPE))
         return torch.cat(parts, dim=1)
 
     # ---- asking ------------------------------------------------------------------------------------
     def suggest(
         self,
-        context: Mapping[str, float],
+        params: Mapping[str, float],
         q: int = 1,
         pending: Sequence[tuple[Mapping[str, float], Arm]] = (),
         policy: str | Policy | None = None,
     ) -> list[Arm]:
-        """q arms for new trainings at ``context``; ``pending`` = (context, arm) still training.
+        """q arms for new trainings at ``params``; ``pending`` = (params, arm) still training.
 
         ``policy`` overrides the engine's own for this call (e.g. ``"ts"`` or ``"mean"``).
         """
-        unit = self.space.encode(context)
-        pend = [(self.space.encode(c), check_arm(a, "pending arm")) for c, a in pending]
-        return self._select(self.phase0, unit, None, q, pend, self._policy(policy))
+        unit = self.space.encode(params)
+        pend = [(self.space.encode(c), Arm.parse(a, "pending arm"), None) for c, a in pending]
+        return self._pick(self.adam, unit, None, q, pend, self._policy(policy))
 
-    def report_phase0(
+    def report_adam(
         self,
-        context: Mapping[str, float],
-        arm0: Arm,
-        reward0: float,
+        params: Mapping[str, float],
+        arm_adam: Arm,
+        reward_adam: float,
         q: int = 1,
         pending: Sequence[tuple[Mapping[str, float], float, Arm]] = (),
         policy: str | Policy | None = None,
     ) -> list[Arm]:
-        """Sequential mode: the Adam phase of ``arm0`` gave ``reward0``; returns the L-BFGS arm(s).
-
-        ``pending`` = (context, reward0, arm1) of L-BFGS phases still running.
+        """Sequential mode: the Adam phase of ``arm_adam`` gave ``reward_adam``; returns the L-BFGS
+        arm(s). ``pending`` = (params, reward_adam, arm_lbfgs) of L-BFGS phases still running.
         """
-        if self.phase1 is None:
-            raise ValueError("mode: report_phase0 needs a sequential engine")
-        arm0 = check_arm(arm0, "arm0")
-        if not math.isfinite(reward0):
-            raise ValueError(f"reward0: must be finite, got {reward0}")
-        if is_single_network(arm0):  # one network stays one network
-            return [SINGLE_NETWORK] * q
-        unit = self.space.encode(context)
-        pend = [(self.space.encode(c), check_arm(a, "pending arm"), r) for c, r, a in pending]
-        return self._select(self.phase1, unit, reward0, q, pend, self._policy(policy))
+        if self.lbfgs is None:
+            raise ValueError("mode: report_adam needs a sequential engine")
+        arm_adam = Arm.parse(arm_adam, "arm_adam")
+        if not math.isfinite(reward_adam):
+            raise ValueError(f"reward_adam: must be finite, got {reward_adam}")
+        if arm_adam.single:  # one network stays one network
+            return [SINGLE] * q
+        unit = self.space.encode(params)
+        pend = [(self.space.encode(c), Arm.parse(a, "pending arm"), r) for c, r, a in pending]
+        return self._pick(self.lbfgs, unit, reward_adam, q, pend, self._policy(policy))
 
     def _policy(self, policy: str | Policy | None) -> Policy:
         if policy is None:
             return self.policy
         if isinstance(policy, Policy):
             return policy
-        return Policy.parse(policy, self.policy.ucb_schedule, self.policy.ucb_coef)
+        own = self.policy
+        return parse_policy(policy, getattr(own, "schedule", "constant"), getattr(own, "coef", 1.0))
 
-    def _select(self, phase: _Phase, unit: Tensor, r0: float | None, q: int, pending: list, pol: Policy) -> list[Arm]:
+    def _pick(
+        self, phase: _Phase, unit: Tensor, reward_adam: float | None, q: int, pending: list, policy: Policy
+    ) -> list[Arm]:
+        """``pending``: (unit params, arm, Adam-phase reward or None) of trainings still running."""
         if q < 1:
             raise ValueError(f"q: must be at least 1, got {q}")
-        arms = ALL_ARMS if phase is self.phase0 else TERM_ARMS  # phase 1 cannot merge subdomains
-        if pol.kind == "fixed":
-            if phase is not self.phase0 and is_single_network(pol.arm):
-                raise ValueError("policy: the single-network arm cannot start at the L-BFGS phase")
-            return [pol.arm] * q
-        if pol.kind == "random" or not phase.ready:
-            # Random arms (distinct within the call) until the surrogate has data.
-            order = torch.randperm(len(arms), generator=self.generator)[:q]
-            return [arm_of(int(i)) for i in order]
-        candidates = self._rows(unit, arms, r0)
-        if q == 1 and not pending and pol.kind in ("ucb", "mean"):
-            # Only marginal variances are needed: skip the 512 x 512 covariance.
-            mean, std = phase.gp.marginal(candidates)
-            coef = self._ucb_coef(phase, pol) if pol.kind == "ucb" else 0.0
-            return [arm_of(int(torch.argmax(mean + coef * std)))]
-        pend_rows = [self._rows(u, arm_features([a]), p[0] if len(p) else None)[0] for u, a, *p in pending]
-        x = torch.cat([candidates, torch.stack(pend_rows)]) if pend_rows else candidates
-        mean, cov = phase.gp.joint(x)
-        noise = phase.gp.noise_variance
-        n = len(arms)
-        taken = list(range(n, len(x)))  # pending rows
-        # The same arm already training at this very context would only repeat that training.
-        chosen: list[int] = [
-            arm_index(a)
-            for u, a, *p in pending
-            if torch.allclose(u, unit) and (r0 is None or (len(p) and abs(p[0] - r0) < 1e-12)) and arm_index(a) < n
-        ]
-        skip = len(chosen)
-        for _ in range(q):
-            cond = conditioned_covariance(cov, taken, noise)
-            if pol.kind == "ucb":
-                score = mean[:n] + self._ucb_coef(phase, pol) * cond.diagonal()[:n].clamp_min(0).sqrt()
-            elif pol.kind == "ts":
-                score = joint_draws(mean[:n], cond[:n, :n], 1, self.generator)[0]
-            else:  # mean
-                score = mean[:n].clone()
-            if chosen:
-                score[torch.tensor(chosen)] = -math.inf
-            best = int(torch.argmax(score))
-            chosen.append(best)
-            taken.append(best)
-        return [arm_of(i) for i in chosen[skip:]]
-
-    def _ucb_coef(self, phase: _Phase, pol: Policy) -> float:
-        return pol.ucb_coef if pol.ucb_schedule == "constant" else gp_ucb_beta(self.n_before + len(phase.y) + 1)
+        arms, features = (all_arms(), ALL_FEATURES) if phase is self.adam else (split_arms(), SPLIT_FEATURES)
+        # The same arm already training at this very point would only repeat that training.
+        repeated = [
+            a.index
+            for u, a, r in pending
+            if torch.allclose(u, unit) and (reward_adam is None or (r is not None and abs(r - reward_adam) < 1e-12))
+            and a.index < len(arms)
+        ]  # fmt: skip
+        candidates = Candidates(
+            arms=arms,
+            rows=self._rows(unit, features, reward_adam),
+            gp=phase.gp if phase.ready else None,
+            generator=self.generator,
+            t=self.n_before + len(phase.y) + 1,
+            pending_rows=[self._rows(u, arm_features([a]), r)[0] for u, a, r in pending],
+            repeated=repeated,
+        )
+        return policy.pick(candidates, q)
 
     # ---- telling -----------------------------------------------------------------------------------
     def observe(self, *observations: Observation, refit: bool = True) -> None:
         """Record finished trainings (all validated before any is recorded) and refit once."""
         checked = [self._check(o) for o in observations]
         for obs in checked:
-            unit = self.space.encode(obs.context)
-            arm = arm_features([obs.arm])
-            if self.phase1 is None:
-                self.phase0.x.append(self._rows(unit, arm)[0])
-                self.phase0.y.append(obs.reward)
+            unit = self.space.encode(obs.params)
+            features = arm_features([obs.arm])
+            if self.lbfgs is None:
+                self.adam.x.append(self._rows(unit, features)[0])
+                self.adam.y.append(obs.reward)
             else:
-                self.phase0.x.append(self._rows(unit, arm)[0])
-                self.phase0.y.append((obs.reward_phase0 + self.gamma * obs.reward) / 2)
-                if not is_single_network(obs.arm):
-                    self.phase1.x.append(self._rows(unit, arm_features([obs.arm_lbfgs]), obs.reward_phase0)[0])
-                    self.phase1.y.append(obs.reward)
+                self.adam.x.append(self._rows(unit, features)[0])
+                self.adam.y.append((obs.reward_adam + self.gamma * obs.reward) / 2)
+                if not obs.arm.single:
+                    self.lbfgs.x.append(self._rows(unit, arm_features([obs.arm_lbfgs]), obs.reward_adam)[0])
+                    self.lbfgs.y.append(obs.reward)
             self.observations.append(obs)
         self.refit(refit)
 
     def refit(self, refit: bool = True) -> None:
-        self.phase0.refit(refit)
-        if self.phase1 is not None:
-            self.phase1.refit(refit)
+        self.adam.refit(refit)
+        if self.lbfgs is not None:
+            self.lbfgs.refit(refit)
 
     def _check(self, obs: Observation) -> Observation:
-        context = self.family.validate_params(obs.context)
-        arm = check_arm(obs.arm, "arm")
+        params = self.family.validate_params(obs.params)
+        arm = Arm.parse(obs.arm, "arm")
         if not math.isfinite(obs.reward):
             raise ValueError(f"reward: must be finite (cap it first), got {obs.reward}")
-        if self.phase1 is None:
-            return Observation(context, arm, float(obs.reward))
-        if obs.arm_lbfgs is None or obs.reward_phase0 is None:
-            raise ValueError("arm_lbfgs: a sequential observation needs arm_lbfgs and reward_phase0")
-        if not math.isfinite(obs.reward_phase0):
-            raise ValueError(f"reward_phase0: must be finite, got {obs.reward_phase0}")
-        arm_lbfgs = check_arm(obs.arm_lbfgs, "arm_lbfgs")
-        if is_single_network(arm) != is_single_network(arm_lbfgs):
+        if self.lbfgs is None:
+            return Observation(params, arm, float(obs.reward))
+        if obs.arm_lbfgs is None or obs.reward_adam is None:
+            raise ValueError("arm_lbfgs: a sequential observation needs arm_lbfgs and reward_adam")
+        if not math.isfinite(obs.reward_adam):
+            raise ValueError(f"reward_adam: must be finite, got {obs.reward_adam}")
+        arm_lbfgs = Arm.parse(obs.arm_lbfgs, "arm_lbfgs")
+        if arm.single != arm_lbfgs.single:
             raise ValueError("arm_lbfgs: a training is single-network in both phases or in neither")
-        return Observation(context, arm, float(obs.reward), arm_lbfgs, float(obs.reward_phase0))
+        return Observation(params, arm, float(obs.reward), arm_lbfgs, float(obs.reward_adam))
 
     # ---- recommending ------------------------------------------------------------------------------
     def recommend(
-        self, context: Mapping[str, float], top: int = 5, reward_phase0: float | None = None
+        self, params: Mapping[str, float], top: int = 5, reward_adam: float | None = None
     ) -> list[Recommendation]:
-        """Arms ranked by posterior mean reward (exploitation). With ``reward_phase0`` in
+        """Arms ranked by posterior mean reward (exploitation). With ``reward_adam`` in
         sequential mode, the ranking is for the L-BFGS phase."""
-        unit = self.space.encode(context)
-        phase, r0 = self.phase0, None
-        if reward_phase0 is not None:
-            if self.phase1 is None:
-                raise ValueError("reward_phase0: only a sequential engine ranks L-BFGS arms")
-            phase, r0 = self.phase1, reward_phase0
+        unit = self.space.encode(params)
+        phase = self.adam
+        if reward_adam is not None:
+            if self.lbfgs is None:
+                raise ValueError("reward_adam: only a sequential engine ranks L-BFGS arms")
+            phase = self.lbfgs
         if not phase.ready:
             raise ValueError("recommend: the surrogate has fewer than two observations")
-        cont = unit if r0 is None else torch.cat([torch.tensor([r0 / R0_SCALE], dtype=DTYPE), unit])
-        order, mean, std = phase.gp.rank_arms(cont, ALL_ARMS if phase is self.phase0 else TERM_ARMS, top)
+        cont = unit
+        if reward_adam is not None:
+            cont = torch.cat([torch.tensor([reward_adam / R_ADAM_SCALE], dtype=DTYPE), unit])
+        features = ALL_FEATURES if phase is self.adam else SPLIT_FEATURES
+        order, mean, std = phase.gp.rank_arms(cont, features, top)
         out = []
         for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
-            arm = arm_of(i)
-            out.append(
-                Recommendation(
-                    arm, arm_label(arm), m, s, 10 ** (-m), (10 ** (-(m + 1.96 * s)), 10 ** (-(m - 1.96 * s)))
-                )
-            )
+            arm = all_arms()[i]
+            interval = (10 ** (-(m + 1.96 * s)), 10 ** (-(m - 1.96 * s)))
+            out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval))
         return out
 
     def landscape(self, contexts: Sequence[Mapping[str, float]], top: int = 5) -> Landscape:
-        """The learned policy over G contexts (a slice of the parameter box): the recommended arm
-        at each, and mean / std of the posterior reward of the ``top`` arms that matter most there
-        (those recommended somewhere, most often first, then the best on average). Phase 0: the
-        whole training in single mode, the Adam phase in sequential mode."""
-        if not self.phase0.ready:
+        """The learned policy over G parameter points (a slice of the parameter box): the
+        recommended arm at each, and mean / std of the posterior reward of the ``top`` arms that
+        matter most there (those recommended somewhere, most often first, then the best on
+        average). The Adam GP: the whole training in single mode, the Adam phase in sequential mode."""
+        if not self.adam.ready:
             raise ValueError("landscape: the surrogate has fewer than two observations")
         units = torch.stack([self.space.encode(c) for c in contexts])
-        gp = self.phase0.gp
-        surface = gp.surface(units, ALL_ARMS)  # [G, 512]
+        gp = self.adam.gp
+        surface = gp.surface(units, ALL_FEATURES)  # [G, 513]
         best_mean, best = surface.max(dim=1)
-        wins = torch.bincount(best, minlength=len(ALL_ARMS))
+        wins = torch.bincount(best, minlength=len(ALL_FEATURES))
         by_mean = torch.argsort(surface.mean(dim=0), descending=True)
         order = by_mean[torch.argsort(wins[by_mean], descending=True, stable=True)][:top]  # wins, then mean
-        mean, std = gp.band(units, ALL_ARMS, order)
+        mean, std = gp.band(units, ALL_FEATURES, order)
+        arms = all_arms()
         return Landscape(
-            arms=[arm_label(arm_of(i)) for i in order.tolist()],
+            arms=[arms[i].label for i in order.tolist()],
             mean=mean,
             std=std,
-            best=[arm_label(arm_of(i)) for i in best.tolist()],
+            best=[arms[i].label for i in best.tolist()],
             best_mean=best_mean,
         )
 
@@ -358,21 +329,16 @@ class BanditEngine:
             "version": metalic.__version__,
             "family": self.family.name,
             "mode": self.mode,
-            "policy": {
-                "kind": self.policy.kind,
-                "arm": self.policy.arm,
-                "ucb_schedule": self.policy.ucb_schedule,
-                "ucb_coef": self.policy.ucb_coef,
-            },
+            "policy": self.policy.to_json(),
             "seed": self.seed,
             "kernel": self.kernel,
             "gamma": self.gamma,
             "max_exact": self.max_exact,
-            "observations": [asdict(o) for o in self.observations] if observations else None,
+            "observations": [o.to_json() for o in self.observations] if observations else None,
             "observation_count": self.n_observations,
             "hyperparameters": {
-                "phase0": self.phase0.gp.hyperparameters(),
-                "phase1": self.phase1.gp.hyperparameters() if self.phase1 is not None else {},
+                "adam": self.adam.gp.hyperparameters(),
+                "lbfgs": self.lbfgs.gp.hyperparameters() if self.lbfgs is not None else {},
             },
             "rng_state": self.generator.get_state().tolist(),
         }
@@ -383,36 +349,22 @@ class BanditEngine:
 
         ``observations``: given when the snapshot was taken without them; they may be only the most
         recent ``max_exact`` of ``snap["observation_count"]`` (all the GP ever conditions on).
+        Snapshots of the earlier format (``metalic-policy/1``) load too.
         """
-        if snap.get("format") != SNAPSHOT_FORMAT:
+        if snap.get("format") not in READS_FORMATS:
             raise ValueError("snapshot: not a metalic policy snapshot")
-        p = snap["policy"]
-        policy = Policy(p["kind"], tuple(p["arm"]) if p["arm"] is not None else None, p["ucb_schedule"], p["ucb_coef"])
+        policy = policy_from_json(snap["policy"])
         engine = cls(
-            snap["family"],
-            snap["mode"],
-            policy,
-            snap["seed"],
-            snap["kernel"],
-            snap["gamma"],
-            snap["max_exact"],
+            snap["family"], snap["mode"], policy, snap["seed"], snap["kernel"], snap["gamma"], snap["max_exact"]
         )
-        engine.phase0.gp.load_hyperparameters(snap["hyperparameters"]["phase0"])
-        if engine.phase1 is not None:
-            engine.phase1.gp.load_hyperparameters(snap["hyperparameters"]["phase1"])
+        hyper = snap["hyperparameters"]
+        engine.adam.gp.load_hyperparameters(hyper["adam"] if "adam" in hyper else hyper["phase0"])
+        if engine.lbfgs is not None:
+            engine.lbfgs.gp.load_hyperparameters(hyper["lbfgs"] if "lbfgs" in hyper else hyper["phase1"])
         if observations is None:
             if snap.get("observations") is None:
                 raise ValueError("snapshot: taken without observations; pass them to from_snapshot")
-            observations = [
-                Observation(
-                    o["context"],
-                    tuple(o["arm"]),
-                    o["reward"],
-                    tuple(o["arm_lbfgs"]) if o["arm_lbfgs"] is not None else None,
-                    o["reward_phase0"],
-                )
-                for o in snap["observations"]
-            ]
+            observations = [Observation.from_json(o) for o in snap["observations"]]
         total = int(snap.get("observation_count", len(observations)))
         if len(observations) > total:
             raise ValueError(f"snapshot: {len(observations)} observations given for a count of {total}")

@@ -1,45 +1,27 @@
-"""Encodings shared by the surrogates: contexts to the unit cube, arms to 0/1 bits."""
+"""Encodings shared by the surrogates: PDE parameters to the unit cube, arms to their GP features."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from metalic.conditions import N_TERMS, SINGLE_NETWORK, Arm, is_single_network, parse_arm
+from metalic.arms import N_FEATURES, Arm, all_arms, split_arms
 from metalic.families.base import Family
 
 DTYPE = torch.float64
-N_ARM_FEATURES = N_TERMS + 1  # the nine term bits and the single-network bit
-
-# The 2^9 = 512 term subsets, row i = the bits of i with bit 0 (term "u") first, and a tenth
-# column that is 0 for them: [512, 10]; ALL_ARMS adds the single-network arm as row 512: [513, 10].
-TERM_ARMS = torch.cat(
-    [
-        torch.tensor(list(itertools.product((0, 1), repeat=N_TERMS)), dtype=DTYPE).flip(-1),
-        torch.zeros(2**N_TERMS, 1, dtype=DTYPE),
-    ],
-    dim=1,
-)
-SINGLE_INDEX = 2**N_TERMS
-ALL_ARMS = torch.cat([TERM_ARMS, torch.tensor([SINGLE_NETWORK], dtype=DTYPE)])
-
-
-def arm_index(arm: Arm) -> int:
-    """Row of ``arm`` in ALL_ARMS."""
-    if is_single_network(arm):
-        return SINGLE_INDEX
-    return sum(int(b) << i for i, b in enumerate(arm[:N_TERMS]))
-
-
-def arm_of(index: int) -> Arm:
-    return SINGLE_NETWORK if index == SINGLE_INDEX else tuple(int(b) for b in ALL_ARMS[index, :N_TERMS].tolist())
+N_ARM_FEATURES = N_FEATURES  # the nine term bits and the single-network bit
 
 
 def arm_features(arms: Sequence[Arm]) -> torch.Tensor:
-    """The GP's arm inputs: [m, 10] (nine term bits, then the single-network bit)."""
-    return ALL_ARMS[[arm_index(a) for a in arms]]
+    """The GP's arm inputs [m, N_ARM_FEATURES] (``Arm.features``)."""
+    return torch.tensor([a.features() for a in arms], dtype=DTYPE).reshape(len(arms), N_ARM_FEATURES)
+
+
+# Every arm's inputs, row i = ``all_arms()[i]`` (the 512 term subsets, then the single network):
+# [513, 10]; SPLIT_FEATURES: the 512 term subsets [512, 10].
+ALL_FEATURES = arm_features(all_arms())
+SPLIT_FEATURES = arm_features(split_arms())
 
 
 class ContextSpace:
@@ -67,11 +49,3 @@ class ContextSpace:
     def sample(self, n: int, generator: torch.Generator) -> list[dict[str, float]]:
         """n contexts uniform in the parameter box."""
         return [self.decode(u) for u in torch.rand(n, self.dim, generator=generator, dtype=DTYPE)]
-
-
-def check_arm(arm: Arm | Sequence[int] | str, field: str = "arm") -> Arm:
-    """parse_arm with the field's name in the error."""
-    try:
-        return parse_arm(arm)
-    except ValueError as exc:
-        raise ValueError(f"{field}: {exc}") from None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 
-from metalic.families import advection, burgers, heat, kdv, poisson, reaction
-from metalic.families.base import Family, Param, ReferenceGrid
+from metalic.families import advection, burgers, heat, kdv, poisson, reaction, references
+from metalic.families.base import Family, Param
+from metalic.families.references import ReferenceGrid
 
 FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in (poisson, heat, advection, reaction, burgers, kdv)}
 BUILTIN: tuple[str, ...] = tuple(FAMILIES)  # the six benchmark families (plugins come after)
@@ -29,6 +30,13 @@ def _load_plugins(spec: str) -> None:
         module = importlib.import_module(name)
         for family in getattr(module, "FAMILIES", None) or [module.FAMILY]:
             register(family)
+
+
+def _registered(family: Family) -> bool:
+    return FAMILIES.get(family.name) is family
+
+
+references.is_registered = _registered  # registered families' grids go to the disk cache
 
 
 def get_family(name: str) -> Family:

@@ -14,6 +14,7 @@ import numpy as np
 from torch import Tensor
 
 from metalic.domain import Box, Decomposition, slabs
+from metalic.families.references import CACHE, ReferenceGrid, params_key
 
 MultiIndex = tuple[int, int]
 
@@ -27,26 +28,6 @@ class Param:
     hi: float
     default: float
     description: str = ""
-
-
-@dataclass(frozen=True)
-class ReferenceGrid:
-    """Reference solution on a tensor grid: ``u[i, j] = u(axes[0][i], axes[1][j])``."""
-
-    axes: tuple[np.ndarray, np.ndarray]
-    u: np.ndarray
-
-    def points(self) -> np.ndarray:
-        """All grid points, flattened in ``u.ravel()`` order: [Nx * Ny, 2]."""
-        a, b = np.meshgrid(self.axes[0], self.axes[1], indexing="ij")
-        return np.stack([a.ravel(), b.ravel()], axis=-1)
-
-    def interpolate(self, points: np.ndarray) -> np.ndarray:
-        """Cubic interpolation at ``points`` [N, 2] -> [N]."""
-        from scipy.interpolate import RegularGridInterpolator  # 0.4 s to import: only when used
-
-        interp = RegularGridInterpolator(self.axes, self.u, method="cubic")
-        return interp(points)
 
 
 Residual = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Tensor], Tensor]
@@ -147,15 +128,11 @@ class Family:
 
     def reference_grid(self, params: Mapping[str, float]) -> ReferenceGrid:
         """Reference solution, kept in memory and on disk per (family, parameters) (``references``)."""
-        from metalic.families.references import STORE, params_key
-
-        return STORE.get(self, params_key(self.validate_params(params)))
+        return CACHE.get(self, params_key(self.validate_params(params)))
 
     def prefetch_references(self, params: Iterable[Mapping[str, float]]) -> None:
         """Start computing these parameters' reference grids in the background (returns at once)."""
-        from metalic.families.references import STORE, params_key
-
-        STORE.prefetch(self, [params_key(self.validate_params(p)) for p in params])
+        CACHE.prefetch(self, [params_key(self.validate_params(p)) for p in params])
 
 
 def closed_form_reference(

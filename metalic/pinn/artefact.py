@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import metalic
-from metalic.conditions import Arm, arm_label
+from metalic.arms import Arm
 from metalic.domain import Decomposition
 from metalic.pinn.evaluate import Metrics, predict_stitched
 from metalic.pinn.network import StackedMLP
@@ -61,6 +61,7 @@ class TrainedModel:
     def _payload(self) -> dict:
         payload = asdict(self)
         payload["format"] = FORMAT
+        payload["arm_adam"], payload["arm_lbfgs"] = self.arm_adam.label, self.arm_lbfgs.label
         payload["weights"] = self.weights.detach().cpu().double()
         return payload
 
@@ -100,15 +101,14 @@ class TrainedModel:
         if payload.pop("format", None) != FORMAT:
             raise ValueError(f"{name}: not a metalic model file")
         payload["layers"] = tuple(payload["layers"])
-        payload["arm_adam"] = tuple(payload["arm_adam"])
-        payload["arm_lbfgs"] = tuple(payload["arm_lbfgs"])
+        payload["arm_adam"] = Arm.parse(payload["arm_adam"])  # a label; 9 or 10 bits in older files
+        payload["arm_lbfgs"] = Arm.parse(payload["arm_lbfgs"])
         return cls(**payload)
 
     def summary(self) -> str:
         m = self.metrics
         return (
-            f"{self.family} {self.params} arms adam={arm_label(self.arm_adam)}"
-            f" lbfgs={arm_label(self.arm_lbfgs)}"
+            f"{self.family} {self.params} arms adam={self.arm_adam} lbfgs={self.arm_lbfgs}"
             f" rel_l2={m.get('rel_l2', math.nan):.3e}"
         )
 

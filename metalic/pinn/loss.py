@@ -1,9 +1,10 @@
-"""The multi-domain PINN loss for a batch of runs, with per-run arms as a runtime 0/1 tensor.
+"""The multi-domain PINN loss for a batch of runs, with per-run arms as a runtime weight tensor.
 
-loss_k = w_data * sum_s MSE_data + w_residual * sum_s MSE_residual + w_interface * sum_t arm_k[t] T_k[t]
+loss_k = w_data * sum_s MSE_data + w_residual * sum_s MSE_residual + w_interface * sum_t w_k[t] T_k[t]
 
-Derivatives are computed once per evaluation, in closed form (``jets``), and only those that
-the family's residual and the terms switched on anywhere in the batch need.
+where w_k = ``Arm.loss_weights`` of run k's arm. Derivatives are computed once per evaluation, in
+closed form (``jets``), and only those that the family's residual and the interface quantities
+asked for at construction need.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metalic.conditions import N_TERMS, needed_quantities, required_derivatives, side_quantities, term_values
+from metalic.conditions import N_TERMS, required_derivatives, side_quantities, term_values
 from metalic.families.base import Family, MultiIndex
 from metalic.pinn.jets import TanhJet
 from metalic.pinn.network import StackedMLP
@@ -31,17 +32,18 @@ class LossParts:
 
 
 class PinnLoss:
-    """Callable loss for one batch: ``loss(arms [K, 9]) -> LossParts``.
+    """Callable loss for one batch: ``loss(weights [K, 9]) -> LossParts``.
 
-    The union of ``arms`` given at construction fixes which derivatives are computed; calls may
-    pass any arms inside that union (e.g. the L-BFGS arms after the Adam arms).
+    ``quantities`` (``arms.needed_quantities`` of every arm the batch may train with) fixes which
+    derivatives are computed; calls may pass the weights of any arm whose terms need no more
+    (e.g. the L-BFGS arms after the Adam arms).
     """
 
-    def __init__(self, problem: BatchProblem, net: StackedMLP, config: PinnConfig, arms: Tensor):
+    def __init__(self, problem: BatchProblem, net: StackedMLP, config: PinnConfig, quantities: frozenset[str]):
         self.problem, self.net, self.config = problem, net, config
         fam: Family = problem.family
         self.family = fam
-        self.quantities = needed_quantities([tuple(int(b) for b in row) for row in arms.tolist()])
+        self.quantities = set(quantities)
         residual_idx = [fam.multi_index(n) for n in fam.residual_uses]
         self.main_jet = TanhJet(residual_idx)
         axes = sorted({int(a) for a in problem.iface_axis.flatten().tolist()})
@@ -63,7 +65,7 @@ class PinnLoss:
         return {k: v[:, :n_i] for k, v in out.items()}, {k: v[:, n_i:] for k, v in out.items()}
 
     # ---- the loss -----------------------------------------------------------------------------
-    def __call__(self, arms: Tensor) -> LossParts:
+    def __call__(self, weights: Tensor) -> LossParts:
         p, fam, cfg = self.problem, self.family, self.config
         k = p.n_runs
         nc = p.n_collocation
@@ -81,5 +83,5 @@ class PinnLoss:
             flat = {a: v.reshape(k, -1) for a, v in jet.items()}
             side_a, side_b = self._sides(flat)
             terms = term_values(side_a, side_b).sum(1)  # [K, I, 9] -> [K, 9]
-        total = cfg.w_data * data + cfg.w_residual * residual + cfg.w_interface * (terms * arms).sum(-1)
+        total = cfg.w_data * data + cfg.w_residual * residual + cfg.w_interface * (terms * weights).sum(-1)
         return LossParts(total=total, data=data, residual=residual, terms=terms)

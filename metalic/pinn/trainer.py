@@ -1,30 +1,36 @@
-"""Train a batch of multi-domain PINNs: Adam, then L-BFGS, each phase with its own arm per run.
+"""Train a batch of multi-domain PINNs: the Adam phase, then the L-BFGS phase, each with its own
+arm per run.
 
 Runs in a batch share the family, decomposition and network shape; each has its own parameters,
 seed and arms. Losses are summed over runs, which leaves every run's gradient (and so its Adam
 update) exactly what it would be alone; L-BFGS is batched per run (``lbfgs``). A run whose loss
 turns NaN or infinite is frozen and reported as ``diverged``; the others go on.
+
+``train_batch`` sets the batch up (``_setup``), runs ``_adam_phase``, asks the optional
+between-phases hook for the L-BFGS arms (``_choose_lbfgs_arms``), runs ``_lbfgs_phase`` and reads
+each run's outcome (``_outcomes``). What the phases share lives in ``_Batch`` (the loss and its
+weights) and ``_RunState`` (which runs still train, and why the others stopped).
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
-from metalic.conditions import TERM_NAMES, Arm, needed_quantities, parse_arm
+from metalic.arms import Arm, needed_quantities
+from metalic.conditions import TERM_NAMES
 from metalic.families.base import Family
+from metalic.pinn import compiled
 from metalic.pinn.adam import FlatAdam
 from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched, reward_of
 from metalic.pinn.heap import keep_freed_memory
-from metalic.pinn.lbfgs import CANCELLED, DIVERGED, batched_lbfgs
+from metalic.pinn.lbfgs import CANCELLED, DIVERGED, LbfgsResult, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
 from metalic.pinn.problem import BatchProblem, PinnConfig, build_problem
@@ -77,7 +83,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training: PDE parameters, the arm for each phase (L-BFGS defaults to the Adam arm), seed."""
+    """What the trainer needs of one run: PDE parameters, the arm of each phase (L-BFGS defaults to
+    the Adam arm), the seed of its points and initial weights."""
 
     params: Mapping[str, float]
     arm_adam: Arm
@@ -101,7 +108,7 @@ class RunOutcome:
     lbfgs_stop: str
     phase_losses: dict[str, float] = field(default_factory=dict)  # loss at the end of each phase
     diverged_at: str | None = None
-    phase0_rel_l2: float | None = None  # error after Adam, when measured (sequential bandit)
+    rel_l2_adam: float | None = None  # error after the Adam phase, when measured (sequential bandit)
 
 
 @dataclass
@@ -150,99 +157,9 @@ def current_metrics(family: Family, problem: BatchProblem, net: StackedMLP) -> l
 def _parts_of(parts: LossParts, j: int, arm: Arm) -> dict[str, float]:
     """Loss parts of run j; interface terms only for the bits switched on in ``arm`` (unweighted)."""
     out = {"total": parts.total[j].item(), "data": parts.data[j].item(), "residual": parts.residual[j].item()}
-    out.update({f"iface_{n}": parts.terms[j, i].item() for i, n in enumerate(TERM_NAMES) if arm[i]})
+    mask = arm.term_mask
+    out.update({f"iface_{n}": parts.terms[j, i].item() for i, n in enumerate(TERM_NAMES) if mask[i]})
     return out
-
-
-# Compiled losses kept per process (a worker's, a campaign's): one compile per batch shape and
-# derivative set, (shape key, quantities) -> (problem, network, loss, compiled call).
-_COMPILED: OrderedDict[tuple, tuple[BatchProblem, StackedMLP, PinnLoss, Callable]] = OrderedDict()
-COMPILED_KEEP = 4
-
-
-def _shape_key(problem: BatchProblem, net: StackedMLP, config: PinnConfig) -> tuple:
-    tensors = (problem.x_main, problem.g_data, problem.m_data, problem.x_iface, problem.side_a, problem.side_b)
-    return (
-        problem.family.name,
-        repr(config),
-        net.widths,
-        net.period,
-        net.harmonics,
-        str(net.theta.device),
-        net.theta.dtype,
-        tuple(tuple(t.shape) for t in (*tensors, problem.iface_points, problem.iface_axis, net.theta)),
-    )
-
-
-def compiled_loss(
-    problem: BatchProblem, net: StackedMLP, config: PinnConfig, arms: Tensor, held: list
-) -> tuple[StackedMLP, PinnLoss, Callable]:
-    """A compiled loss for this batch shape and the derivatives ``arms`` [R, 9] need, made once
-    per process and reused: the new training's points, data, parameters and initial weights are
-    copied into the tensors the compiled graph was traced on (same objects, same shapes: its
-    guards hold, nothing recompiles). A kept loss that computes more derivatives than needed is
-    reused too (a compile costs 10-40 s on a CPU; the extra derivatives cost less per step).
-    Returns (the network to train, the loss, its compiled call); the kept loss's key is appended
-    to ``held`` and stays reserved until the caller removes it from ``_IN_USE``."""
-    shape = _shape_key(problem, net, config)
-    needed = frozenset(needed_quantities([tuple(int(b) for b in row) for row in arms.tolist()]))
-    key = (shape, needed)
-    if key not in _COMPILED:
-        key = next((k for k in reversed(_COMPILED) if k[0] == shape and k[1] >= needed and k not in _IN_USE), key)
-    if key in _IN_USE:  # another training of this process holds it: one of its own, not kept
-        loss_fn = PinnLoss(problem, net, config, arms)
-        return net, loss_fn, compile_loss(loss_fn)
-    hit = _COMPILED.get(key)
-    if hit is None:
-        kept_problem = replace(problem, params=list(problem.params))
-        for name in _PROBLEM_TENSORS:
-            setattr(kept_problem, name, getattr(problem, name).clone())
-        kept_problem.param_tensors = {n: t.clone() for n, t in problem.param_tensors.items()}
-        kept_net = copy.deepcopy(net)
-        loss_fn = PinnLoss(kept_problem, kept_net, config, arms)
-        hit = (kept_problem, kept_net, loss_fn, compile_loss(loss_fn))
-        _COMPILED[key] = hit
-        while len(_COMPILED) > COMPILED_KEEP:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(key)
-    kept_problem, kept_net, loss_fn, call = hit
-    with torch.no_grad():
-        for name in _PROBLEM_TENSORS:
-            getattr(kept_problem, name).copy_(getattr(problem, name))
-        for n, t in problem.param_tensors.items():
-            kept_problem.param_tensors[n].copy_(t)
-        kept_problem.params = list(problem.params)
-        kept_net.theta.copy_(net.theta)
-        kept_net.center.copy_(net.center)
-        kept_net.scale.copy_(net.scale)
-    kept_net.theta.grad = None
-    _IN_USE.add(key)
-    held.append(key)
-    return kept_net, loss_fn, call
-
-
-_IN_USE: set[tuple] = set()  # keys of kept losses a training is using now
-
-# Dynamo keeps at most ``recompile_limit`` (8) graphs per code object and then runs that code
-# eager, and every compiled loss of a process is a graph of ``PinnLoss.__call__`` (one per batch
-# shape, derivative set and kept loss; an evicted loss's graph stays counted): a long-lived worker
-# that had seen 8 of them trained every later batch eager. Measured: K = 1..11 one after another,
-# graphs stopped at 8. The limit for this code is raised to ``LOSS_GRAPHS``.
-LOSS_GRAPHS = 64
-COMPILE_BACKEND = "inductor"
-
-
-def compile_loss(loss_fn: PinnLoss) -> Callable:
-    """``torch.compile`` of ``loss_fn.__call__``, with room for ``LOSS_GRAPHS`` graphs per process."""
-    import torch._dynamo
-
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, LOSS_GRAPHS)
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * LOSS_GRAPHS)
-    return torch.compile(loss_fn.__call__, backend=COMPILE_BACKEND)
-
-
-_PROBLEM_TENSORS = ("x_main", "g_data", "m_data", "x_iface", "side_a", "side_b", "iface_points", "iface_axis")
 
 
 def train_batch(
@@ -275,91 +192,129 @@ def train_batch(
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
     specs = [
-        RunSpec(s.params, parse_arm(s.arm_adam), None if s.arm_lbfgs is None else parse_arm(s.arm_lbfgs), s.seed)
+        RunSpec(s.params, Arm.parse(s.arm_adam), None if s.arm_lbfgs is None else Arm.parse(s.arm_lbfgs), s.seed)
         for s in specs
     ]
     start = time.perf_counter()
     keep_freed_memory()  # once per process: no page faults per step (pinn/heap.py)
     held: list = []  # kept compiled losses this training uses
     try:
-        return _train(
-            family,
-            specs,
-            pinn_config,
-            train_config,
-            dev,
-            dt,
-            progress,
-            progress_every,
-            between_phases,
-            should_stop,
-            start,
-            held,
-        )
+        batch, own_net = _setup(family, specs, pinn_config, train_config, dev, dt, held)
+        state = _RunState(len(specs), dev, should_stop)
+        _adam_phase(batch, state, train_config, progress, progress_every)
+        adam_metrics = None
+        if between_phases is not None and state.active.any():
+            adam_metrics = _measure_adam_phase(batch, state)
+            specs = _choose_lbfgs_arms(batch, specs, between_phases(adam_metrics), train_config)
+        with torch.no_grad():
+            after_adam = batch.loss_fn(batch.weights_adam).total
+        state.mark_bad(after_adam, "end of adam")
+        result = _lbfgs_phase(batch, state, train_config, progress, progress_every)
+        gc.unfreeze()
+        outcomes = _outcomes(batch, state, specs, result, after_adam, adam_metrics)
+        if batch.net is not own_net:
+            with torch.no_grad():
+                own_net.theta.copy_(batch.net.theta)
+        seconds = time.perf_counter() - start
+        return TrainedBatch(family, batch.problem, own_net, specs, pinn_config, train_config, outcomes, seconds)
     finally:
         # The loops freeze long-lived objects out of the collector; give them back whatever happened.
         gc.unfreeze()
-        _IN_USE.difference_update(held)
+        compiled.release(held)
 
 
-def _train(
-    family, specs, pinn_config, train_config, dev, dt, progress, progress_every, between_phases, should_stop, start,
-    held,
-) -> TrainedBatch:  # fmt: skip
+@dataclass
+class _Batch:
+    """The batch as its phases train it: the problem, the network being trained (a kept compiled
+    loss trains its own copy), the loss and its compiled or eager call, each run's term weights
+    per phase [K, 9]."""
+
+    family: Family
+    problem: BatchProblem
+    config: PinnConfig
+    net: StackedMLP
+    loss_fn: PinnLoss
+    loss_call: Callable[[Tensor], LossParts]
+    weights_adam: Tensor
+    weights_lbfgs: Tensor
+
+
+def _weights(arms: Sequence[Arm], like: Tensor) -> Tensor:
+    return torch.tensor([a.loss_weights for a in arms], device=like.device, dtype=like.dtype)
+
+
+def _setup(
+    family: Family, specs: list[RunSpec], pinn_config: PinnConfig, train_config: TrainConfig, dev, dt, held: list
+) -> tuple[_Batch, StackedMLP]:
+    """The batch's points, network and loss; returns it and the network the caller gets back."""
     problem = build_problem(family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt)
     boxes = problem.decomposition.bounding_boxes()
     layers, period = pinn_config.layers_for(family), family.network_period(pinn_config.side_data)
     net = StackedMLP(layers, len(specs), boxes, [s.seed for s in specs], dev, dt, period, family.harmonics)
-    arms_adam = torch.tensor([s.arms[0] for s in specs], device=dev, dtype=dt)
-    arms_lbfgs = torch.tensor([s.arms[1] for s in specs], device=dev, dtype=dt)
-    own_net = net  # what the caller gets back; a reused compiled loss trains its own copy
+    quantities = needed_quantities(a for s in specs for a in s.arms)
     if train_config.use_compile():
-        net, loss_fn, loss_call = compiled_loss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]), held)
+        trained, loss_fn, loss_call = compiled.lease(problem, net, pinn_config, quantities, held)
     else:
-        loss_fn = PinnLoss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]))
+        trained, loss_fn = net, PinnLoss(problem, net, pinn_config, quantities)
         loss_call = loss_fn.__call__
-    k = len(specs)
-    active = torch.ones(k, dtype=torch.bool, device=dev)
-    diverged_at: list[str | None] = [None] * k
-    cancelled = [False] * k
-    adam_done: list[int | None] = [None] * k  # set when a run is frozen early
+    weights_adam = _weights([s.arms[0] for s in specs], net.theta)
+    weights_lbfgs = _weights([s.arms[1] for s in specs], net.theta)
+    return _Batch(family, problem, pinn_config, trained, loss_fn, loss_call, weights_adam, weights_lbfgs), net
 
-    def mark_bad(loss: Tensor, where: str) -> None:
-        bad = active & (~torch.isfinite(loss) | (loss.abs() > BLOW_UP))
+
+class _RunState:
+    """Which runs still train (``active`` [K], a device tensor the host reads only at progress
+    points) and why the others stopped: diverged (where), cancelled, or the Adam iteration they
+    stopped at."""
+
+    def __init__(self, k: int, device: torch.device, should_stop: Callable[[], Collection[int]] | None):
+        self.k, self.device, self.should_stop = k, device, should_stop
+        self.active = torch.ones(k, dtype=torch.bool, device=device)
+        self.diverged_at: list[str | None] = [None] * k
+        self.cancelled = [False] * k
+        self.adam_done: list[int | None] = [None] * k  # set when a run is frozen early
+
+    def mark_bad(self, loss: Tensor, where: str) -> None:
+        """Freeze the live runs whose loss [K] is non-finite or blew up (a host read)."""
+        bad = self.active & (~torch.isfinite(loss) | (loss.abs() > BLOW_UP))
         for j in torch.nonzero(bad).flatten().tolist():
-            diverged_at[j] = where
-        active.logical_and_(~bad)
+            self.diverged_at[j] = where
+        self.active.logical_and_(~bad)
 
-    def stop_requested() -> Tensor | None:
+    def stop_requested(self) -> Tensor | None:
         """Mask [K] of live runs that ``should_stop`` names now (None when there are none)."""
-        if should_stop is None:
+        if self.should_stop is None:
             return None
-        names = [j for j in should_stop() if 0 <= j < k and not cancelled[j] and diverged_at[j] is None]
+        k = self.k
+        names = [j for j in self.should_stop() if 0 <= j < k and not self.cancelled[j] and self.diverged_at[j] is None]
         if not names:
             return None
         for j in names:
-            cancelled[j] = True
-        mask = torch.zeros(k, dtype=torch.bool, device=dev)
+            self.cancelled[j] = True
+        mask = torch.zeros(k, dtype=torch.bool, device=self.device)
         mask[names] = True
         return mask
 
-    # ---- phase 1: Adam ------------------------------------------------------------------------
-    # The loop never waits for the device: a run whose loss turns non-finite or blows up is marked
-    # on the device (``bad_at``) and frozen by masking (no gradient, no Adam moments, so its
-    # weights stay those that gave the bad loss); the host reads the marks at progress points.
-    theta = net.theta
-    opt = FlatAdam(theta, lr=train_config.adam_lr)
-    n_adam = train_config.adam_iters
-    bad_at = torch.zeros(k, dtype=torch.long, device=dev)  # the Adam iteration a run went bad at
-
-    def read_bad() -> None:
+    def read_adam_marks(self, bad_at: Tensor) -> None:
+        """Runs the Adam loop marked bad on the device (``bad_at``: the iteration, 0 = fine)."""
         for j, at in enumerate(bad_at.tolist()):
-            if at and diverged_at[j] is None:
-                diverged_at[j], adam_done[j] = f"adam iteration {at}", at - 1
+            if at and self.diverged_at[j] is None:
+                self.diverged_at[j], self.adam_done[j] = f"adam iteration {at}", at - 1
 
+
+def _adam_phase(
+    batch: _Batch, state: _RunState, config: TrainConfig, progress: Callable | None, progress_every: int
+) -> None:
+    """The Adam loop. It never waits for the device: a run whose loss turns non-finite or blows up
+    is marked on the device (``bad_at``) and frozen by masking (no gradient, no Adam moments, so its
+    weights stay those that gave the bad loss); the host reads the marks at progress points."""
+    theta, active = batch.net.theta, state.active
+    opt = FlatAdam(theta, lr=config.adam_lr)
+    n_adam = config.adam_iters
+    bad_at = torch.zeros(state.k, dtype=torch.long, device=state.device)  # the Adam iteration a run went bad at
     for it in range(1, n_adam + 1):
         theta.grad = None
-        parts = loss_call(arms_adam)
+        parts = batch.loss_call(batch.weights_adam)
         total = parts.total.detach()
         bad = active & (~torch.isfinite(total) | (total.abs() > BLOW_UP))
         bad_at = torch.where(bad, it, bad_at)
@@ -373,95 +328,112 @@ def _train(
             # collections stop rescanning it (they cost more than the step itself on CPU).
             gc.freeze()
         if it % progress_every == 0 or it == n_adam:
-            read_bad()
+            state.read_adam_marks(bad_at)
             if progress is not None:
                 progress(Progress("adam", it, n_adam, total.tolist()))
-            stop = stop_requested()
+            stop = state.stop_requested()
             if stop is not None:
                 for j in torch.nonzero(stop & active).flatten().tolist():
-                    adam_done[j] = it
+                    state.adam_done[j] = it
                 active.logical_and_(~stop)
         if it % 25 == 0 and not bool(active.any()):
             break
-    read_bad()
-    adam_done = [n_adam if done is None else done for done in adam_done]
-    phase0_metrics: list[Metrics] | None = None
-    if between_phases is not None and active.any():
-        phase0_metrics = current_metrics(family, problem, net)
-        capped = Metrics(math.nan, math.nan, reward_of(math.nan))  # a diverged run's, whatever it scores
-        phase0_metrics = [capped if diverged_at[j] else m for j, m in enumerate(phase0_metrics)]
-        chosen = [parse_arm(a) for a in between_phases(phase0_metrics)]
-        if len(chosen) != k:
-            raise ValueError(f"between_phases returned {len(chosen)} arms for {k} runs")
-        specs = [replace(s, arm_lbfgs=a) for s, a in zip(specs, chosen, strict=True)]
-        arms_lbfgs = torch.tensor(chosen, device=dev, dtype=dt)
-        if not set(loss_fn.quantities) >= needed_quantities(chosen):  # new terms: new derivatives
-            loss_fn = PinnLoss(problem, net, pinn_config, torch.cat([arms_adam, arms_lbfgs]))
-            loss_call = compile_loss(loss_fn) if train_config.use_compile() else loss_fn.__call__
+    state.read_adam_marks(bad_at)
+    state.adam_done = [n_adam if done is None else done for done in state.adam_done]
 
-    with torch.no_grad():
-        after_adam = loss_fn(arms_adam).total
-    mark_bad(after_adam, "end of adam")
 
-    # ---- phase 2: L-BFGS ----------------------------------------------------------------------
+def _measure_adam_phase(batch: _Batch, state: _RunState) -> list[Metrics]:
+    """Every run's error after the Adam phase (a diverged run's is the capped one, whatever it scores)."""
+    metrics = current_metrics(batch.family, batch.problem, batch.net)
+    capped = Metrics(math.nan, math.nan, reward_of(math.nan))
+    return [capped if state.diverged_at[j] else m for j, m in enumerate(metrics)]
+
+
+def _choose_lbfgs_arms(
+    batch: _Batch, specs: list[RunSpec], chosen: Sequence[Arm], config: TrainConfig
+) -> list[RunSpec]:
+    """The between-phases hook's L-BFGS arms into the specs and the batch's L-BFGS weights; a new
+    loss when they switch on terms whose derivatives the current one does not compute."""
+    chosen = [Arm.parse(a) for a in chosen]
+    if len(chosen) != len(specs):
+        raise ValueError(f"between_phases returned {len(chosen)} arms for {len(specs)} runs")
+    batch.weights_lbfgs = _weights(chosen, batch.weights_adam)
+    if not set(batch.loss_fn.quantities) >= needed_quantities(chosen):  # new terms: new derivatives
+        quantities = needed_quantities([*(s.arms[0] for s in specs), *chosen])
+        batch.loss_fn = PinnLoss(batch.problem, batch.net, batch.config, quantities)
+        batch.loss_call = compiled.compile_loss(batch.loss_fn) if config.use_compile() else batch.loss_fn.__call__
+    return [replace(s, arm_lbfgs=a) for s, a in zip(specs, chosen, strict=True)]
+
+
+def _lbfgs_phase(
+    batch: _Batch, state: _RunState, config: TrainConfig, progress: Callable | None, progress_every: int
+) -> LbfgsResult:
+    """The batched L-BFGS loop over the runs still active after the Adam phase."""
+    theta = batch.net.theta
+
     def closure(x: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             theta.grad = None  # the next backward makes a new tensor: this one may be kept
-            total = loss_call(arms_lbfgs).total
+            total = batch.loss_call(batch.weights_lbfgs).total
             torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0).sum().backward()
         loss = torch.where(total.detach().abs() > BLOW_UP, math.nan, total.detach())
         grad = torch.where(torch.isfinite(loss)[:, None], theta.grad, math.nan)  # no mask: no sync
         return loss, grad
 
-    n_lbfgs = train_config.lbfgs_iters
+    n_lbfgs = config.lbfgs_iters
 
-    def lbfgs_progress(it: int, loss: Tensor) -> Tensor | None:
+    def on_iteration(it: int, loss: Tensor) -> Tensor | None:
         if it == 2:
             gc.freeze()  # as in the Adam loop: the first closure call may have compiled
         if it % progress_every == 0 or it == n_lbfgs:
             if progress is not None:
                 progress(Progress("lbfgs", it, n_lbfgs, loss.tolist()))
-            return stop_requested()
+            return state.stop_requested()
         return None
 
     with torch.no_grad():
-        result = batched_lbfgs(
+        return batched_lbfgs(
             closure,
             theta.data,
-            n_lbfgs if active.any() else 0,
-            lr=train_config.lbfgs_lr,
-            history=train_config.lbfgs_history,
-            tolerance_grad=train_config.tolerance_grad,
-            tolerance_change=train_config.tolerance_change,
-            active=active,
-            callback=lbfgs_progress,
-            compile_steps=train_config.use_compile_lbfgs(dev),
+            n_lbfgs if state.active.any() else 0,
+            lr=config.lbfgs_lr,
+            history=config.lbfgs_history,
+            tolerance_grad=config.tolerance_grad,
+            tolerance_change=config.tolerance_change,
+            active=state.active,
+            callback=on_iteration,
+            compile_steps=config.use_compile_lbfgs(theta.device),
         )
 
-    gc.unfreeze()
+
+def _outcomes(
+    batch: _Batch,
+    state: _RunState,
+    specs: list[RunSpec],
+    result: LbfgsResult,
+    after_adam: Tensor,
+    adam_metrics: list[Metrics] | None,
+) -> list[RunOutcome]:
+    """What each run did, read once at the end of the training."""
     with torch.no_grad():
-        final = loss_fn(arms_lbfgs)
+        final = batch.loss_fn(batch.weights_lbfgs)
     outcomes = []
-    for j in range(k):
-        reason = CANCELLED if cancelled[j] else result.reasons[j]
-        if reason == DIVERGED and diverged_at[j] is None:
-            diverged_at[j] = f"lbfgs iteration {result.iterations[j] + 1}"
-        status = "cancelled" if cancelled[j] else "diverged" if diverged_at[j] is not None else "ok"
+    for j in range(state.k):
+        reason = CANCELLED if state.cancelled[j] else result.reasons[j]
+        if reason == DIVERGED and state.diverged_at[j] is None:
+            state.diverged_at[j] = f"lbfgs iteration {result.iterations[j] + 1}"
+        status = "cancelled" if state.cancelled[j] else "diverged" if state.diverged_at[j] is not None else "ok"
         outcomes.append(
             RunOutcome(
                 status=status,
                 loss=final.total[j].item(),
                 loss_parts=_parts_of(final, j, specs[j].arms[1]),
-                adam_iterations=adam_done[j],
+                adam_iterations=state.adam_done[j],
                 lbfgs_iterations=result.iterations[j],
                 lbfgs_stop=reason,
                 phase_losses={"adam": after_adam[j].item(), "lbfgs": final.total[j].item()},
-                phase0_rel_l2=None if phase0_metrics is None else phase0_metrics[j].rel_l2,
-                diverged_at=diverged_at[j],
+                rel_l2_adam=None if adam_metrics is None else adam_metrics[j].rel_l2,
+                diverged_at=state.diverged_at[j],
             )
         )
-    if net is not own_net:
-        with torch.no_grad():
-            own_net.theta.copy_(net.theta)
-    seconds = time.perf_counter() - start
-    return TrainedBatch(family, problem, own_net, specs, pinn_config, train_config, outcomes, seconds)
+    return outcomes

@@ -15,17 +15,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from metalic.store.models import utc_now
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-class SchemaError(RuntimeError):
-    """The database is not at the schema this code expects."""
 
 
 class Store:
@@ -66,6 +62,11 @@ class Store:
         with self._reader() as session, session.begin():
             yield session
 
+    def ping(self) -> None:
+        """One round trip to the database (raises when it cannot be reached)."""
+        with self.read() as s:
+            s.execute(text("SELECT 1"))
+
     def now(self) -> datetime:
         """The database clock (naive UTC)."""
         with self.read() as s:
@@ -74,47 +75,15 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # ---- schema ----------------------------------------------------------------------------------
-    def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-
+    # ---- schema (migrations live in ``migrations/``, which runs them on a Store) -------------------
     def is_empty(self) -> bool:
         with self.engine.connect() as conn:
             return not inspect(conn).get_table_names()
 
-    def upgrade(self, revision: str = "head") -> None:
-        """Apply the migrations up to ``revision``."""
-        from alembic import command
-
-        with self.engine.begin() as conn:
-            command.upgrade(alembic_config(conn), revision)
-
-    def downgrade(self, revision: str) -> None:
-        from alembic import command
-
-        with self.engine.begin() as conn:
-            command.downgrade(alembic_config(conn), revision)
-
-    def check_schema(self) -> None:
-        """SchemaError unless the database is at the newest migration."""
-        head = head_revision()
-        current = self.current_revision()
-        if current != head:
-            where = "an empty database" if current is None else f"revision {current}"
-            raise SchemaError(
-                f"the database ({_safe_url(self.url)}) is at {where}; this metalic needs {head}: "
-                "run `metalic db upgrade`"
-            )
-
-    def ensure_schema(self) -> None:
-        """Create the schema in an empty database (the embedded default's first start); refuse a
-        database at another revision (upgrading one is an explicit ``metalic db upgrade``)."""
-        if self.current_revision() is None and self.is_empty():
-            self.upgrade()
-        self.check_schema()
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -132,32 +101,6 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn) -> None:
         immediate = conn.get_execution_options().get("metalic_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def migrations_dir() -> Path:
-    import migrations
-
-    return Path(migrations.__file__).parent
-
-
-def alembic_config(connection=None):
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 _stores: dict[str, Store] = {}

@@ -1,7 +1,9 @@
 """The service's tables (SQLAlchemy 2 typed ORM). Migrations in ``migrations/`` must match them.
 
-Times are naive UTC from the database clock (``utc_now``). A finished observation is insert-only
-and unique per task; every state change of a task is a guarded update (see ``store.tasks``).
+Only ``metalic/store`` reads these rows; it hands the other rooms records (``store.records``).
+Times are naive UTC from the database clock (``utc_now``). An arm is one integer, its
+``Arm.index``. A finished observation is insert-only and unique per task; every state change of a
+task is a guarded update (see ``store.tasks``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime()}
 
 
-class Campaign(Base):
+class CampaignRow(Base):
     """A METALIC campaign run as tasks: ``step`` = steps submitted so far (of ``steps``)."""
 
     __tablename__ = "campaigns"
@@ -88,7 +90,7 @@ class Campaign(Base):
     finished_at: Mapped[datetime | None]
 
 
-class Study(Base):
+class StudyRow(Base):
     """One bandit: a family, a mode and a budget profile (or one heuristic of a campaign)."""
 
     __tablename__ = "studies"
@@ -105,7 +107,7 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now())
 
 
-class Batch(Base):
+class BatchRow(Base):
     """Tasks trained together in one ``train_batch`` on one worker."""
 
     __tablename__ = "batches"
@@ -123,7 +125,7 @@ class Batch(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
 
 
-class Task(Base):
+class TaskRow(Base):
     """One solve request and its life: queued -> running -> succeeded / failed / cancelled."""
 
     __tablename__ = "tasks"
@@ -148,8 +150,8 @@ class Task(Base):
     state: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # dispatches so far
     solo: Mapped[bool] = mapped_column(Boolean, default=False)  # next try alone (its batch failed)
-    arm_adam: Mapped[str | None] = mapped_column(String(10))  # bits, once decided (10th: single network)
-    arm_lbfgs: Mapped[str | None] = mapped_column(String(10))
+    arm_adam: Mapped[int | None] = mapped_column(Integer)  # Arm.index, once decided
+    arm_lbfgs: Mapped[int | None] = mapped_column(Integer)
     lbfgs_policy: Mapped[str | None] = mapped_column(String(16))  # sequential: chosen after Adam
     arm_policy: Mapped[str | None] = mapped_column(String(200))  # which policy chose the Adam arm
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -168,7 +170,7 @@ class Task(Base):
     reward: Mapped[float | None] = mapped_column(Float)
 
 
-class Observation(Base):
+class ObservationRow(Base):
     """A finished training as the bandit sees it. Insert-only; one per task."""
 
     __tablename__ = "observations"
@@ -177,17 +179,17 @@ class Observation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
-    context: Mapped[dict[str, Any]]
-    arm_adam: Mapped[str] = mapped_column(String(10))
-    arm_lbfgs: Mapped[str | None] = mapped_column(String(10))
+    params: Mapped[dict[str, Any]]
+    arm_adam: Mapped[int] = mapped_column(Integer)  # Arm.index
+    arm_lbfgs: Mapped[int | None] = mapped_column(Integer)
     reward: Mapped[float] = mapped_column(Float)
-    reward_phase0: Mapped[float | None] = mapped_column(Float)
+    reward_adam: Mapped[float | None] = mapped_column(Float)  # sequential: the reward after the Adam phase
     rel_l2: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utc_now())
 
 
-class PolicySnapshot(Base):
+class SnapshotRow(Base):
     """The study's engine after a refit: hyper-parameters, random state, the observations it saw."""
 
     __tablename__ = "policy_snapshots"
@@ -203,7 +205,7 @@ class PolicySnapshot(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now())
 
 
-class Artefact(Base):
+class ArtefactRow(Base):
     """A succeeded task's trained model (``metalic-model/1`` bytes) and solution grid (``.npz``)."""
 
     __tablename__ = "artefacts"
@@ -214,7 +216,7 @@ class Artefact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now())
 
 
-class Worker(Base):
+class WorkerRow(Base):
     """A trainer actor or a dispatcher, with its heartbeat."""
 
     __tablename__ = "workers"
@@ -230,7 +232,7 @@ class Worker(Base):
     last_seen: Mapped[datetime] = mapped_column(default=utc_now(), index=True)
 
 
-class ProgressPoint(Base):
+class ProgressRow(Base):
     """Loss during training, written at a bounded rate (the task page's live curve)."""
 
     __tablename__ = "progress_points"
@@ -245,7 +247,7 @@ class ProgressPoint(Base):
     at: Mapped[datetime] = mapped_column(default=utc_now())
 
 
-class Token(Base):
+class TokenRow(Base):
     """An API bearer token, stored as its SHA-256 (the token itself is shown once, at creation).
     ``name`` is the principal: tasks belong to it, whichever of its tokens submitted them."""
 

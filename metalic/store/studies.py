@@ -8,147 +8,216 @@ too (a campaign is small, and its learners also see the shared warm-up).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, load_only
 
-from metalic.bandit.engine import BanditEngine
-from metalic.bandit.engine import Observation as EngineObservation
-from metalic.conditions import Arm
+from metalic.arms import Arm
+from metalic.bandit.engine import BanditEngine, Observation
 from metalic.jobs import SolveRequest
-from metalic.store.models import Observation, PolicySnapshot, Study
-
-
-def bits(arm: Arm | None) -> str | None:
-    return None if arm is None else "".join(str(int(b)) for b in arm)
-
-
-def arm_of_bits(text: str | None) -> Arm | None:
-    return None if text is None else tuple(int(c) for c in text)
+from metalic.store.models import ObservationRow, SnapshotRow, StudyRow
+from metalic.store.records import SnapshotRecord, StudyRecord
 
 
 def study_key(family: str, mode: str, profile_key: str) -> str:
     return f"{family}/{mode}/{profile_key}"
 
 
-def get_or_create_study(
-    session: Session,
-    *,
-    key: str,
-    family: str,
-    mode: str,
-    profile_key: str,
-    profile: dict,
-    policy: str = "ucb",
-    campaign_id: int | None = None,
-    heuristic: str | None = None,
-) -> Study:
-    """The study called ``key``, created if new (safe against a concurrent creator)."""
-    found = session.scalar(select(Study).where(Study.key == key))
+def get_or_create_study(session: Session, *, key: str, **values) -> StudyRow:
+    """The study called ``key``, created with ``values`` if new (safe against a concurrent creator)."""
+    found = session.scalar(select(StudyRow).where(StudyRow.key == key))
     if found is not None:
         return found
-    values = {
-        "key": key,
-        "family": family,
-        "mode": mode,
-        "profile_key": profile_key,
-        "profile": profile,
-        "policy": policy,
-        "campaign_id": campaign_id,
-        "heuristic": heuristic,
-    }
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(Study).values(**values).on_conflict_do_nothing(index_elements=["key"]))
-    return session.scalar(select(Study).where(Study.key == key))
+    session.execute(insert(StudyRow).values(key=key, **values).on_conflict_do_nothing(index_elements=["key"]))
+    return session.scalar(select(StudyRow).where(StudyRow.key == key))
 
 
-def study_for_request(session: Session, request: SolveRequest, policy: str = "ucb") -> Study:
+def study_for_request(session: Session, request: SolveRequest, policy: str = "ucb") -> StudyRow:
     """The service study that learns from ``request``: its family, mode and budget profile."""
-    key = study_key(request.family, request.mode, request.profile_key())
     return get_or_create_study(
         session,
-        key=key,
+        key=study_key(request.family, request.mode, request.profile_key()),
         family=request.family,
         mode=request.mode,
         profile_key=request.profile_key(),
         profile=request.profile(),
         policy=policy,
+        campaign_id=None,
+        heuristic=None,
     )
 
 
-# ---- snapshots ------------------------------------------------------------------------------------
-def latest_snapshot(session: Session, study_id: int) -> PolicySnapshot | None:
-    return session.scalar(
-        select(PolicySnapshot)
-        .where(PolicySnapshot.study_id == study_id)
-        .order_by(PolicySnapshot.version.desc())
+# ---- reading studies ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudySummary:
+    """A study with its observation count and latest snapshot (None before the first refit)."""
+
+    study: StudyRecord
+    observations: int
+    snapshot: SnapshotRecord | None
+
+
+def get_study(store, study_id: int) -> StudyRecord | None:
+    with store.read() as s:
+        row = s.get(StudyRow, study_id)
+        return None if row is None else StudyRecord.of(row)
+
+
+def list_studies(
+    store,
+    *,
+    family: str | None = None,
+    campaign_id: int | None = None,
+    campaigns_too: bool = False,
+    study_id: int | None = None,
+    limit: int | None = None,
+    with_engine: bool = False,
+) -> list[StudySummary]:
+    """Service studies (every study with ``campaigns_too``; one campaign's with ``campaign_id``; one
+    study with ``study_id``) by id, each with its count and latest snapshot, in three queries.
+    ``with_engine``: the snapshots carry their engine JSON (hyper-parameters)."""
+    q = select(StudyRow).order_by(StudyRow.id)
+    if study_id is not None:
+        q = q.where(StudyRow.id == study_id)
+    elif campaign_id is not None:
+        q = q.where(StudyRow.campaign_id == campaign_id)
+    elif not campaigns_too:
+        q = q.where(StudyRow.campaign_id.is_(None))
+    if family is not None:
+        q = q.where(StudyRow.family == family)
+    if limit is not None:
+        q = q.limit(limit)
+    with store.read() as s:
+        rows = s.scalars(q).all()
+        ids = [st.id for st in rows]
+        counts, snaps = _observation_counts(s, ids), _latest_snapshots(s, ids, with_engine)
+        return [StudySummary(StudyRecord.of(st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
+
+
+def pick_study(store, family: str, mode: str) -> StudyRecord | None:
+    """The service study of (family, mode) with the most observations (None: nothing solved yet)."""
+    counts = (
+        select(StudyRow, func.count(ObservationRow.id).label("n"))
+        .outerjoin(ObservationRow, ObservationRow.study_id == StudyRow.id)
+        .where(StudyRow.family == family, StudyRow.mode == mode, StudyRow.campaign_id.is_(None))
+        .group_by(StudyRow.id)
+        .order_by(func.count(ObservationRow.id).desc(), StudyRow.id)
         .limit(1)
     )
+    with store.read() as s:
+        row = s.execute(counts).first()
+        return None if row is None else StudyRecord.of(row[0])
 
 
-def latest_version(session: Session, study_id: int) -> int:
+def latest_version(store, study_id: int) -> int:
     """0 when the study has no snapshot yet."""
-    v = session.scalar(select(func.max(PolicySnapshot.version)).where(PolicySnapshot.study_id == study_id))
+    with store.read() as s:
+        return _latest_version(s, study_id)
+
+
+def _latest_version(session: Session, study_id: int) -> int:
+    v = session.scalar(select(func.max(SnapshotRow.version)).where(SnapshotRow.study_id == study_id))
     return int(v or 0)
 
 
-def observation_counts(session: Session, study_ids: Sequence[int]) -> dict[int, int]:
+def _observation_counts(session: Session, study_ids: Sequence[int]) -> dict[int, int]:
     """Observations per study (one grouped count over the (study_id, id) index)."""
     if not study_ids:
         return {}
     rows = session.execute(
-        select(Observation.study_id, func.count())
-        .where(Observation.study_id.in_(study_ids))
-        .group_by(Observation.study_id)
+        select(ObservationRow.study_id, func.count())
+        .where(ObservationRow.study_id.in_(study_ids))
+        .group_by(ObservationRow.study_id)
     ).all()
     return {study: int(n) for study, n in rows}
 
 
-def latest_snapshots(
-    session: Session, study_ids: Sequence[int], with_engine: bool = False
-) -> dict[int, PolicySnapshot]:
+def _latest_snapshots(session: Session, study_ids: Sequence[int], with_engine: bool) -> dict[int, SnapshotRecord]:
     """Each study's latest snapshot, in one query; without ``with_engine`` the engine JSON (which
     a campaign study's snapshot fills with all its observations) is not read."""
     if not study_ids:
         return {}
     latest = (
-        select(PolicySnapshot.study_id, func.max(PolicySnapshot.version).label("v"))
-        .where(PolicySnapshot.study_id.in_(study_ids))
-        .group_by(PolicySnapshot.study_id)
+        select(SnapshotRow.study_id, func.max(SnapshotRow.version).label("v"))
+        .where(SnapshotRow.study_id.in_(study_ids))
+        .group_by(SnapshotRow.study_id)
         .subquery()
     )
-    q = select(PolicySnapshot).join(
-        latest, (latest.c.study_id == PolicySnapshot.study_id) & (latest.c.v == PolicySnapshot.version)
+    q = select(SnapshotRow).join(
+        latest, (latest.c.study_id == SnapshotRow.study_id) & (latest.c.v == SnapshotRow.version)
     )
     if not with_engine:
         q = q.options(
             load_only(
-                PolicySnapshot.study_id,
-                PolicySnapshot.version,
-                PolicySnapshot.observation_count,
-                PolicySnapshot.fit_seconds,
-                PolicySnapshot.created_at,
+                SnapshotRow.study_id,
+                SnapshotRow.version,
+                SnapshotRow.observation_count,
+                SnapshotRow.last_observation_id,
+                SnapshotRow.fit_seconds,
+                SnapshotRow.created_at,
             )
         )
-    return {snap.study_id: snap for snap in session.scalars(q).all()}
+    return {snap.study_id: SnapshotRecord.of(snap, with_engine) for snap in session.scalars(q).all()}
 
 
+def latest_snapshot(session: Session, study_id: int) -> SnapshotRow | None:
+    return session.scalar(
+        select(SnapshotRow).where(SnapshotRow.study_id == study_id).order_by(SnapshotRow.version.desc()).limit(1)
+    )
+
+
+def studies_behind(store) -> set[int]:
+    """Service studies with observations newer than their latest snapshot."""
+    with store.read() as s:
+        newest = dict(
+            s.execute(
+                select(ObservationRow.study_id, func.max(ObservationRow.id))
+                .join(StudyRow, StudyRow.id == ObservationRow.study_id)
+                .where(StudyRow.campaign_id.is_(None))
+                .group_by(ObservationRow.study_id)
+            ).all()
+        )
+        seen = dict(
+            s.execute(
+                select(SnapshotRow.study_id, func.max(SnapshotRow.last_observation_id)).group_by(SnapshotRow.study_id)
+            ).all()
+        )
+    return {sid for sid, last in newest.items() if (seen.get(sid) or 0) < last}
+
+
+def campaign_studies(store, study_ids: Sequence[int]) -> set[int]:
+    """Which of ``study_ids`` belong to a campaign (a campaign refits its own engines)."""
+    if not study_ids:
+        return set()
+    with store.read() as s:
+        return set(
+            s.scalars(
+                select(StudyRow.id).where(StudyRow.id.in_(list(study_ids)), StudyRow.campaign_id.is_not(None))
+            ).all()
+        )
+
+
+# ---- snapshots and engines ------------------------------------------------------------------------
 def add_snapshot(
     session: Session,
-    study: Study,
+    study: StudyRow,
     engine: BanditEngine,
     last_observation_id: int | None,
     fit_seconds: float,
     version: int | None = None,
-) -> PolicySnapshot:
+) -> SnapshotRow:
     """Write the engine as the study's next version (or ``version``); the unique (study, version)
     constraint refuses a second writer of the same version."""
-    version = latest_version(session, study.id) + 1 if version is None else version
-    snap = PolicySnapshot(
+    version = _latest_version(session, study.id) + 1 if version is None else version
+    snap = SnapshotRow(
         study_id=study.id,
         version=version,
         engine=engine.snapshot(observations=study.campaign_id is not None),
@@ -161,11 +230,11 @@ def add_snapshot(
     return snap
 
 
-def new_engine(study: Study) -> BanditEngine:
+def new_engine(study: StudyRow | StudyRecord) -> BanditEngine:
     return BanditEngine(study.family, study.mode, study.policy, seed=study.id)
 
 
-def engine_from_snapshot(session: Session, study: Study, snap: PolicySnapshot | None) -> BanditEngine:
+def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | None) -> BanditEngine:
     """The engine as of ``snap`` (a fresh one without a snapshot); no refit."""
     if snap is None:
         return new_engine(study)
@@ -173,61 +242,52 @@ def engine_from_snapshot(session: Session, study: Study, snap: PolicySnapshot | 
         return BanditEngine.from_snapshot(snap.engine)
     window = int(snap.engine.get("max_exact", 2000))
     rows = session.scalars(
-        select(Observation)
-        .where(Observation.study_id == study.id, Observation.id <= (snap.last_observation_id or 0))
-        .order_by(Observation.id.desc())
+        select(ObservationRow)
+        .where(ObservationRow.study_id == study.id, ObservationRow.id <= (snap.last_observation_id or 0))
+        .order_by(ObservationRow.id.desc())
         .limit(window)
     ).all()
     return BanditEngine.from_snapshot(snap.engine, [engine_observation(r) for r in reversed(rows)])
 
 
-def engine_observation(row: Observation) -> EngineObservation:
-    return EngineObservation(
-        dict(row.context), arm_of_bits(row.arm_adam), row.reward, arm_of_bits(row.arm_lbfgs), row.reward_phase0
-    )
-
-
-def observations_after(session: Session, study_id: int, after_id: int | None) -> Sequence[Observation]:
-    return session.scalars(
-        select(Observation)
-        .where(Observation.study_id == study_id, Observation.id > (after_id or 0))
-        .order_by(Observation.id)
-    ).all()
-
-
-def observation_count(session: Session, study_id: int) -> int:
-    return int(session.scalar(select(func.count()).select_from(Observation).where(Observation.study_id == study_id)))
+def engine_observation(row: ObservationRow) -> Observation:
+    arm_lbfgs = None if row.arm_lbfgs is None else Arm.from_index(row.arm_lbfgs)
+    return Observation(dict(row.params), Arm.from_index(row.arm_adam), row.reward, arm_lbfgs, row.reward_adam)
 
 
 class EngineCache:
-    """Restored engines by (study, snapshot version): recommendations and suggestions never fit."""
+    """Restored engines by (study, snapshot version): recommendations and suggestions never fit.
+    Thread-safe: a restore happens once per version whoever asks."""
 
-    def __init__(self, size: int = 64):
-        self.size = size
+    def __init__(self, store, size: int = 64):
+        self.store, self.size = store, size
         self._engines: dict[int, tuple[int, BanditEngine]] = {}
+        self._lock = threading.Lock()
 
-    def get(self, session: Session, study: Study, version: int | None = None) -> tuple[int, BanditEngine]:
+    def get(self, study_id: int, version: int | None = None) -> tuple[int, BanditEngine]:
         """(version, engine) for the study's latest snapshot (or ``version`` when already known)."""
-        version = latest_version(session, study.id) if version is None else version
-        hit = self._engines.get(study.id)
-        if hit is not None and hit[0] == version:
-            return hit
-        snap = None
-        if version:
-            snap = session.scalar(
-                select(PolicySnapshot).where(PolicySnapshot.study_id == study.id, PolicySnapshot.version == version)
-            )
-        engine = engine_from_snapshot(session, study, snap)
-        if len(self._engines) >= self.size:
-            self._engines.pop(next(iter(self._engines)))
-        self._engines[study.id] = (version, engine)
-        return version, engine
+        with self._lock, self.store.read() as s:
+            version = _latest_version(s, study_id) if version is None else version
+            hit = self._engines.get(study_id)
+            if hit is not None and hit[0] == version:
+                return hit
+            snap = None
+            if version:
+                snap = s.scalar(
+                    select(SnapshotRow).where(SnapshotRow.study_id == study_id, SnapshotRow.version == version)
+                )
+            engine = engine_from_snapshot(s, s.get(StudyRow, study_id), snap)
+            if len(self._engines) >= self.size:
+                self._engines.pop(next(iter(self._engines)))
+            self._engines[study_id] = (version, engine)
+            return version, engine
 
     def put(self, study_id: int, version: int, engine: BanditEngine) -> None:
-        self._engines[study_id] = (version, engine)
+        with self._lock:
+            self._engines[study_id] = (version, engine)
 
 
-def refit_study(store, study_id: int, live: dict[int, tuple[int, int | None, BanditEngine]]) -> PolicySnapshot | None:
+def refit_study(store, study_id: int, live: dict[int, tuple[int, int | None, BanditEngine]]) -> SnapshotRecord | None:
     """Observe what the study's latest snapshot has not seen, refit, write the next snapshot.
 
     ``live`` keeps each study's engine between calls (study -> (version, last observation id,
@@ -235,11 +295,15 @@ def refit_study(store, study_id: int, live: dict[int, tuple[int, int | None, Ban
     there was nothing new (or a concurrent refit wrote that version first).
     """
     with store.read() as s:
-        study = s.get(Study, study_id)
+        study = s.get(StudyRow, study_id)
         snap = latest_snapshot(s, study_id)
         version = snap.version if snap else 0
-        seen = snap.last_observation_id if snap else None
-        new = observations_after(s, study_id, seen)
+        seen = (snap.last_observation_id or 0) if snap else 0
+        new = s.scalars(
+            select(ObservationRow)
+            .where(ObservationRow.study_id == study_id, ObservationRow.id > seen)
+            .order_by(ObservationRow.id)
+        ).all()
         if not new:
             return None
         hit = live.get(study_id)
@@ -250,15 +314,13 @@ def refit_study(store, study_id: int, live: dict[int, tuple[int, int | None, Ban
     engine.observe(*new_obs)
     fit_seconds = time.perf_counter() - start
     # Each version draws its own random numbers (TS, random warm-up) rather than repeating the last.
-    engine.generator.manual_seed(study.id * 1_000_003 + version + 1)
-    from sqlalchemy.exc import IntegrityError
-
+    engine.generator.manual_seed(study_id * 1_000_003 + version + 1)
     try:
         with store.write() as s:
-            study = s.get(Study, study_id)
-            written = add_snapshot(s, study, engine, last_id, fit_seconds, version=version + 1)
+            written = add_snapshot(s, s.get(StudyRow, study_id), engine, last_id, fit_seconds, version=version + 1)
+            record = SnapshotRecord.of(written)
     except IntegrityError:
         live.pop(study_id, None)
         return None
     live[study_id] = (version + 1, last_id, engine)
-    return written
+    return record

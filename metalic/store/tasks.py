@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from metalic.arms import Arm
 from metalic.jobs import SolveRequest, SolveResult
 from metalic.store.models import (
     CANCELLED,
@@ -24,15 +25,16 @@ from metalic.store.models import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
-    Artefact,
-    Batch,
-    Observation,
-    ProgressPoint,
-    Study,
-    Task,
+    ArtefactRow,
+    BatchRow,
+    ObservationRow,
+    ProgressRow,
+    StudyRow,
+    TaskRow,
     utc_now,
 )
-from metalic.store.studies import bits, study_for_request
+from metalic.store.records import ArtefactRecord, TaskRecord
+from metalic.store.studies import study_for_request
 
 
 def submit(
@@ -41,134 +43,166 @@ def submit(
     owner: str | None = None,
     idempotency_key: str | None = None,
     policy: str = "ucb",
-) -> tuple[Task, bool]:
+) -> tuple[TaskRecord, bool]:
     """Queue a validated request; returns (task, created). With an ``idempotency_key`` already used
     by ``owner``, the earlier task is returned and nothing is written."""
-    with store.write() as s:
-        if idempotency_key is not None:
-            found = s.scalar(select(Task).where(Task.owner == owner, Task.idempotency_key == idempotency_key))
-            if found is not None:
-                return found, False
-        study = study_for_request(s, request, policy)
-        task = new_task(request, study.id, owner=owner, idempotency_key=idempotency_key)
-        s.add(task)
-        s.flush()
-        return task, True
+    ((task, created),) = submit_batch(store, [(request, owner, idempotency_key)], policy)
+    return task, created
 
 
 def submit_batch(
     store, items: Sequence[tuple[SolveRequest, str | None, str | None]], policy: str = "ucb"
-) -> list[tuple[Task, bool]]:
+) -> list[tuple[TaskRecord, bool]]:
     """Queue several (request, owner, idempotency key) in one transaction (a server's group commit):
     returns (task, created) for each, as ``submit`` would, in order."""
-    out: list[tuple[Task, bool]] = []
+    out: list[tuple[TaskRow, bool]] = []
     with store.write() as s:
         studies: dict[str, int] = {}
-        keyed: dict[tuple, Task] = {}
-        wanted = [(o, k) for _, o, k in items if k is not None]
-        if wanted:
-            owners = {o for o, _ in wanted}
-            keys = {k for _, k in wanted}
-            for t in s.scalars(select(Task).where(Task.idempotency_key.in_(keys))).all():
-                if t.owner in owners or (t.owner is None and None in owners):
-                    keyed[(t.owner, t.idempotency_key)] = t
-        fresh: list[Task] = []
+        keyed = _keyed_tasks(s, [(o, k) for _, o, k in items if k is not None])
+        fresh: list[TaskRow] = []
         for request, owner, key in items:
             if key is not None and (owner, key) in keyed:
                 out.append((keyed[(owner, key)], False))
                 continue
-            study_key = f"{request.family}/{request.mode}/{request.profile_key()}"
-            if study_key not in studies:
-                studies[study_key] = study_for_request(s, request, policy).id
-            task = new_task(request, studies[study_key], owner=owner, idempotency_key=key)
+            task = new_task(request, _study_id(s, request, policy, studies), owner=owner, idempotency_key=key)
             if key is not None:
                 keyed[(owner, key)] = task
             fresh.append(task)
             out.append((task, True))
         s.add_all(fresh)
         s.flush()
-    return out
+        return [(TaskRecord.of(t), created) for t, created in out]
+
+
+def _keyed_tasks(s: Session, wanted: list[tuple[str | None, str]]) -> dict[tuple, TaskRow]:
+    """The tasks already submitted under (owner, idempotency key)."""
+    if not wanted:
+        return {}
+    owners = {o for o, _ in wanted}
+    keys = {k for _, k in wanted}
+    found = {}
+    for t in s.scalars(select(TaskRow).where(TaskRow.idempotency_key.in_(keys))).all():
+        if t.owner in owners or (t.owner is None and None in owners):
+            found[(t.owner, t.idempotency_key)] = t
+    return found
+
+
+def _study_id(s: Session, request: SolveRequest, policy: str, known: dict[str, int]) -> int:
+    """The id of the study that learns from ``request`` (``known``: this transaction's lookups)."""
+    key = f"{request.family}/{request.mode}/{request.profile_key()}"
+    if key not in known:
+        known[key] = study_for_request(s, request, policy).id
+    return known[key]
 
 
 def submit_many(store, requests: Sequence[SolveRequest], owner: str | None = None, policy: str = "ucb") -> list[int]:
     """Queue several validated requests in one transaction; returns their task ids in order."""
-    with store.write() as s:
-        studies: dict[str, int] = {}
-        tasks = []
-        for request in requests:
-            key = f"{request.family}/{request.mode}/{request.profile_key()}"
-            if key not in studies:
-                studies[key] = study_for_request(s, request, policy).id
-            tasks.append(new_task(request, studies[key], owner=owner))
-        s.add_all(tasks)
-        s.flush()
-        return [t.id for t in tasks]
+    return [t.id for t, _ in submit_batch(store, [(r, owner, None) for r in requests], policy)]
 
 
-def new_task(request: SolveRequest, study_id: int, **fields) -> Task:
+def new_task(request: SolveRequest, study_id: int, **fields) -> TaskRow:
     """A queued task row for ``request`` (explicit arms are decided now, learned ones at dispatch)."""
     first, second = request.arm_choice, request.arm_lbfgs_choice
     arm_lbfgs = None
     if second is not None and not second.learned:
-        arm_lbfgs = bits(second.arm)
-    return Task(
-        study_id=study_id,
-        family=request.family,
-        request=request.model_dump(mode="json"),
-        batch_key=request.batch_key(),
-        state=QUEUED,
-        attempt=0,
-        solo=False,
-        arm_adam=None if first.learned else bits(first.arm),
-        arm_lbfgs=arm_lbfgs,
-        arm_policy=None if first.learned else "explicit",
-        **fields,
-    )
+        arm_lbfgs = second.arm.index
+    values = {
+        "study_id": study_id,
+        "family": request.family,
+        "request": request.model_dump(mode="json"),
+        "batch_key": request.batch_key(),
+        "state": QUEUED,
+        "attempt": 0,
+        "solo": False,
+        "arm_adam": None if first.learned else first.arm.index,
+        "arm_lbfgs": arm_lbfgs,
+        "arm_policy": None if first.learned else "explicit",
+    }
+    return TaskRow(**(values | fields))
 
 
-def get_task(session: Session, task_id: int, owner: str | None = None) -> Task | None:
-    """The task, or None when it does not exist or (with ``owner``) belongs to someone else."""
-    task = session.get(Task, task_id)
+def _task_row(session: Session, task_id: int, owner: str | None = None) -> TaskRow | None:
+    task = session.get(TaskRow, task_id)
     if task is None or (owner is not None and task.owner != owner):
         return None
     return task
 
 
-def cancel(store, task_id: int, owner: str | None = None) -> Task | None:
+def get_task(store, task_id: int, owner: str | None = None) -> TaskRecord | None:
+    """The task, or None when it does not exist or (with ``owner``) belongs to someone else."""
+    with store.read() as s:
+        task = _task_row(s, task_id, owner)
+        return None if task is None else TaskRecord.of(task)
+
+
+def list_tasks(
+    store, owner: str | None = None, state: str | None = None, limit: int = 20, before: int | None = None
+) -> list[TaskRecord]:
+    """Tasks newest first (of ``owner`` when given, in ``state`` when given, ids below ``before``)."""
+    q = select(TaskRow).order_by(TaskRow.id.desc()).limit(limit)
+    if owner is not None:
+        q = q.where(TaskRow.owner == owner)
+    if state is not None:
+        q = q.where(TaskRow.state == state)
+    if before is not None:
+        q = q.where(TaskRow.id < before)
+    with store.read() as s:
+        return [TaskRecord.of(t) for t in s.scalars(q).all()]
+
+
+def get_artefact(store, task_id: int) -> ArtefactRecord | None:
+    with store.read() as s:
+        row = s.get(ArtefactRow, task_id)
+        return None if row is None else ArtefactRecord.of(row)
+
+
+def cancel(store, task_id: int, owner: str | None = None) -> TaskRecord | None:
     """Cancel a queued or running task (a running one stops at its next progress point).
     Returns the task as it is afterwards; None when not found (or not the owner's)."""
     with store.write() as s:
-        task = get_task(s, task_id, owner)
+        task = _task_row(s, task_id, owner)
         if task is None:
             return None
         s.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.state.in_((QUEUED, RUNNING)))
+            update(TaskRow)
+            .where(TaskRow.id == task_id, TaskRow.state.in_((QUEUED, RUNNING)))
             .values(state=CANCELLED, finished_at=utc_now(), error="cancelled")
         )
         s.refresh(task)
-        return task
+        return TaskRecord.of(task)
+
+
+def cancel_campaign_tasks(session: Session, campaign_id: int) -> None:
+    """Cancel a campaign's queued and running tasks (inside the caller's write transaction)."""
+    session.execute(
+        update(TaskRow)
+        .where(TaskRow.campaign_id == campaign_id, TaskRow.state.in_((QUEUED, RUNNING)))
+        .values(state=CANCELLED, finished_at=utc_now(), error="campaign cancelled")
+    )
 
 
 # ---- dispatch -------------------------------------------------------------------------------------
-def queued_tasks(session: Session, limit: int) -> Sequence[Task]:
+def queued_tasks(store, limit: int) -> list[TaskRecord]:
     """The oldest queued tasks, in order."""
-    return session.scalars(select(Task).where(Task.state == QUEUED).order_by(Task.id).limit(limit)).all()
+    with store.read() as s:
+        rows = s.scalars(select(TaskRow).where(TaskRow.state == QUEUED).order_by(TaskRow.id).limit(limit)).all()
+        return [TaskRecord.of(t) for t in rows]
 
 
-def running_arms(session: Session, study_ids: Iterable[int]) -> dict[int, list[tuple[dict, str]]]:
-    """Per study, (context, Adam-arm bits) of its running tasks: the pending trainings."""
+def running_arms(store, study_ids: Iterable[int]) -> dict[int, list[tuple[dict, Arm]]]:
+    """Per study, (parameters, Adam arm) of its running tasks: the pending trainings."""
     ids = list(study_ids)
     if not ids:
         return {}
-    rows = session.execute(
-        select(Task.study_id, Task.request, Task.arm_adam).where(
-            Task.state == RUNNING, Task.study_id.in_(ids), Task.arm_adam.is_not(None)
-        )
-    ).all()
-    out: dict[int, list[tuple[dict, str]]] = {}
+    with store.read() as s:
+        rows = s.execute(
+            select(TaskRow.study_id, TaskRow.request, TaskRow.arm_adam).where(
+                TaskRow.state == RUNNING, TaskRow.study_id.in_(ids), TaskRow.arm_adam.is_not(None)
+            )
+        ).all()
+    out: dict[int, list[tuple[dict, Arm]]] = {}
     for study_id, request, arm in rows:
-        out.setdefault(study_id, []).append((request["params"], arm))
+        out.setdefault(study_id, []).append((request["params"], Arm.from_index(arm)))
     return out
 
 
@@ -177,33 +211,35 @@ class Assignment:
     """A queued task with its arms decided, to start in a batch."""
 
     task_id: int
-    arm_adam: str
-    arm_lbfgs: str | None
+    arm_adam: Arm
+    arm_lbfgs: Arm | None
     lbfgs_policy: str | None
     arm_policy: str
 
 
 def start_batch(
     store, assignments: Sequence[Assignment], *, dispatcher_id: str, worker_id: str | None, device: str
-) -> tuple[int | None, list[Task]]:
+) -> tuple[int | None, list[TaskRecord]]:
     """Mark the tasks running in a new batch (attempt + 1). A task no longer queued (cancelled
     meanwhile) is left out. Returns (batch id, started tasks), or (None, []) when none started."""
     with store.write() as s:
         started: list[int] = []
-        batch = Batch(dispatcher_id=dispatcher_id, worker_id=worker_id, batch_key="", family="", device=device, size=0)
+        batch = BatchRow(
+            dispatcher_id=dispatcher_id, worker_id=worker_id, batch_key="", family="", device=device, size=0
+        )
         s.add(batch)
         s.flush()
         for a in assignments:
             n = s.execute(
-                update(Task)
-                .where(Task.id == a.task_id, Task.state == QUEUED)
+                update(TaskRow)
+                .where(TaskRow.id == a.task_id, TaskRow.state == QUEUED)
                 .values(
                     state=RUNNING,
-                    attempt=Task.attempt + 1,
+                    attempt=TaskRow.attempt + 1,
                     batch_id=batch.id,
                     worker_id=worker_id,
-                    arm_adam=a.arm_adam,
-                    arm_lbfgs=a.arm_lbfgs,
+                    arm_adam=a.arm_adam.index,
+                    arm_lbfgs=None if a.arm_lbfgs is None else a.arm_lbfgs.index,
                     lbfgs_policy=a.lbfgs_policy,
                     arm_policy=a.arm_policy,
                     started_at=utc_now(),
@@ -219,18 +255,27 @@ def start_batch(
         if not started:
             s.delete(batch)
             return None, []
-        tasks = s.scalars(select(Task).where(Task.id.in_(started)).order_by(Task.id)).all()
+        tasks = s.scalars(select(TaskRow).where(TaskRow.id.in_(started)).order_by(TaskRow.id)).all()
         batch.batch_key, batch.family, batch.size = tasks[0].batch_key, tasks[0].family, len(tasks)
-        return batch.id, list(tasks)
+        return batch.id, [TaskRecord.of(t) for t in tasks]
 
 
 def finish_batch(store, batch_id: int, state: str, seconds: float | None = None) -> None:
     with store.write() as s:
         s.execute(
-            update(Batch)
-            .where(Batch.id == batch_id, Batch.state == RUNNING)
+            update(BatchRow)
+            .where(BatchRow.id == batch_id, BatchRow.state == RUNNING)
             .values(state=state, finished_at=utc_now(), seconds=seconds)
         )
+
+
+def orphaned_batches(store, live_dispatchers: Iterable[str]) -> list[int]:
+    """Running batches whose dispatcher is not one of ``live_dispatchers``."""
+    with store.read() as s:
+        rows = s.execute(
+            select(BatchRow.id).where(BatchRow.state == RUNNING, BatchRow.dispatcher_id.not_in(list(live_dispatchers)))
+        ).all()
+    return [b for (b,) in rows]
 
 
 # ---- while running --------------------------------------------------------------------------------
@@ -252,8 +297,8 @@ def write_progress(store, items: Sequence[ProgressItem]) -> set[int]:
         for it in items:
             loss = it.loss if it.loss is not None and math.isfinite(it.loss) else None
             n = s.execute(
-                update(Task)
-                .where(Task.id == it.task_id, Task.attempt == it.attempt, Task.state == RUNNING)
+                update(TaskRow)
+                .where(*_live(it.task_id, it.attempt))
                 .values(
                     progress_phase=it.phase,
                     progress_iteration=it.iteration,
@@ -264,7 +309,7 @@ def write_progress(store, items: Sequence[ProgressItem]) -> set[int]:
             ).rowcount
             if n == 1:
                 s.add(
-                    ProgressPoint(
+                    ProgressRow(
                         task_id=it.task_id, attempt=it.attempt, phase=it.phase, iteration=it.iteration, loss=loss
                     )
                 )
@@ -273,13 +318,18 @@ def write_progress(store, items: Sequence[ProgressItem]) -> set[int]:
     return gone
 
 
+def _live(task_id: int, attempt: int) -> tuple:
+    """The guard of every write for one attempt of a task: it is still running at that attempt."""
+    return TaskRow.id == task_id, TaskRow.attempt == attempt, TaskRow.state == RUNNING
+
+
 def live_tasks(store, items: Sequence[tuple[int, int]]) -> set[int]:
     """Of (task id, attempt), the ids still running at that attempt."""
     if not items:
         return set()
     with store.read() as s:
         rows = s.execute(
-            select(Task.id, Task.attempt).where(Task.id.in_([i for i, _ in items]), Task.state == RUNNING)
+            select(TaskRow.id, TaskRow.attempt).where(TaskRow.id.in_([i for i, _ in items]), TaskRow.state == RUNNING)
         ).all()
     current = dict(rows)
     return {i for i, a in items if current.get(i) == a}
@@ -288,11 +338,7 @@ def live_tasks(store, items: Sequence[tuple[int, int]]) -> set[int]:
 def heartbeat_tasks(store, items: Sequence[tuple[int, int]]) -> None:
     with store.write() as s:
         for task_id, attempt in items:
-            s.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.attempt == attempt, Task.state == RUNNING)
-                .values(heartbeat_at=utc_now())
-            )
+            s.execute(update(TaskRow).where(*_live(task_id, attempt)).values(heartbeat_at=utc_now()))
 
 
 # ---- outcomes -------------------------------------------------------------------------------------
@@ -304,39 +350,38 @@ def record_result(store, task_id: int, attempt: int, result: SolveResult) -> boo
     summary = result.summary()
     with store.write() as s:
         n = s.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.attempt == attempt, Task.state == RUNNING)
+            update(TaskRow)
+            .where(*_live(task_id, attempt))
             .values(
                 state=SUCCEEDED,
                 finished_at=utc_now(),
                 result=summary,
                 rel_l2=summary["rel_l2"],
                 reward=result.reward,
-                arm_adam=bits(result.arm_adam),
-                arm_lbfgs=bits(result.arm_lbfgs),
+                arm_adam=result.arm_adam.index,
+                arm_lbfgs=result.arm_lbfgs.index,
                 error=None,
             )
         ).rowcount
         if n != 1:
             return False
-        task = s.get(Task, task_id)
-        study = s.get(Study, task.study_id)
-        sequential = study.mode == "sequential"
+        task = s.get(TaskRow, task_id)
+        sequential = s.get(StudyRow, task.study_id).mode == "sequential"
         s.add(
-            Observation(
-                study_id=study.id,
+            ObservationRow(
+                study_id=task.study_id,
                 task_id=task_id,
-                context=task.request["params"],
-                arm_adam=bits(result.arm_adam),
-                arm_lbfgs=bits(result.arm_lbfgs) if sequential else None,
+                params=task.request["params"],
+                arm_adam=result.arm_adam.index,
+                arm_lbfgs=result.arm_lbfgs.index if sequential else None,
                 reward=result.reward,
-                reward_phase0=result.reward_phase0 if sequential else None,
+                reward_adam=result.reward_adam if sequential else None,
                 rel_l2=summary["rel_l2"],
                 status=result.status,
             )
         )
         if result.model is not None:
-            s.add(Artefact(task_id=task_id, model=result.model, solution=result.solution))
+            s.add(ArtefactRow(task_id=task_id, model=result.model, solution=result.solution))
     return True
 
 
@@ -348,23 +393,16 @@ def retry_or_fail(
     out: dict[str, list[int]] = {"requeued": [], "failed": []}
     with store.write() as s:
         for task_id, attempt in items:
-            guard = (Task.id == task_id, Task.attempt == attempt, Task.state == RUNNING)
+            guard = _live(task_id, attempt)
             if attempt >= max_attempts:
-                n = s.execute(
-                    update(Task).where(*guard).values(state=FAILED, finished_at=utc_now(), error=error[:4000])
-                ).rowcount
-                if n:
-                    out["failed"].append(task_id)
+                values = {"state": FAILED, "finished_at": utc_now(), "error": error[:4000]}
+                outcome = "failed"
             else:
-                n = s.execute(
-                    update(Task)
-                    .where(*guard)
-                    .values(
-                        state=QUEUED, error=error[:4000], solo=solo, batch_id=None, worker_id=None, heartbeat_at=None
-                    )
-                ).rowcount
-                if n:
-                    out["requeued"].append(task_id)
+                values = {"state": QUEUED, "error": error[:4000], "solo": solo, "batch_id": None, "worker_id": None,
+                          "heartbeat_at": None}  # fmt: skip
+                outcome = "requeued"
+            if s.execute(update(TaskRow).where(*guard).values(**values)).rowcount:
+                out[outcome].append(task_id)
     return out
 
 
@@ -375,7 +413,9 @@ def stale_running(store, lease_seconds: float) -> list[tuple[int, int, int | Non
     with store.read() as s:
         cutoff = s.execute(select(utc_now())).scalar_one() - timedelta(seconds=lease_seconds)
         rows = s.execute(
-            select(Task.id, Task.attempt, Task.batch_id).where(Task.state == RUNNING, Task.heartbeat_at < cutoff)
+            select(TaskRow.id, TaskRow.attempt, TaskRow.batch_id).where(
+                TaskRow.state == RUNNING, TaskRow.heartbeat_at < cutoff
+            )
         ).all()
     return [tuple(r) for r in rows]
 
@@ -385,13 +425,21 @@ def running_of_batches(store, batch_ids: Iterable[int]) -> list[tuple[int, int]]
     if not ids:
         return []
     with store.read() as s:
-        rows = s.execute(select(Task.id, Task.attempt).where(Task.state == RUNNING, Task.batch_id.in_(ids))).all()
+        rows = s.execute(
+            select(TaskRow.id, TaskRow.attempt).where(TaskRow.state == RUNNING, TaskRow.batch_id.in_(ids))
+        ).all()
     return [tuple(r) for r in rows]
 
 
-def counts_by_state(session: Session, campaign_id: int | None = None) -> dict[str, int]:
+def counts_by_state(store, campaign_id: int | None = None) -> dict[str, int]:
     """Tasks per state (states with none left out), of one campaign or of all."""
-    q = select(Task.state, func.count()).group_by(Task.state)
+    with store.read() as s:
+        return state_counts(s, campaign_id)
+
+
+def state_counts(session: Session, campaign_id: int | None = None) -> dict[str, int]:
+    """``counts_by_state`` inside a caller's transaction."""
+    q = select(TaskRow.state, func.count()).group_by(TaskRow.state)
     if campaign_id is not None:
-        q = q.where(Task.campaign_id == campaign_id)
+        q = q.where(TaskRow.campaign_id == campaign_id)
     return {state: int(n) for state, n in session.execute(q).all()}

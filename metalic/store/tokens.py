@@ -9,7 +9,8 @@ import secrets
 
 from sqlalchemy import func, or_, select, update
 
-from metalic.store.models import Token, utc_now
+from metalic.store.models import TokenRow, utc_now
+from metalic.store.records import TokenRecord
 
 ROLES = ("user", "admin")
 PREFIX = "mtl_"
@@ -20,7 +21,7 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create(store, name: str, role: str) -> tuple[str, Token]:
+def create(store, name: str, role: str) -> tuple[str, TokenRecord]:
     """A new token for principal ``name``; returns (the token, its row)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -28,34 +29,41 @@ def create(store, name: str, role: str) -> tuple[str, Token]:
         raise ValueError(f"name must be 1-100 letters, digits or _.@-, got {name!r}")
     token = PREFIX + secrets.token_urlsafe(32)
     with store.write() as s:
-        row = Token(name=name, role=role, digest=digest(token))
+        row = TokenRow(name=name, role=role, digest=digest(token))
         s.add(row)
         s.flush()
-    return token, row
+        return token, TokenRecord.of(row)
 
 
-def lookup(store, token: str) -> Token | None:
+def lookup(store, token: str) -> TokenRecord | None:
     """The live (not revoked) token row for ``token``."""
     return lookup_digest(store, digest(token))
 
 
-def lookup_digest(store, token_digest: str) -> Token | None:
-    """The live token row whose SHA-256 is ``token_digest`` (a dashboard session keeps only that)."""
+def lookup_digest(store, token_digest: str) -> TokenRecord | None:
+    """The live token whose SHA-256 is ``token_digest`` (a dashboard session keeps only that)."""
     with store.read() as s:
-        return s.scalar(select(Token).where(Token.digest == token_digest, Token.revoked_at.is_(None)))
+        row = s.scalar(select(TokenRow).where(TokenRow.digest == token_digest, TokenRow.revoked_at.is_(None)))
+        return None if row is None else TokenRecord.of(row)
 
 
 def revoke(store, name_or_id: str) -> int:
     """Revoke every live token of a name, or the token with that id; returns how many."""
-    cond = [Token.name == name_or_id]
+    cond = [TokenRow.name == name_or_id]
     if name_or_id.isdigit():
-        cond.append(Token.id == int(name_or_id))
+        cond.append(TokenRow.id == int(name_or_id))
     with store.write() as s:
         return s.execute(
-            update(Token).where(or_(*cond), Token.revoked_at.is_(None)).values(revoked_at=utc_now())
+            update(TokenRow).where(or_(*cond), TokenRow.revoked_at.is_(None)).values(revoked_at=utc_now())
         ).rowcount
 
 
 def count(store) -> int:
     with store.read() as s:
-        return int(s.scalar(select(func.count()).select_from(Token)))
+        return int(s.scalar(select(func.count()).select_from(TokenRow)))
+
+
+def list_tokens(store) -> list[TokenRecord]:
+    """Every token ever created (names, roles, ids; never the tokens themselves)."""
+    with store.read() as s:
+        return [TokenRecord.of(t) for t in s.scalars(select(TokenRow).order_by(TokenRow.id)).all()]

@@ -1,0 +1,294 @@
+"""Bounded read queries for the dashboard and the metrics: every one costs a fixed number of
+queries and rows whatever the size of the tables (aggregates in SQL, keyset pages, bucketed
+series), so they stay fast with 100,000 tasks and observations. They return records and plain
+values; how they look on a page is ``api/dashboard``'s business.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import String, case, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from metalic.arms import Arm
+from metalic.pinn.evaluate import ERROR_CAP
+from metalic.store.models import BatchRow, CampaignRow, ObservationRow, ProgressRow, TaskRow, WorkerRow, utc_now
+from metalic.store.records import ObservationRecord, TaskRecord, WorkerRecord
+from metalic.store.tasks import state_counts
+
+CHUNK = 1000  # rows per query of a streamed download
+
+
+class hour_of(FunctionElement):
+    """A timestamp's hour as text 'YYYY-MM-DD HH:00' (a group-by key on both databases)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(hour_of, "sqlite")
+def _hour_sqlite(element, compiler, **kw) -> str:
+    return f"strftime('%Y-%m-%d %H:00', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(hour_of, "postgresql")
+def _hour_postgresql(element, compiler, **kw) -> str:
+    return f"to_char(date_trunc('hour', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD HH24:00')"
+
+
+# ---- the service as a whole ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Totals:
+    """Counters for the metrics scrape: tasks by state, finished batches, their runs and seconds,
+    observations."""
+
+    tasks: dict[str, int]
+    batches: int
+    batch_runs: int
+    training_seconds: float
+    observations: int
+
+
+def totals(store) -> Totals:
+    with store.read() as s:
+        by_state = state_counts(s)
+        batches, runs, seconds = s.execute(
+            select(
+                func.count(), func.coalesce(func.sum(BatchRow.size), 0), func.coalesce(func.sum(BatchRow.seconds), 0.0)
+            )
+            .select_from(BatchRow)
+            .where(BatchRow.state == "done")
+        ).one()
+        observations = s.scalar(select(func.count()).select_from(ObservationRow))
+    return Totals(by_state, int(batches), int(runs), float(seconds), int(observations))
+
+
+@dataclass(frozen=True)
+class DayActivity:
+    """The last 24 hours: finished tasks per hour and state (``hours``: oldest first), batches and
+    their mean size and training seconds, tasks finished in the last hour, the latest failures
+    (id, family, error, finished_at) and campaigns (id, family, state, step, steps, created_at)."""
+
+    now: datetime
+    hours: list[str]
+    per_hour: dict[str, Counter]
+    batches: int
+    mean_batch_size: float | None
+    training_seconds: float | None
+    finished_last_hour: int
+    failed: list[tuple]
+    campaigns: list[tuple]
+
+
+def day_activity(store) -> DayActivity:
+    with store.read() as s:
+        now = s.execute(select(utc_now())).scalar_one()
+        day = now - timedelta(hours=24)
+        hours = [(now - timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(23, -1, -1)]
+        per_hour: dict[str, Counter] = {h: Counter() for h in hours}
+        bucket = hour_of(TaskRow.finished_at)
+        rows = s.execute(
+            select(bucket, TaskRow.state, func.count())
+            .where(TaskRow.finished_at >= day)
+            .group_by(bucket, TaskRow.state)
+        ).all()
+        for hour, state, n in rows:
+            if hour in per_hour:
+                per_hour[hour][state] += int(n)
+        n_batches, mean_size, busy = s.execute(
+            select(func.count(), func.avg(BatchRow.size), func.sum(BatchRow.seconds)).where(BatchRow.created_at >= day)
+        ).one()
+        last_hour = s.scalar(
+            select(func.count()).select_from(TaskRow).where(TaskRow.finished_at >= now - timedelta(hours=1))
+        )
+        failed = s.execute(
+            select(TaskRow.id, TaskRow.family, TaskRow.error, TaskRow.finished_at)
+            .where(TaskRow.state == "failed")
+            .order_by(TaskRow.id.desc())
+            .limit(10)
+        ).all()
+        campaigns = s.execute(
+            select(CampaignRow.id, CampaignRow.family, CampaignRow.state, CampaignRow.step, CampaignRow.steps,
+                   CampaignRow.created_at).order_by(CampaignRow.id.desc()).limit(10)
+        ).all()  # fmt: skip
+    mean = None if mean_size is None else float(mean_size)
+    return DayActivity(now, hours, per_hour, int(n_batches or 0), mean, busy, int(last_hour or 0),
+                       [tuple(r) for r in failed], [tuple(r) for r in campaigns])  # fmt: skip
+
+
+def workers_with_batches(store, limit: int = 200) -> tuple[datetime, list[tuple[WorkerRecord, int | None]]]:
+    """(the database's now, trainers then dispatchers seen in the last hour and not stopped, each
+    with the size of the batch it trains)."""
+    with store.read() as s:
+        now = s.execute(select(utc_now())).scalar_one()
+        rows = s.scalars(
+            select(WorkerRow)
+            .where(WorkerRow.state != "stopped", WorkerRow.last_seen >= now - timedelta(hours=1))
+            .order_by(WorkerRow.kind.desc(), WorkerRow.started_at)
+            .limit(limit)
+        ).all()
+        current = [w.current_batch for w in rows if w.current_batch is not None]
+        sizes = {}
+        if current:
+            sizes = dict(s.execute(select(BatchRow.id, BatchRow.size).where(BatchRow.id.in_(current))).all())
+        return now, [(WorkerRecord.of(w), sizes.get(w.current_batch)) for w in rows]
+
+
+# ---- tasks ------------------------------------------------------------------------------------------
+def _task_filter(state: str | None, family: str | None, campaign_id: int | None) -> list:
+    where = []
+    if state:
+        where.append(TaskRow.state == state)
+    if family:
+        where.append(TaskRow.family == family)
+    if campaign_id is not None:
+        where.append(TaskRow.campaign_id == campaign_id)
+    return where
+
+
+def task_page(
+    store, state: str | None, family: str | None, campaign_id: int | None, before: int | None, size: int
+) -> tuple[list[TaskRecord], int | None, dict[str, int]]:
+    """One page of tasks, newest first (keyset on id): (tasks, the next page's ``before``, tasks by
+    state)."""
+    q = select(TaskRow).where(*_task_filter(state, family, campaign_id)).order_by(TaskRow.id.desc()).limit(size + 1)
+    if before is not None:
+        q = q.where(TaskRow.id < before)
+    with store.read() as s:
+        rows = s.scalars(q).all()
+        page = [TaskRecord.of(t) for t in rows[:size]]
+        return page, rows[size - 1].id if len(rows) > size else None, state_counts(s)
+
+
+def iter_tasks(store, state: str | None, family: str | None, campaign_id: int | None) -> Iterator[TaskRecord]:
+    """Every task of a filter, newest first, streamed in keyset chunks (CSV downloads)."""
+    before = None
+    with store.read() as s:
+        while True:
+            q = select(TaskRow).where(*_task_filter(state, family, campaign_id)).order_by(TaskRow.id.desc())
+            if before is not None:
+                q = q.where(TaskRow.id < before)
+            rows = s.scalars(q.limit(CHUNK)).all()
+            yield from (TaskRecord.of(t) for t in rows)
+            if len(rows) < CHUNK:
+                return
+            before = rows[-1].id
+            s.expunge_all()
+
+
+def task_progress(store, task_id: int, since: int, limit: int) -> tuple[TaskRecord, list[tuple]] | None:
+    """A task and its latest attempt's loss points after point id ``since`` (at most ``limit``, the
+    newest), as (id, phase, iteration, loss) oldest first; None when there is no such task."""
+    with store.read() as s:
+        t = s.get(TaskRow, task_id)
+        if t is None:
+            return None
+        points = s.execute(
+            select(ProgressRow.id, ProgressRow.phase, ProgressRow.iteration, ProgressRow.loss)
+            .where(ProgressRow.task_id == task_id, ProgressRow.attempt == t.attempt, ProgressRow.id > since)
+            .order_by(ProgressRow.id.desc())
+            .limit(limit)
+        ).all()
+        return TaskRecord.of(t), [tuple(p) for p in reversed(points)]
+
+
+# ---- studies ----------------------------------------------------------------------------------------
+def arm_counts(store, study_id: int) -> dict[str, list[tuple[Arm, int]]]:
+    """How many of the study's observations trained each arm, per phase (``adam``, ``lbfgs``): an
+    aggregate over at most 513 arms each."""
+    out = {}
+    with store.read() as s:
+        for phase, column in (("adam", ObservationRow.arm_adam), ("lbfgs", ObservationRow.arm_lbfgs)):
+            rows = s.execute(
+                select(column, func.count())
+                .where(ObservationRow.study_id == study_id, column.is_not(None))
+                .group_by(column)
+            ).all()
+            out[phase] = [(Arm.from_index(i), int(n)) for i, n in rows]
+    return out
+
+
+@dataclass(frozen=True)
+class RewardBucket:
+    """Consecutive observations averaged: how many, reward mean / min / max, sum of capped errors."""
+
+    count: int
+    reward_mean: float | None
+    reward_min: float | None
+    reward_max: float | None
+    error_sum: float
+
+
+def reward_buckets(store, study_id: int, points: int) -> tuple[list[RewardBucket], int]:
+    """The study's rewards in observation order, averaged into at most ``points`` buckets of
+    consecutive ids: (buckets, ids per bucket). A diverged or missing error counts the cap."""
+    with store.read() as s:
+        lo, hi, n = s.execute(
+            select(func.min(ObservationRow.id), func.max(ObservationRow.id), func.count()).where(
+                ObservationRow.study_id == study_id
+            )
+        ).one()
+        if not n:
+            return [], 1
+        width = max(1, math.ceil((hi - lo + 1) / points))
+        bucket = ((ObservationRow.id - lo) // width).label("b") if width > 1 else ObservationRow.id.label("b")
+        err = case(
+            (ObservationRow.status == "diverged", ERROR_CAP),
+            (ObservationRow.rel_l2.is_(None), ERROR_CAP),
+            (ObservationRow.rel_l2 > ERROR_CAP, ERROR_CAP),
+            else_=ObservationRow.rel_l2,
+        )
+        rows = s.execute(
+            select(
+                bucket,
+                func.count(),
+                func.avg(ObservationRow.reward),
+                func.min(ObservationRow.reward),
+                func.max(ObservationRow.reward),
+                func.sum(err),
+            )
+            .where(ObservationRow.study_id == study_id)
+            .group_by(bucket)
+            .order_by(bucket)
+        ).all()
+    buckets = [RewardBucket(int(c), avg, mn, mx, float(e or 0.0)) for _, c, avg, mn, mx, e in rows]
+    return buckets, width
+
+
+def observation_page(store, study_id: int, before: int | None, size: int) -> tuple[list[ObservationRecord], int | None]:
+    """One page of a study's observations, newest first: (observations, the next page's ``before``)."""
+    q = (
+        select(ObservationRow)
+        .where(ObservationRow.study_id == study_id)
+        .order_by(ObservationRow.id.desc())
+        .limit(size + 1)
+    )
+    if before is not None:
+        q = q.where(ObservationRow.id < before)
+    with store.read() as s:
+        rows = s.scalars(q).all()
+        return [ObservationRecord.of(o) for o in rows[:size]], rows[size - 1].id if len(rows) > size else None
+
+
+def iter_observations(store, study_id: int) -> Iterator[ObservationRecord]:
+    """Every observation of a study, oldest first, streamed in keyset chunks."""
+    after = 0
+    with store.read() as s:
+        while True:
+            rows = s.scalars(
+                select(ObservationRow)
+                .where(ObservationRow.study_id == study_id, ObservationRow.id > after)
+                .order_by(ObservationRow.id)
+                .limit(CHUNK)
+            ).all()
+            yield from (ObservationRecord.of(o) for o in rows)
+            if len(rows) < CHUNK:
+                return
+            after = rows[-1].id
+            s.expunge_all()

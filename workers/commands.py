@@ -1,0 +1,311 @@
+"""The service's commands on the workers' side: ``metalic campaign | dispatcher | worker | db |
+token``. Registered with the CLI through the ``metalic.commands`` entry point (``register``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from metalic.cli import UsageError, check_budgets, one_line
+from metalic.settings import get_settings
+
+
+def register(sub) -> dict:
+    """Add this module's parsers to the CLI's subparsers; returns their handlers."""
+    _campaign_parser(sub)
+    db = sub.add_parser("db", help="the service's database: schema migrations")
+    dbs = db.add_subparsers(dest="db_command", required=True, parser_class=type(db))
+    up = dbs.add_parser("upgrade", help="apply the migrations (METALIC_DATABASE_URL, default the embedded SQLite)")
+    up.add_argument("--revision", default="head")
+    dbs.add_parser("current", help="print the database's revision and the newest one")
+
+    d = sub.add_parser("dispatcher", help="pack queued tasks into batches on the Ray trainers (runs until stopped)")
+    d.add_argument("--max-batch", type=int, default=None, help="runs per batch (default 8 on CPU, 256 on a GPU)")
+    d.add_argument("--inline", action="store_true", help="train in this process (no Ray)")
+    d.add_argument("--device", default="auto", help="--inline only: auto, cpu, cuda")
+
+    tk = sub.add_parser("token", help="API bearer tokens")
+    tks = tk.add_subparsers(dest="token_command", required=True, parser_class=type(tk))
+    tc = tks.add_parser("create", help="create a token and print it (once)")
+    tc.add_argument("--role", required=True, choices=["user", "admin"])
+    tc.add_argument("--name", default=None, help="whose tasks these are (default: a generated name)")
+    tr = tks.add_parser("revoke", help="revoke every token of a name, or one token by id")
+    tr.add_argument("name_or_id")
+    tks.add_parser("list", help="the tokens (names, roles, ids; never the tokens themselves)")
+
+    w = sub.add_parser("worker", help="join this machine (its GPUs) to the metalic Ray cluster")
+    w.add_argument("--address", default=None, help="the Ray head, host:port (default METALIC_RAY_ADDRESS)")
+    w.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer (default: all this machine has)")
+    w.add_argument("--check", action="store_true", help="only check that the store is reachable, then exit")
+    return {"campaign": cmd_campaign, "db": cmd_db, "dispatcher": cmd_dispatcher, "token": cmd_token,
+            "worker": cmd_worker}  # fmt: skip
+
+
+def _campaign_parser(sub) -> None:
+    c = sub.add_parser("campaign", help="run the METALIC bandit protocol and compare heuristics")
+    c.add_argument("family")
+    c.add_argument(
+        "--heuristic",
+        action="append",
+        default=None,
+        help="ucb, ts, random, mean, fixed:TERMS or single-domain; repeat to compare (default ucb)",
+    )
+    c.add_argument("--mode", default="single", help="single or sequential")
+    c.add_argument("--warmup", type=int, default=5)
+    c.add_argument("--rounds", type=int, default=20)
+    c.add_argument("--test", type=int, default=10)
+    c.add_argument("--adam", type=int, default=500)
+    c.add_argument("--lbfgs", type=int, default=500)
+    c.add_argument("--batch", type=int, default=4, help="trainings run together (K)")
+    c.add_argument("--collocation", type=int, default=1000)
+    c.add_argument("--boundary", type=int, default=100)
+    c.add_argument("--interface-points", type=int, default=None)
+    c.add_argument("--ucb-schedule", default="constant", help="constant (mean + std) or gp-ucb")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None, help="(in-process runs) auto, cpu, cuda")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    c.add_argument("--out", type=Path, required=True, help="folder for rounds.csv/json, snapshots, figures")
+    c.add_argument("--resume", action="store_true", help="continue the campaign that writes to --out")
+    c.add_argument("--max-batch", type=int, default=None, help="runs per training batch (default: settings)")
+    c.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
+    c.add_argument("--quiet", action="store_true")
+
+
+def open_store(create: bool = True):
+    """The settings' store, with its schema checked (an empty one is created when ``create``)."""
+    import migrations
+    from metalic.store import open_store as open_settings_store
+
+    store = open_settings_store()
+    try:
+        migrations.ensure(store) if create else migrations.check(store)
+    except migrations.SchemaError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # unreachable server, bad URL, ...
+        raise UsageError(f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return store
+
+
+def make_dispatcher(store, max_batch: int | None, inline: bool, device: str = "auto", exclusive: bool = True):
+    """A dispatcher on this store with Ray trainers (local Ray, or METALIC_RAY_ADDRESS), or one
+    thread of this process with ``inline``."""
+    from workers.dispatcher import Dispatcher
+
+    settings = get_settings()
+    if inline:
+        from workers.executors import InlineExecutor
+
+        executor = InlineExecutor(store, settings, device, max_batch)
+    else:
+        from workers.cluster import connect
+        from workers.executors import RayExecutor
+
+        connect(settings.ray_address or None)
+        executor = RayExecutor(store.url, settings, max_batch)
+    try:
+        return Dispatcher(store, executor, settings, max_batch, exclusive=exclusive)
+    except Exception:
+        executor.shutdown()
+        raise
+
+
+# ---- campaign ----------------------------------------------------------------------------------------
+def cmd_campaign(args: argparse.Namespace) -> int:
+    config = _campaign_config(args)
+    store = open_store()
+    camp = _open_campaign(store, config, args.out, args.resume)
+    camp = _follow(store, camp, args)
+    if camp.state != "succeeded":
+        print(f"metalic: campaign {camp.state}: {camp.error}", file=sys.stderr)
+        return 1
+    _write_campaign(store, camp.id, args.out)
+    return 0
+
+
+def _campaign_config(args: argparse.Namespace):
+    """The validated campaign of the command line (UsageError naming the bad flag)."""
+    from metalic.campaign import CampaignConfig
+    from metalic.pinn.problem import PinnConfig
+    from metalic.pinn.trainer import TrainConfig
+
+    check_budgets(args)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
+    try:
+        config = CampaignConfig(
+            family=args.family,
+            policies=tuple(args.heuristic or ["ucb"]),
+            mode=args.mode,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            test=args.test,
+            batch=args.batch,
+            seed=args.seed,
+            train=TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs),
+            pinn=PinnConfig(
+                n_collocation=args.collocation, n_boundary=args.boundary, n_interface=args.interface_points
+            ),
+            ucb_schedule=args.ucb_schedule,
+            device=args.device,
+            dtype=args.dtype,
+        )
+        config.validate()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        raise UsageError(one_line(exc)) from None
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    if not args.out.parent.exists():
+        raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    return config
+
+
+def _open_campaign(store, config, out: Path, resume: bool):
+    """The campaign that writes to ``out``: created, or found when resuming."""
+    from metalic.store import campaigns as campaign_store
+
+    name = str(out.resolve())
+    camp = campaign_store.find(store, name)
+    if camp is not None and not resume:
+        raise UsageError(f"a campaign already writes to {out} ({camp.state}): add --resume to continue it")
+    if camp is None and resume:
+        raise UsageError(f"no campaign writes to {out}: nothing to resume")
+    return camp if camp is not None else campaign_store.create(store, config, name=name)
+
+
+def _follow(store, camp, args: argparse.Namespace):
+    """Run a dispatcher until the campaign ends (or follow a running service's); its last state."""
+    from tqdm import tqdm
+
+    from metalic.store import campaigns as campaign_store
+    from workers.dispatcher import DispatcherBusy
+
+    try:
+        dispatcher = make_dispatcher(store, args.max_batch, args.inline)
+    except DispatcherBusy:
+        dispatcher = None  # a running service advances the campaign; follow it
+    bar = tqdm(total=camp.steps, initial=camp.step, disable=args.quiet, unit="step", file=sys.stderr)
+
+    def finished() -> bool:
+        now = campaign_store.get(store, camp.id)
+        bar.update(now.step - bar.n)
+        return now.state != "running"
+
+    try:
+        if dispatcher is not None:
+            dispatcher.run(until=finished)
+        else:
+            while not finished():
+                time.sleep(get_settings().poll_seconds)
+    finally:
+        bar.close()
+        if dispatcher is not None:
+            dispatcher.stop()
+    return campaign_store.get(store, camp.id)
+
+
+def _write_campaign(store, campaign_id: int, out: Path) -> None:
+    from metalic.campaign import summarise, write_outputs
+    from workers import campaigns
+
+    out.mkdir(exist_ok=True)
+    rows = campaigns.rows(store, campaign_id)
+    write_outputs(rows, campaigns.engines(store, campaign_id), out)
+    summary = summarise(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{'heuristic':24s} {'online acc. error':>18s} {'test mean':>10s} {'test median':>12s}")
+    for s in summary:
+        print(
+            f"{s['heuristic']:24s} {s['online_accumulated_error']:18.4f} {s['test_mean_error']:10.3e}"
+            f" {s['test_median_error']:12.3e}"
+        )
+    print(f"outputs in {out}")
+
+
+# ---- the store and the cluster --------------------------------------------------------------------
+def cmd_db(args: argparse.Namespace) -> int:
+    import migrations
+    from metalic.store import open_store as open_settings_store
+
+    store = open_settings_store()
+    try:
+        if args.db_command == "upgrade":
+            migrations.upgrade(store, args.revision)
+        current = migrations.current(store)
+    except Exception as exc:
+        raise UsageError(f"cannot migrate the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    print(f"database  {store.safe_url}")
+    print(f"revision  {current or 'none (empty)'} (newest: {migrations.head()})")
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    import signal
+
+    from workers.dispatcher import DispatcherBusy
+
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
+    store = open_store(create=False)
+    try:
+        dispatcher = make_dispatcher(store, args.max_batch, args.inline, args.device)
+    except (DispatcherBusy, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    signal.signal(signal.SIGTERM, lambda signum, frame: dispatcher.request_stop())
+    signal.signal(signal.SIGINT, lambda signum, frame: dispatcher.request_stop())
+    print(f"metalic dispatcher {dispatcher.id} on {len(dispatcher.executor.slots)} trainer(s)", file=sys.stderr)
+    dispatcher.run()
+    dispatcher.stop(drain=get_settings().lease_seconds)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    from metalic.store import tokens as token_store
+
+    store = open_store()
+    if args.token_command == "create":
+        name = args.name or f"{args.role}-{secrets.token_hex(3)}"
+        try:
+            token, row = token_store.create(store, name, args.role)
+        except ValueError as exc:
+            raise UsageError(f"--name: {exc}") from None
+        print(token)
+        print(f"token {row.id} for {name!r} ({args.role}); it is not shown again", file=sys.stderr)
+        return 0
+    if args.token_command == "revoke":
+        n = token_store.revoke(store, args.name_or_id)
+        if n == 0:
+            raise UsageError(f"no live token named or numbered {args.name_or_id!r}")
+        print(f"revoked {n} token(s)")
+        return 0
+    for t in token_store.list_tokens(store):
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
+        print(f"{t.id:5d}  {t.name:24s} {t.role:6s} created {t.created_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    address = args.address or get_settings().ray_address
+    open_store(create=False)  # reachable and at the right schema: trainers write there
+    print("store     reachable, schema current", file=sys.stderr)
+    if args.check:
+        return 0
+    if not address:
+        raise UsageError("--address (or METALIC_RAY_ADDRESS) must name the Ray head, host:port")
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        raise UsageError("the ray command is not installed (pip install 'metalic[service]')")
+    import torch
+
+    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
+    command = [ray_cli, "start", f"--address={address}", f"--num-gpus={gpus}", "--block"]
+    print("starting  " + " ".join(command), file=sys.stderr)
+    os.execv(ray_cli, command)
+    return 0  # not reached
