@@ -29,6 +29,8 @@ from pathlib import Path
 import httpx
 import torch
 
+import migrations
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import benchmark_store, describe
@@ -43,7 +45,7 @@ def seed(url: str) -> str:
     from metalic.store.studies import refit_study
 
     store = Store(url)
-    store.upgrade()
+    migrations.upgrade(store)
     token, _ = token_store.create(store, "bench", "admin")
     rng = random.Random(0)
     arms = ["u", "u,flux", "all", "res,uxx", "uavg,gres", "flux,ux", "u,res_continuity", "none"]

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
-
 from metalic.bandit.campaign import CampaignConfig, RoundRow, contexts_for, run_heuristic, summarise, write_outputs
+
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.space import ALL_ARMS, arm_index, arm_of
 from metalic.conditions import arm_label, parse_arm

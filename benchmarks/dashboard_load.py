@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import torch
 
+import migrations
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import benchmark_store, describe
@@ -67,7 +69,7 @@ def run_backend(name: str, url: str, args) -> list[tuple]:
     from tests.seed import bulk_seed
 
     store = Store(url)
-    store.upgrade()
+    migrations.upgrade(store)
     token, _ = token_store.create(store, "bench", "admin")
     study_id = bulk_seed(store, args.small, seed=1)
     port = 18000 + os.getpid() % 1000

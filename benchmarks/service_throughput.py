@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import migrations
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
@@ -78,7 +80,7 @@ def through_service(args, reqs: list[SolveRequest], warm: list[SolveRequest]) ->
 
     folder = tempfile.mkdtemp(prefix="metalic-bench-")
     store = Store(f"sqlite:///{folder}/bench.db")
-    store.upgrade()
+    migrations.upgrade(store)
     settings = Settings(max_batch_cpu=args.max_batch, max_batch_gpu=args.max_batch, cpu_workers=1)
     t0 = time.perf_counter()
     if args.inline:

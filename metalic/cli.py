@@ -297,4 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m metalic.cli``: run the imported module's ``main``, so that the service's commands
+    # (which import ``metalic.cli``) raise the same UsageError this ``main`` catches.
+    from metalic.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -45,15 +45,33 @@ def upgrade(store, revision: str = "head") -> None:
     """Apply the migrations up to ``revision``."""
     from alembic import command
 
-    with store.engine.begin() as conn:
-        command.upgrade(alembic_config(conn), revision)
+    _run(store, command.upgrade, revision)
 
 
 def downgrade(store, revision: str) -> None:
     from alembic import command
 
-    with store.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), revision)
+    _run(store, command.downgrade, revision)
+
+
+def _run(store, step, revision: str) -> None:
+    """One migration command in one transaction. On SQLite, altering a table copies it and drops
+    the old one, which its foreign keys would refuse while other tables' rows point at it: they
+    are switched off around the transaction (SQLite ignores that switch inside one) and the
+    references are checked at its end."""
+    with store.engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        raw = conn.connection.driver_connection
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                step(alembic_config(conn), revision)
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise SchemaError("the migration left rows whose foreign keys point nowhere")
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def check(store) -> None:

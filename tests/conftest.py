@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import migrations
+
 torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def store(db_url):
     from metalic.store import Store
 
     s = Store(db_url)
-    s.upgrade()
+    migrations.upgrade(s)
     yield s
     s.dispose()
 
@@ -100,7 +102,7 @@ def sqlite_store(tmp_path):
     from metalic.store import Store
 
     s = Store(f"sqlite:///{tmp_path / 'metalic.db'}")
-    s.upgrade()
+    migrations.upgrade(s)
     yield s
     s.dispose()
 

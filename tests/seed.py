@@ -7,15 +7,15 @@ from __future__ import annotations
 import math
 import time
 
-from metalic.bandit.campaign import CampaignConfig
+import migrations
+from metalic.campaign import CampaignConfig
 from metalic.jobs import SolveRequest
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 from metalic.settings import Settings
-from metalic.store import Store
+from metalic.store import Store, campaigns
 from metalic.store import tasks as task_store
-from metalic.store.models import Campaign, Study, Task
-from workers import campaigns
+from metalic.store.models import CampaignRow, StudyRow, TaskRow
 from workers.dispatcher import Dispatcher
 from workers.executors import InlineExecutor
 
@@ -34,7 +34,7 @@ def tiny_campaign(
 ) -> CampaignConfig:
     return CampaignConfig(
         family=family,
-        heuristics=heuristics,
+        policies=heuristics,
         warmup=warmup,
         rounds=rounds,
         test=test,
@@ -74,7 +74,7 @@ def seed_store(
     rounds: int = 4,
 ) -> Store:
     store = Store(url)
-    store.upgrade()
+    migrations.upgrade(store)
     executor = InlineExecutor(store, settings, "cpu", max_batch=8)
     dispatcher = Dispatcher(store, executor, settings, max_batch=8).start()
     try:
@@ -87,8 +87,8 @@ def seed_store(
         deadline = time.monotonic() + timeout
         while True:
             with store.read() as s:
-                open_campaigns = s.query(Campaign).filter(Campaign.state == "running").count()
-                open_tasks = s.query(Task).filter(Task.state.in_(("queued", "running"))).count()
+                open_campaigns = s.query(CampaignRow).filter(CampaignRow.state == "running").count()
+                open_tasks = s.query(TaskRow).filter(TaskRow.state.in_(("queued", "running"))).count()
             if not open_campaigns and not open_tasks:
                 break
             assert time.monotonic() < deadline, "the seed campaigns did not finish"
@@ -108,9 +108,9 @@ def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) ->
 
     from sqlalchemy import func, insert, select
 
-    from metalic.bandit.engine import BanditEngine
-    from metalic.bandit.engine import Observation as EngineObservation
-    from metalic.store.models import Observation, Task
+    from metalic.arms import Arm
+    from metalic.bandit.engine import BanditEngine, Observation
+    from metalic.store.models import ObservationRow
     from metalic.store.studies import add_snapshot, study_for_request
 
     rng = random.Random(seed)
@@ -122,7 +122,7 @@ def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) ->
     tasks, observations = [], []
     for i in range(n):
         beta = rng.uniform(1, 30)
-        arm = "".join(rng.choice("01") for _ in range(9))
+        arm = Arm.parse("".join(rng.choice("01") for _ in range(9))).index
         rel = 10 ** rng.uniform(-3, 0.3)
         state = "failed" if i % 50 == 0 else "succeeded"
         finished = now - timedelta(seconds=rng.uniform(0, 30 * 3600))
@@ -146,7 +146,7 @@ def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) ->
         observations.append(
             {
                 "study_id": study_id,
-                "context": {"beta": beta},
+                "params": {"beta": beta},
                 "arm_adam": arm,
                 "reward": -math.log10(rel),
                 "rel_l2": rel,
@@ -155,22 +155,18 @@ def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) ->
         )
     for start in range(0, n, 5000):
         with store.write() as s:
-            ids = s.scalars(insert(Task).returning(Task.id, sort_by_parameter_order=True), tasks[start : start + 5000])
+            rows = tasks[start : start + 5000]
+            ids = s.scalars(insert(TaskRow).returning(TaskRow.id, sort_by_parameter_order=True), rows)
             chunk = observations[start : start + 5000]
             for obs, task_id in zip(chunk, ids.all(), strict=True):
                 obs["task_id"] = task_id
-            s.execute(insert(Observation), chunk)
+            s.execute(insert(ObservationRow), chunk)
     engine = BanditEngine(family, seed=0)
-    engine.observe(
-        *[
-            EngineObservation(o["context"], tuple(int(b) for b in o["arm_adam"]), o["reward"])
-            for o in observations[:200]
-        ]
-    )
+    engine.observe(*[Observation(o["params"], Arm.from_index(o["arm_adam"]), o["reward"]) for o in observations[:200]])
     with store.write() as s:
         last, total = s.execute(
-            select(func.max(Observation.id), func.count()).where(Observation.study_id == study_id)
+            select(func.max(ObservationRow.id), func.count()).where(ObservationRow.study_id == study_id)
         ).one()
         engine.n_before = total - len(engine.observations)  # as a windowed restore of all of them
-        add_snapshot(s, s.get(Study, study_id), engine, last, 0.1)
+        add_snapshot(s, s.get(StudyRow, study_id), engine, last, 0.1)
     return study_id

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from api.service import Service
 from metalic.store import tokens as token_store
-from metalic.store.models import Base, Task
+from metalic.store.models import Base, TaskRow
 from tests.conftest import LiveServer
 
 TINY = {"budget": {"adam": 50, "lbfgs": 20}, "points": {"collocation": 200, "boundary": 50, "interface": 21}}
@@ -246,4 +246,4 @@ def test_families_docs_and_cancel(api):
     none_yet = client.get("/v1/families/kdv/recommendation", headers=bearer(token))
     assert none_yet.status_code == 404 and "no learned policy" in none_yet.json()["detail"]
     with store.read() as s:
-        assert s.get(Task, task["id"]).state == "cancelled"
+        assert s.get(TaskRow, task["id"]).state == "cancelled"

@@ -14,6 +14,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import migrations
 from api.app import create_app
 from api.service import Service
 from metalic.settings import Settings
@@ -27,7 +28,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('schema') / 'metalic.db'}")
-    store.upgrade()
+    migrations.upgrade(store)
     token, _ = token_store.create(store, "fuzzer", "admin")
     service = Service(Settings(max_body_bytes=20_000, max_predict_points=200), store)
     with LiveServer(create_app(service)) as server:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from metalic.arms import Arm
 from metalic.families import get_family
 from metalic.pinn.artefact import TrainedModel, evaluate_batch, models_from_batch
 from metalic.pinn.evaluate import predict_stitched
@@ -28,7 +29,11 @@ def test_saved_model_predicts_like_the_trained_network(burgers_batch, tmp_path):
     path = models[1].save(tmp_path / "m.pt")
     loaded = TrainedModel.load(path)
     assert loaded.family == "burgers" and loaded.params == {"nu": 0.005}
-    assert loaded.arm_adam == (1,) * 9 and loaded.arm_lbfgs == (1, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert loaded.arm_adam == Arm.parse("all") and loaded.arm_lbfgs == Arm.parse("u")
+    older = models[1]._payload()  # a file written before the Arm type held the arms as bit tuples
+    older["arm_adam"], older["arm_lbfgs"] = (1,) * 9, (1, 0, 0, 0, 0, 0, 0, 0, 0)
+    torch.save(older, tmp_path / "old.pt")
+    assert TrainedModel.load(tmp_path / "old.pt").arm_lbfgs == Arm.parse("u")
     assert loaded.metrics["rel_l2"] == pytest.approx(metrics[1].rel_l2)
     assert loaded.outcome["lbfgs_iterations"] == 5
     pts = np.array([[-0.5, 0.3], [0.0, 0.7], [0.1, 0.2], [0.95, 1.0]])

@@ -8,23 +8,23 @@ import math
 import pytest
 import torch
 
+from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
-from metalic.bandit.space import ALL_ARMS, arm_index, arm_of
+from metalic.bandit.space import ALL_FEATURES as ALL_ARMS
 from metalic.bandit.surrogate import RewardGP
-from metalic.conditions import arm_label, is_single_network, parse_arm
 
-A = (1, 0, 0, 1, 1, 0, 0, 0, 0)  # u, res_continuity, flux
-B = (0, 1, 1, 0, 0, 0, 1, 0, 1)  # uavg, res, gres, uxx
+A = Arm.parse("u,res_continuity,flux")
+B = Arm.parse("uavg,res,gres,uxx")
 
 
-def hamming(a, b):
-    return sum(x != y for x, y in zip(a, b, strict=True))
+def hamming(a: Arm, b: Arm) -> int:
+    return sum(x != y for x, y in zip(a.term_mask, b.term_mask, strict=True))
 
 
 def planted_mean(ctx, arm):
     """Advection's beta in [1, 30]: arm A is best below 15.5, arm B above; reward falls 0.4 per bit.
     The single-network arm is poor here (1.0)."""
-    if is_single_network(arm):
+    if arm.single:
         return 1.0
     best = A if ctx["beta"] < 15.5 else B
     return 3.0 - 0.4 * hamming(arm, best)
@@ -37,7 +37,7 @@ def run_planted(policy: str, horizon: int, seed: int = 0):
     regret = 0.0
     for t in range(horizon):
         ctx = {"beta": 1 + 29 * float(torch.rand(1, generator=contexts))}
-        arm = engine.suggest(ctx)[0] if t >= 5 else arm_of(int(torch.randint(512, (1,), generator=noise)))
+        arm = engine.suggest(ctx)[0] if t >= 5 else Arm.from_index(int(torch.randint(512, (1,), generator=noise)))
         mean = planted_mean(ctx, arm)
         regret += 3.0 - mean
         engine.observe(Observation(ctx, arm, mean + 0.05 * float(torch.randn(1, generator=noise))))
@@ -81,16 +81,16 @@ def test_recommend_returns_the_planted_best_arm_in_each_region(planted, policy):
 def test_surrogate_follows_data_and_is_uncertain_away_from_it():
     gp = RewardGP(n_cont=1)
     c = torch.linspace(0, 0.5, 12, dtype=torch.float64)[:, None]
-    arm = ALL_ARMS[arm_index(A)].expand(len(c), -1)
+    arm = ALL_ARMS[A.index].expand(len(c), -1)
     y = torch.sin(2 * math.pi * c[:, 0])
     assert gp.fit(torch.cat([c, arm], 1), y)
     mean, std = gp.marginal(torch.cat([c, arm], 1))
     noise = math.sqrt(gp.noise_variance)
     assert torch.all((mean - y).abs() < 3 * noise + 0.02)
-    far = torch.cat([torch.tensor([[1.0]], dtype=torch.float64), ALL_ARMS[arm_index(A)][None]], 1)
+    far = torch.cat([torch.tensor([[1.0]], dtype=torch.float64), ALL_ARMS[A.index][None]], 1)
     _, std_far = gp.marginal(far)
     assert std_far.item() > 3 * std.max().item()
-    other_arm = torch.cat([c[:1], ALL_ARMS[arm_index(B)][None]], 1)
+    other_arm = torch.cat([c[:1], ALL_ARMS[B.index][None]], 1)
     _, std_other = gp.marginal(other_arm)
     assert std_other.item() > std[0].item()
 
@@ -108,27 +108,27 @@ def test_a_failed_fit_keeps_the_last_good_hyperparameters():
         torch.testing.assert_close(gp.hyper[k], v)
 
 
-def test_sequential_phase1_choice_depends_on_the_phase0_reward():
+def test_the_sequential_lbfgs_choice_depends_on_the_adam_phase_reward():
     engine = BanditEngine("advection", mode="sequential", policy="mean", seed=0)
     g = torch.Generator().manual_seed(0)
     obs = []
     for _ in range(70):
         ctx = {"beta": 1 + 29 * float(torch.rand(1, generator=g))}
         r0 = 2 * float(torch.rand(1, generator=g))
-        a0 = arm_of(int(torch.randint(512, (1,), generator=g)))
-        a1 = arm_of(int(torch.randint(512, (1,), generator=g)))
+        a0 = Arm.from_index(int(torch.randint(512, (1,), generator=g)))
+        a1 = Arm.from_index(int(torch.randint(512, (1,), generator=g)))
         r1 = 3.0 - 0.4 * hamming(a1, A if r0 > 1 else B)
         obs.append(Observation(ctx, a0, r1, a1, r0))
     engine.observe(*obs)
     ctx = {"beta": 10.0}
-    assert engine.report_phase0(ctx, A, 1.8)[0] == A
-    assert engine.report_phase0(ctx, A, 0.2)[0] == B
-    assert engine.recommend(ctx, top=1, reward_phase0=1.8)[0].arm == A
+    assert engine.report_adam(ctx, A, 1.8)[0] == A
+    assert engine.report_adam(ctx, A, 0.2)[0] == B
+    assert engine.recommend(ctx, top=1, reward_adam=1.8)[0].arm == A
 
 
 def flat_engine(policy):
     engine = BanditEngine("burgers", policy=policy, seed=3)
-    engine.observe(*[Observation({"nu": 0.001 + 0.01 * i}, arm_of(37 * i + 5), 1.0) for i in range(4)])
+    engine.observe(*[Observation({"nu": 0.001 + 0.01 * i}, Arm.from_index(37 * i + 5), 1.0) for i in range(4)])
     return engine
 
 
@@ -151,7 +151,7 @@ def test_snapshot_reload_gives_identical_suggestions(policy, mode):
     g = torch.Generator().manual_seed(2)
     for _ in range(8):
         ctx = {n: float(4 * torch.rand(1, generator=g) - 2) for n in "abcd"}
-        a = arm_of(int(torch.randint(512, (1,), generator=g)))
+        a = Arm.from_index(int(torch.randint(512, (1,), generator=g)))
         r = float(torch.randn(1, generator=g))
         engine.observe(
             Observation(ctx, a, r, a if mode == "sequential" else None, r / 2 if mode == "sequential" else None)
@@ -162,7 +162,7 @@ def test_snapshot_reload_gives_identical_suggestions(policy, mode):
     assert engine.suggest(ctx, q=3) == clone.suggest(ctx, q=3)
     assert engine.suggest(ctx) == clone.suggest(ctx)
     if mode == "sequential":
-        assert engine.report_phase0(ctx, A, 1.0) == clone.report_phase0(ctx, A, 1.0)
+        assert engine.report_adam(ctx, A, 1.0) == clone.report_adam(ctx, A, 1.0)
     assert [r.arm for r in engine.recommend(ctx)] == [r.arm for r in clone.recommend(ctx)]
 
 
@@ -182,7 +182,7 @@ def test_bad_input_names_the_field_and_records_nothing():
         engine.observe(good, Observation({"beta": 0.0}, A, 1.0))
     with pytest.raises(ValueError, match="reward"):
         engine.observe(good, Observation({"beta": 3.0}, A, math.nan))
-    assert engine.observations == [] and engine.phase0.y == []
+    assert engine.observations == [] and engine.adam.y == []
     seq = BanditEngine("advection", mode="sequential")
     with pytest.raises(ValueError, match="arm_lbfgs"):
         seq.observe(good)
@@ -250,15 +250,15 @@ def test_landscape_over_a_slice_equals_the_posterior_at_each_context(planted):
     assert land.mean.shape == land.std.shape == (6, 4) and len(land.best) == 6
     for i, ctx in enumerate(contexts):
         rows = engine._rows(engine.space.encode(ctx), ALL_ARMS)
-        post = engine.phase0.gp.model.posterior(rows)
+        post = engine.adam.gp.model.posterior(rows)
         mean, std = post.mean.squeeze(-1).detach(), post.variance.squeeze(-1).sqrt().detach()
         assert land.best[i] == engine.recommend(ctx, top=1)[0].terms
         assert float(land.best_mean[i]) == pytest.approx(float(mean.max()), abs=1e-6)
         for j, label in enumerate(land.arms):
-            k = arm_index(parse_arm(label))
+            k = Arm.parse(label).index
             assert float(land.mean[i, j]) == pytest.approx(float(mean[k]), abs=1e-6)
             assert float(land.std[i, j]) == pytest.approx(float(std[k]), rel=1e-4, abs=1e-7)
-    assert (land.best[0], land.best[-1]) == (arm_label(A), arm_label(B))  # the planted regions
+    assert (land.best[0], land.best[-1]) == (A.label, B.label)  # the planted regions
 
 
 def _observed_engine(n: int, seed: int = 3, **kw) -> BanditEngine:
@@ -267,34 +267,34 @@ def _observed_engine(n: int, seed: int = 3, **kw) -> BanditEngine:
     observations = []
     for _ in range(n):
         beta = 1 + 29 * float(torch.rand(1, generator=g))
-        arm = arm_of(int(torch.randint(512, (1,), generator=g)))
+        arm = Arm.from_index(int(torch.randint(512, (1,), generator=g)))
         observations.append(Observation({"beta": beta}, arm, planted_mean({"beta": beta}, arm)))
     engine.observe(*observations)
     return engine
 
 
 def test_gp_ucb_weights_the_std_by_the_schedules_beta():
-    from metalic.bandit.space import ALL_ARMS as arms
-    from metalic.bandit.surrogate import gp_ucb_beta
+    from metalic.bandit.acquisition import gp_ucb_beta
+    from metalic.bandit.space import ALL_FEATURES as arms
 
     engine = _observed_engine(12, policy="ucb", ucb_schedule="gp-ucb")
     ctx = {"beta": 28.0}  # where the two schedules disagree
-    mean, std = engine.phase0.gp.marginal(engine._rows(engine.space.encode(ctx), arms))
-    coef = gp_ucb_beta(len(engine.phase0.y) + 1)
+    mean, std = engine.adam.gp.marginal(engine._rows(engine.space.encode(ctx), arms))
+    coef = gp_ucb_beta(len(engine.adam.y) + 1)
     assert coef > 1.5 and int(torch.argmax(mean + coef * std)) != int(torch.argmax(mean + std))
-    assert engine.suggest(ctx)[0] == arm_of(int(torch.argmax(mean + coef * std)))
+    assert engine.suggest(ctx)[0] == Arm.from_index(int(torch.argmax(mean + coef * std)))
     assert engine.suggest(ctx, policy="ucb")[0] == engine.suggest(ctx)[0]
     constant = BanditEngine.from_snapshot(
         {**engine.snapshot(), "policy": {**engine.snapshot()["policy"], "ucb_schedule": "constant"}}
     )
-    assert constant.suggest(ctx)[0] == arm_of(int(torch.argmax(mean + std)))
+    assert constant.suggest(ctx)[0] == Arm.from_index(int(torch.argmax(mean + std)))
 
 
 def test_past_max_exact_the_gp_conditions_on_the_latest_window_and_restores_from_it():
     engine = _observed_engine(30, max_exact=20)
-    gp = engine.phase0.gp
+    gp = engine.adam.gp
     assert len(gp.model.train_inputs[0]) == 20
-    torch.testing.assert_close(gp.model.train_inputs[0], torch.stack(engine.phase0.x[-20:]))
+    torch.testing.assert_close(gp.model.train_inputs[0], torch.stack(engine.adam.x[-20:]))
     snap = engine.snapshot(observations=False)
     assert snap["observation_count"] == 30
     again = BanditEngine.from_snapshot(snap, engine.observations[-20:])

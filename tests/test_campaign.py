@@ -9,18 +9,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from metalic.bandit.campaign import (
+from metalic.arms import all_arms
+from metalic.bandit.engine import R_ADAM_SCALE
+from metalic.bandit.space import ALL_FEATURES
+from metalic.campaign import (
     CampaignConfig,
     CampaignPlan,
-    contexts_for,
-    run_heuristic,
+    points_for,
+    run_policy,
     summarise,
     write_outputs,
 )
-from metalic.bandit.engine import R0_SCALE
-from metalic.bandit.space import ALL_ARMS, arm_of
 from metalic.cli import main
-from metalic.conditions import arm_label
 from metalic.jobs import run_solve_batch
 from metalic.pinn.artefact import TrainedModel
 from metalic.pinn.evaluate import reward_of
@@ -39,13 +39,13 @@ TOY = CampaignConfig(
 )
 
 
-def test_every_heuristic_sees_the_same_contexts_and_the_protocol_is_followed(tmp_path):
-    online, test = contexts_for(TOY)
-    rows_ucb, engine = run_heuristic(TOY, "ucb")
-    rows_fixed, _ = run_heuristic(TOY, "fixed:u,flux")
+def test_every_policy_sees_the_same_parameters_and_the_protocol_is_followed(tmp_path):
+    online, test = points_for(TOY)
+    rows_ucb, engine = run_policy(TOY, "ucb")
+    rows_fixed, _ = run_policy(TOY, "fixed:u,flux")
     for rows in (rows_ucb, rows_fixed):
         assert [r.stage for r in rows] == ["warmup"] * 2 + ["online"] * 3 + ["test"] * 2
-        assert [r.context for r in rows] == online + test
+        assert [r.params for r in rows] == online + test
     assert all(r.arm == "u,flux" for r in rows_fixed)
     assert len(engine.observations) == 5  # warm-up + online, not test
     write_outputs(rows_ucb + rows_fixed, {"ucb": engine}, tmp_path)
@@ -53,22 +53,26 @@ def test_every_heuristic_sees_the_same_contexts_and_the_protocol_is_followed(tmp
         assert len(list(csv.DictReader(fh))) == 14
     assert len(json.loads((tmp_path / "rounds.json").read_text())) == 14
     assert (tmp_path / "campaign.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "policy_ucb.json").read_text())["format"] == "metalic-policy/1"
+    assert json.loads((tmp_path / "policy_ucb.json").read_text())["format"] == "metalic-policy/2"
+    record = json.loads((tmp_path / "rounds.json").read_text())[0]  # the files keep their column names
+    assert list(record) == ["heuristic", "stage", "round", "context", "arm", "arm_lbfgs", "rel_l2", "reward",
+                            "phase0_rel_l2", "status", "seconds"]  # fmt: skip
+    assert record["heuristic"] == "ucb" and record["context"] == online[0]
     summary = {s["heuristic"]: s for s in summarise(rows_ucb + rows_fixed)}
     assert summary["ucb"]["online_accumulated_error"] == pytest.approx(sum(r.rel_l2 for r in rows_ucb[:5]))
 
 
 def test_sequential_campaign_chooses_the_lbfgs_arm_after_the_adam_phase():
-    rows, engine = run_heuristic(replace(TOY, mode="sequential"), "ts")
-    assert all(r.phase0_rel_l2 is not None for r in rows)
+    rows, engine = run_policy(replace(TOY, mode="sequential"), "ts")
+    assert all(r.rel_l2_adam is not None for r in rows)
     assert any(r.arm != r.arm_lbfgs for r in rows)
     # the engine learnt each training's measured phase-0 reward and the L-BFGS arm that trained
     learnt = [r for r in rows if r.stage != "test"]
-    assert len(engine.phase1.y) == len(learnt) == 5
-    for r, x, y0, y1 in zip(learnt, engine.phase1.x, engine.phase0.y, engine.phase1.y, strict=True):
-        r0 = reward_of(r.phase0_rel_l2)
-        assert float(x[0]) * R0_SCALE == pytest.approx(r0)
-        assert arm_label(arm_of(arm_index_of_row(x))) == r.arm_lbfgs
+    assert len(engine.lbfgs.y) == len(learnt) == 5
+    for r, x, y0, y1 in zip(learnt, engine.lbfgs.x, engine.adam.y, engine.lbfgs.y, strict=True):
+        r0 = reward_of(r.rel_l2_adam)
+        assert float(x[0]) * R_ADAM_SCALE == pytest.approx(r0)
+        assert all_arms()[arm_index_of_row(x)].label == r.arm_lbfgs
         assert y1 == pytest.approx(r.reward) and y0 == pytest.approx((r0 + engine.gamma * r.reward) / 2)
     # at test time the L-BFGS arm is the posterior-mean best given the phase-0 reward just measured
     # (a single-network Adam phase goes on as one network)
@@ -77,24 +81,24 @@ def test_sequential_campaign_chooses_the_lbfgs_arm_after_the_adam_phase():
     split = [r for r in test if r.arm != "single-domain"]
     assert split  # the check below is not vacuous
     for r in split:
-        best = engine.recommend(r.context, top=1, reward_phase0=reward_of(r.phase0_rel_l2))[0]
+        best = engine.recommend(r.params, top=1, reward_adam=reward_of(r.rel_l2_adam))[0]
         assert r.arm_lbfgs == best.terms
 
 
 def arm_index_of_row(x):
     """The arm a GP input row encodes (its last 10 columns)."""
-    return next(i for i, row in enumerate(ALL_ARMS) if torch.equal(row, x[-len(row) :]))
+    return next(i for i, row in enumerate(ALL_FEATURES) if torch.equal(row, x[-len(row) :]))
 
 
 def test_single_domain_baseline_runs_one_network():
-    rows, engine = run_heuristic(TOY, "single-domain")
+    rows, engine = run_policy(TOY, "single-domain")
     assert engine is None and len(rows) == 7 and all(r.arm == "none" for r in rows)
     # every one of its trainings is one network over the whole domain, trained as such
-    config = replace(TOY, heuristics=("single-domain",))
+    config = replace(TOY, policies=("single-domain",))
     plan = CampaignPlan(config)
     runs = [run for step in plan.steps() for run in plan.runs(step, plan.new_engines())]
-    assert len(runs) == 7 and all(run.training(config).request.subdomains == 1 for run in runs)
-    for result in run_solve_batch([run.training(config) for run in runs[:2]], device="cpu"):
+    assert len(runs) == 7 and all(run.run(config).request.subdomains == 1 for run in runs)
+    for result in run_solve_batch([run.run(config) for run in runs[:2]], device="cpu"):
         assert result.status == "ok"
         assert TrainedModel.from_bytes(result.model).network().n_subdomains == 1
 
@@ -129,14 +133,14 @@ def test_a_campaign_over_the_caps_is_refused_before_anything_is_written(tmp_path
 def test_creating_an_invalid_campaign_writes_no_row(sqlite_store):
     from sqlalchemy import func, select
 
-    from metalic.store.models import Campaign, Study
-    from workers import campaigns
+    from metalic.store import campaigns
+    from metalic.store.models import CampaignRow, StudyRow
 
     with pytest.raises(ValueError, match="heuristic"):
-        campaigns.create(sqlite_store, replace(TOY, heuristics=("ucb", "greedy")))
+        campaigns.create(sqlite_store, replace(TOY, policies=("ucb", "greedy")))
     with sqlite_store.read() as s:
-        assert s.scalar(select(func.count()).select_from(Campaign)) == 0
-        assert s.scalar(select(func.count()).select_from(Study)) == 0
+        assert s.scalar(select(func.count()).select_from(CampaignRow)) == 0
+        assert s.scalar(select(func.count()).select_from(StudyRow)) == 0
 
 
 def test_a_campaign_config_survives_its_stored_form():
@@ -145,3 +149,6 @@ def test_a_campaign_config_survives_its_stored_form():
     for config in (TOY, replace(TOY, pinn=replace(TOY.pinn, layers=(2, 8, 8, 1)))):
         stored = json.loads(json.dumps(config.to_dict()))
         assert CampaignConfig.from_dict(stored) == config
+    older = json.loads(json.dumps(TOY.to_dict()))  # configs stored before policies had that name
+    older["heuristics"] = older.pop("policies")
+    assert CampaignConfig.from_dict(older) == TOY

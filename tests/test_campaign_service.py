@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from metalic.store import Store
-from metalic.store.models import Campaign, Observation, Task
+from metalic.store.models import CampaignRow, ObservationRow, TaskRow
 
 pytestmark = pytest.mark.service
 
@@ -66,8 +66,10 @@ def test_a_killed_campaign_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path,
     def mid_way() -> bool:
         try:
             with store.read() as s:
-                step = s.scalar(select(Campaign.step))
-                running = s.scalar(select(func.count()).where(Task.state == "running", Task.progress_iteration > 0))
+                step = s.scalar(select(CampaignRow.step))
+                running = s.scalar(
+                    select(func.count()).where(TaskRow.state == "running", TaskRow.progress_iteration > 0)
+                )
             return (step or 0) >= 2 and running > 0
         except Exception:  # the schema may not exist yet
             return False
@@ -80,8 +82,8 @@ def test_a_killed_campaign_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path,
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(30)
     with store.read() as s:
-        orphaned = s.scalar(select(func.count()).where(Task.state == "running"))
-        step_at_kill = s.scalar(select(Campaign.step))
+        orphaned = s.scalar(select(func.count()).where(TaskRow.state == "running"))
+        step_at_kill = s.scalar(select(CampaignRow.step))
     assert orphaned > 0 and step_at_kill < 4  # killed with a batch in flight, before the end
 
     # without --resume, a second campaign on the same folder is refused (exit 2, one line)
@@ -93,9 +95,9 @@ def test_a_killed_campaign_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path,
     assert comparable(rows_b) == comparable(rows_a)
 
     with store.read() as s:
-        tasks = s.scalars(select(Task)).all()
-        observed = s.execute(select(Observation.task_id, func.count()).group_by(Observation.task_id)).all()
-        camp = s.scalar(select(Campaign))
+        tasks = s.scalars(select(TaskRow)).all()
+        observed = s.execute(select(ObservationRow.task_id, func.count()).group_by(ObservationRow.task_id)).all()
+        camp = s.scalar(select(CampaignRow))
     # shared warm-up 2 + fixed warm-up 2, online 2 x 3 heuristics, test 2 x 3 heuristics
     assert len(tasks) == 2 + 2 + 6 + 6 and all(t.state == "succeeded" for t in tasks)
     assert dict(observed) == {t.id: 1 for t in tasks}  # every training observed once, none twice

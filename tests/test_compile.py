@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from metalic.arms import Arm, needed_quantities
 from metalic.families import get_family
 from metalic.pinn.loss import PinnLoss
 from metalic.pinn.network import StackedMLP
@@ -20,8 +21,9 @@ def test_compiled_loss_matches_eager():
     cfg = PinnConfig(n_collocation=200, n_boundary=20, n_interface=41)
     problem = build_problem(fam, [{"nu": 0.01}, {"nu": 0.03}], [0, 1], cfg)
     net = StackedMLP(cfg.layers_for(fam), 2, problem.decomposition.bounding_boxes(), [0, 1])
-    arms = torch.tensor([[1.0] * 9, [1, 0, 0, 1, 1, 0, 0, 0, 0]])
-    loss = PinnLoss(problem, net, cfg, arms)
+    arms = [Arm.parse("all"), Arm.parse("u,res_continuity,flux")]
+    loss = PinnLoss(problem, net, cfg, needed_quantities(arms))
+    arms = torch.tensor([a.loss_weights for a in arms])
     eager = loss(arms).total
     (g_eager,) = torch.autograd.grad(eager.sum(), net.theta)
     compiled = torch.compile(loss.__call__)(arms).total
@@ -89,11 +91,11 @@ def test_a_process_keeps_compiling_losses_past_dynamo_s_default_of_eight_graphs(
     compiled (dynamo's tracing alone, ``backend="eager"``, keeps this fast: the limit is dynamo's)."""
     from torch._dynamo.utils import counters
 
-    from metalic.pinn import trainer
+    from metalic.pinn import compiled
     from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 
-    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "eager")
-    monkeypatch.setattr(trainer, "_COMPILED", OrderedDict())  # no later test reuses these kept losses
+    monkeypatch.setattr(compiled, "BACKEND", "eager")
+    monkeypatch.setattr(compiled, "_KEPT", OrderedDict())  # no later test reuses these kept losses
     fam = get_family("advection")
     cfg = PinnConfig(n_collocation=8, n_boundary=4, n_interface=3)
     graphs = counters["stats"]["unique_graphs"]

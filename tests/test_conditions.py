@@ -11,19 +11,11 @@ import math
 import pytest
 import torch
 
-from metalic.conditions import (
-    N_TERMS,
-    TERM_NAMES,
-    arm_label,
-    needed_quantities,
-    parse_arm,
-    required_derivatives,
-    side_quantities,
-    term_values,
-)
+from metalic.arms import ALL as ALL_TERMS
+from metalic.conditions import N_TERMS, TERM_NAMES, required_derivatives, side_quantities, term_values
 from metalic.families import get_family
 
-ALL = set(needed_quantities([(1,) * N_TERMS]))
+ALL = set(ALL_TERMS.quantities)
 T = {name: i for i, name in enumerate(TERM_NAMES)}
 
 
@@ -195,24 +187,3 @@ def test_normal_and_tangent_swap_for_interfaces_normal_to_x():
     mask = torch.ones(len(t), dtype=torch.bool)
     a2 = side_quantities(fam, jet_of(f, pts, need), HEAT, pts, mask, ALL)
     torch.testing.assert_close(a2["f_n"], a["f_n"])
-
-
-@pytest.mark.parametrize(
-    ("spec", "bits"),
-    [
-        ("u,flux,res_continuity", (1, 0, 0, 1, 1, 0, 0, 0, 0)),
-        ("all", (1,) * 9),
-        ("none", (0,) * 9),
-        ("100000001", (1, 0, 0, 0, 0, 0, 0, 0, 1)),
-        ([0, 1, 0, 0, 0, 0, 0, 0, 0], (0, 1, 0, 0, 0, 0, 0, 0, 0)),
-    ],
-)
-def test_parse_arm(spec, bits):
-    assert parse_arm(spec) == bits
-    assert parse_arm(arm_label(bits)) == bits
-
-
-@pytest.mark.parametrize("spec", ["u,foo", [1, 0], [2] * 9, "u,,flux"])
-def test_parse_arm_rejects_bad_input(spec):
-    with pytest.raises(ValueError):
-        parse_arm(spec)

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from metalic.store import tokens
-from metalic.store.models import Campaign, Observation, Study, Task
+from metalic.store.models import CampaignRow, ObservationRow, StudyRow, TaskRow
 from tests.conftest import ROOT, LiveServer, free_port
 
 pytestmark = pytest.mark.service
@@ -111,9 +111,9 @@ PAGES = [
 
 def _ids(store) -> dict:
     with store.read() as s:
-        studies = {(st.family, st.heuristic): st.id for st in s.scalars(select(Study)).all()}
-        campaign = s.scalar(select(Campaign.id).where(Campaign.family == "advection"))
-        task = s.scalar(select(Task.id).where(Task.campaign_id.is_(None)).order_by(Task.id.desc()))
+        studies = {(st.family, st.heuristic): st.id for st in s.scalars(select(StudyRow)).all()}
+        campaign = s.scalar(select(CampaignRow.id).where(CampaignRow.family == "advection"))
+        task = s.scalar(select(TaskRow.id).where(TaskRow.campaign_id.is_(None)).order_by(TaskRow.id.desc()))
     return {
         "service_study": studies[("advection", None)],
         "ucb_study": studies[("advection", "ucb")],
@@ -213,13 +213,13 @@ def test_forms_need_the_csrf_token_and_a_revoked_token_ends_the_session(seeded):
     extra, _ = tokens.create(store, "ops", "admin")
     client = _client_session(seeded["url"], extra)
     with store.read() as s:
-        before = s.query(Campaign).count()
+        before = s.query(CampaignRow).count()
     r = client.post("/dashboard/campaigns", data={"family": "advection", "heuristics": "ucb"})
     assert r.status_code == 403 and "expired" in r.text
     r = client.post("/dashboard/logout", data={"csrf": "wrong"})
     assert r.status_code == 403
     with store.read() as s:
-        assert s.query(Campaign).count() == before
+        assert s.query(CampaignRow).count() == before
     assert client.get("/dashboard/data/overview").status_code == 200
     tokens.revoke(store, "ops")
     assert client.get("/dashboard/data/overview").status_code == 401
@@ -234,7 +234,7 @@ def test_starting_a_campaign_from_the_form(seeded, browser):
     console = Console(page)
     log_in(page, seeded["url"], seeded["admin"])
     with store.read() as s:
-        before = s.query(Campaign).count()
+        before = s.query(CampaignRow).count()
     page.goto(f"{seeded['url']}/dashboard/campaigns")
     page.select_option("select[name=family]", "reaction")
     page.fill("input[name=rounds]", "-3")
@@ -246,7 +246,7 @@ def test_starting_a_campaign_from_the_form(seeded, browser):
     assert [e for e in console.errors if "422" not in e] == []  # the browser logs the 422 it was sent
     console.errors.clear()
     with store.read() as s:
-        assert s.query(Campaign).count() == before
+        assert s.query(CampaignRow).count() == before
     page.fill("input[name=rounds]", "3")
     page.fill("input[name=adam]", "50")
     page.fill("input[name=lbfgs]", "5")
@@ -254,9 +254,9 @@ def test_starting_a_campaign_from_the_form(seeded, browser):
     assert re.search(r"/dashboard/campaigns/\d+$", page.url)
     camp_id = int(page.url.rsplit("/", 1)[1])
     with store.read() as s:
-        camp = s.get(Campaign, camp_id)
+        camp = s.get(CampaignRow, camp_id)
         assert (camp.family, camp.config["rounds"], camp.config["train"]["adam_iters"]) == ("reaction", 3, 50)
-        assert camp.config["heuristics"] == ["ucb", "random"] and camp.owner == "root"
+        assert camp.config["policies"] == ["ucb", "random"] and camp.owner == "root"
     charts_ready(page)  # no trained round yet: every chart says so instead of loading forever
     page.click("text=Cancel the campaign")
     page.wait_for_selector("[data-field='campaign.state']:has-text('cancelled')")
@@ -279,10 +279,12 @@ def test_csv_downloads_match_the_database(seeded, browser):
     rows = _read_csv(Path(download.value.path()).read_text())
     with store.read() as s:
         tasks = s.scalars(
-            select(Task).where(Task.state == "succeeded", Task.family == "advection").order_by(Task.id.desc())
+            select(TaskRow)
+            .where(TaskRow.state == "succeeded", TaskRow.family == "advection")
+            .order_by(TaskRow.id.desc())
         ).all()
         observations = s.scalars(
-            select(Observation).where(Observation.study_id == ids["ucb_study"]).order_by(Observation.id)
+            select(ObservationRow).where(ObservationRow.study_id == ids["ucb_study"]).order_by(ObservationRow.id)
         ).all()
     assert [int(r["id"]) for r in rows] == [t.id for t in tasks]
     for row, task in zip(rows, tasks, strict=True):
@@ -298,8 +300,10 @@ def test_csv_downloads_match_the_database(seeded, browser):
     with page.expect_download() as download:
         page.click("button[data-csv-for=terms-chart]")
     terms = _read_csv(Path(download.value.path()).read_text())
-    # nine terms, then the single-network arm (stored as a tenth bit; older rows have nine)
-    on = [sum(int(o.arm_adam.ljust(10, "0")[i]) for o in observations) / len(observations) for i in range(10)]
+    # nine terms, then the single-network arm (stored as one index: bit i = term i, 512 = one network)
+    switches = [[(o.arm_adam >> i) & 1 if o.arm_adam < 512 else 0 for i in range(9)] + [int(o.arm_adam == 512)]
+                for o in observations]  # fmt: skip
+    on = [sum(sw[i] for sw in switches) / len(observations) for i in range(10)]
     assert [float(r["y"]) for r in terms] == pytest.approx(on, abs=1e-4)
     # a table, as the browser shows it: the overview's studies with their observation counts
     page.goto(f"{seeded['url']}/dashboard/")
@@ -310,10 +314,10 @@ def test_csv_downloads_match_the_database(seeded, browser):
     with store.read() as s:
         counts = dict(
             s.execute(
-                select(Observation.study_id, func.count())
-                .join(Study, Study.id == Observation.study_id)
-                .where(Study.campaign_id.is_(None))
-                .group_by(Observation.study_id)
+                select(ObservationRow.study_id, func.count())
+                .join(StudyRow, StudyRow.id == ObservationRow.study_id)
+                .where(StudyRow.campaign_id.is_(None))
+                .group_by(ObservationRow.study_id)
             ).all()
         )
     assert {int(r["study"]): int(r["observations"]) for r in shown} == counts

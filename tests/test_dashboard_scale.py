@@ -13,7 +13,7 @@ from sqlalchemy import event, func, select
 
 from metalic.settings import Settings
 from metalic.store import tokens
-from metalic.store.models import Observation, Task
+from metalic.store.models import ObservationRow, TaskRow
 from tests.seed import bulk_seed
 
 pytestmark = pytest.mark.service
@@ -75,8 +75,8 @@ def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
     small = measure(client, store, study_id)
     bulk_seed(store, BIG - 20, seed=2)
     with store.read() as s:
-        assert s.scalar(select(func.count()).select_from(Task)) == BIG
-        assert s.scalar(select(func.count()).select_from(Observation)) == BIG
+        assert s.scalar(select(func.count()).select_from(TaskRow)) == BIG
+        assert s.scalar(select(func.count()).select_from(ObservationRow)) == BIG
     big = measure(client, store, study_id)
     for path in pages(study_id):
         queries, size = big[path]

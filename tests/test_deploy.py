@@ -39,7 +39,7 @@ def test_services_ports_health_checks_and_gpus(compose):
 
 
 def test_every_command_is_a_metalic_subcommand_that_parses(compose):
-    parser = _build_parser()
+    parser, _ = _build_parser()
     commands = [s["command"] for s in compose["services"].values() if "command" in s]
     assert len(commands) == 3
     for command in commands:

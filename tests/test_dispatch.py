@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from metalic.jobs import SolveRequest
 from metalic.settings import Settings
 from metalic.store import tasks as task_store
-from metalic.store.models import Batch, Observation, PolicySnapshot, ProgressPoint, Study, Task, Worker
+from metalic.store.models import BatchRow, ObservationRow, ProgressRow, SnapshotRow, StudyRow, TaskRow, WorkerRow
 from metalic.store.studies import EngineCache
 from workers.dispatcher import Dispatcher, DispatcherBusy
 from workers.executors import RayExecutor
@@ -47,8 +47,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 180.0, every: flo
 
 
 def states(store) -> dict[str, int]:
-    with store.read() as s:
-        return task_store.counts_by_state(s)
+    return task_store.counts_by_state(store)
 
 
 def all_finished(store, n: int) -> Callable[[], bool]:
@@ -63,9 +62,9 @@ def dispatcher(store, ray_address, **kw) -> Dispatcher:
 def one_observation_each(store, task_ids) -> None:
     with store.read() as s:
         rows = s.execute(
-            select(Observation.task_id, func.count())
-            .where(Observation.task_id.in_(task_ids))
-            .group_by(Observation.task_id)
+            select(ObservationRow.task_id, func.count())
+            .where(ObservationRow.task_id.in_(task_ids))
+            .group_by(ObservationRow.task_id)
         ).all()
     assert dict(rows) == dict.fromkeys(task_ids, 1)
 
@@ -80,13 +79,13 @@ def test_twenty_tasks_are_packed_into_batches_and_each_is_observed_once(store, r
         wait_until(all_finished(store, 20))
         disp.wait_idle()
         with store.read() as s:
-            batches = s.scalars(select(Batch).order_by(Batch.id)).all()
-            tasks = s.scalars(select(Task).order_by(Task.id)).all()
-            study = s.get(Study, first[0].study_id)
-            versions = s.scalars(select(PolicySnapshot.version).where(PolicySnapshot.study_id == study.id)).all()
+            batches = s.scalars(select(BatchRow).order_by(BatchRow.id)).all()
+            tasks = s.scalars(select(TaskRow).order_by(TaskRow.id)).all()
+            study = s.get(StudyRow, first[0].study_id)
+            versions = s.scalars(select(SnapshotRow.version).where(SnapshotRow.study_id == study.id)).all()
             latest = max(versions)
-            snap = s.scalar(select(PolicySnapshot).where(PolicySnapshot.version == latest))
-            version, restored = EngineCache().get(s, study)
+            snap = s.scalar(select(SnapshotRow).where(SnapshotRow.version == latest))
+        version, restored = EngineCache(store).get(study.id)
         assert states(store) == {"succeeded": 20}
         assert [b.size for b in batches[:2]] == [8, 8]  # 16 compatible queued tasks, --max-batch 8
         assert {t.batch_id for t in tasks[:16]} == {batches[0].id, batches[1].id}
@@ -98,12 +97,12 @@ def test_twenty_tasks_are_packed_into_batches_and_each_is_observed_once(store, r
             assert same_context[0].arm_adam != same_context[1].arm_adam
         assert all(t.arm_policy.startswith("learned:ucb") for t in tasks)
         # the engine restored from the latest snapshot suggests what the live one does
-        live_version, _, live = disp._live_engines[study.id]
+        live_version, _, live = disp.refits.live_engines[study.id]
         assert live_version == version == latest
         for ctx in ({"beta": 3.0}, {"beta": 17.5}, {"beta": 29.0}):
             assert restored.suggest(ctx, q=4) == live.suggest(ctx, q=4)
         with store.read() as s:
-            trainers = s.scalars(select(Worker).where(Worker.kind == "trainer")).all()
+            trainers = s.scalars(select(WorkerRow).where(WorkerRow.kind == "trainer")).all()
         assert trainers and all(w.state == "idle" for w in trainers)
     finally:
         disp.stop()
@@ -117,19 +116,19 @@ def test_an_actor_killed_mid_batch_has_its_tasks_finish_on_a_new_one(sqlite_stor
 
         def training() -> bool:
             with store.read() as s:
-                return (s.scalar(select(func.max(Task.progress_iteration)).where(Task.attempt == 1)) or 0) >= 40
+                return (s.scalar(select(func.max(TaskRow.progress_iteration)).where(TaskRow.attempt == 1)) or 0) >= 40
 
         def busy_pid() -> int | None:  # (asking the busy actor itself would wait for its batch)
             with store.read() as s:
-                return s.scalar(select(Worker.pid).where(Worker.kind == "trainer", Worker.state == "busy"))
+                return s.scalar(select(WorkerRow.pid).where(WorkerRow.kind == "trainer", WorkerRow.state == "busy"))
 
         wait_until(lambda: training() and busy_pid() is not None)
         os.kill(busy_pid(), signal.SIGKILL)
         wait_until(all_finished(store, 3))
         disp.wait_idle()
         with store.read() as s:
-            tasks = s.scalars(select(Task).where(Task.id.in_(ids))).all()
-            batches = s.scalars(select(Batch).order_by(Batch.id)).all()
+            tasks = s.scalars(select(TaskRow).where(TaskRow.id.in_(ids))).all()
+            batches = s.scalars(select(BatchRow).order_by(BatchRow.id)).all()
         assert [t.state for t in tasks] == ["succeeded"] * 3
         assert [t.attempt for t in tasks] == [2, 2, 2]
         assert [b.state for b in batches] == ["lost", "done"]
@@ -154,7 +153,7 @@ def test_a_restarted_dispatcher_finishes_what_was_running_and_refuses_the_late_r
         (_, _, report) = late[0]
         assert sorted(report.refused) == sorted(ids) and report.recorded == []
         with store.read() as s:
-            tasks = s.scalars(select(Task).where(Task.id.in_(ids))).all()
+            tasks = s.scalars(select(TaskRow).where(TaskRow.id.in_(ids))).all()
         assert [(t.state, t.attempt) for t in tasks] == [("succeeded", 2)] * 2
         one_observation_each(store, ids)
     finally:
@@ -169,8 +168,10 @@ def test_a_task_that_always_fails_ends_failed_with_its_error(store, ray_address)
     try:
         wait_until(all_finished(store, 2))
         with store.read() as s:
-            failed, ok = s.get(Task, bad.id), s.get(Task, good.id)
-            observed = s.scalar(select(func.count()).select_from(Observation).where(Observation.task_id == bad.id))
+            failed, ok = s.get(TaskRow, bad.id), s.get(TaskRow, good.id)
+            observed = s.scalar(
+                select(func.count()).select_from(ObservationRow).where(ObservationRow.task_id == bad.id)
+            )
         assert (failed.state, failed.attempt) == ("failed", 3)
         assert "RuntimeError: reference solver exploded" in failed.error
         assert ok.state == "succeeded" and observed == 0
@@ -191,15 +192,15 @@ def test_cancelled_while_queued_never_runs_and_while_running_stops_at_the_next_p
 
         def progressed() -> bool:
             with store.read() as s:
-                return (s.get(Task, running.id).progress_iteration or 0) >= 20
+                return (s.get(TaskRow, running.id).progress_iteration or 0) >= 20
 
         wait_until(progressed)
         task_store.cancel(store, running.id)
         wait_until(lambda: all(b.state != "running" for b in _batches(store)), timeout=60)
         with store.read() as s:
-            last = s.scalar(select(func.max(ProgressPoint.iteration)).where(ProgressPoint.task_id == running.id))
-            q, r = s.get(Task, queued.id), s.get(Task, running.id)
-            observations = s.scalar(select(func.count()).select_from(Observation))
+            last = s.scalar(select(func.max(ProgressRow.iteration)).where(ProgressRow.task_id == running.id))
+            q, r = s.get(TaskRow, queued.id), s.get(TaskRow, running.id)
+            observations = s.scalar(select(func.count()).select_from(ObservationRow))
         assert (q.state, q.attempt, q.batch_id) == ("cancelled", 0, None)
         assert r.state == "cancelled" and last < 20000 and observations == 0
         assert len(_batches(store)) == 1  # the cancelled queued task never reached a worker
@@ -207,9 +208,9 @@ def test_cancelled_while_queued_never_runs_and_while_running_stops_at_the_next_p
         disp.stop()
 
 
-def _batches(store) -> list[Batch]:
+def _batches(store) -> list[BatchRow]:
     with store.read() as s:
-        return list(s.scalars(select(Batch)).all())
+        return list(s.scalars(select(BatchRow)).all())
 
 
 def test_a_worker_compiles_as_asked_else_on_an_accelerator_else_by_the_budget_rule():

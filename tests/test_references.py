@@ -11,12 +11,12 @@ import pytest
 from metalic import settings
 from metalic.families import get_family, references
 from metalic.families.base import Family, ReferenceGrid
-from metalic.families.references import ReferenceStore, params_key
+from metalic.families.references import ReferenceCache, params_key
 from tests.plugins import nan_family
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("METALIC_REFERENCE_CACHE", str(tmp_path / "references"))
     settings.get_settings.cache_clear()
     yield tmp_path / "references"
@@ -28,51 +28,51 @@ def _family(reference) -> Family:
     return replace(nan_family.FAMILY, name="reference-test", reference=reference)
 
 
-def test_a_solved_grid_is_read_back_from_disk_by_another_store_with_the_same_values(cache):
+def test_a_solved_grid_is_read_back_from_disk_by_another_cache_with_the_same_values(cache_dir):
     burgers = get_family("burgers")
     key = params_key({"nu": 0.02})
-    first = ReferenceStore()
+    first = ReferenceCache()
     grid = first.get(burgers, key)
     assert first.solved == 1
-    assert [p.name for p in cache.iterdir()] == [first.path_of(burgers, key).name]
-    second = ReferenceStore()  # a new process's store: empty memory, same folder
+    assert [p.name for p in cache_dir.iterdir()] == [first.path_of(burgers, key).name]
+    second = ReferenceCache()  # a new process's cache: empty memory, same folder
     again = second.get(burgers, key)
     assert second.solved == 0
     assert np.array_equal(again.u, grid.u)
     assert all(np.array_equal(a, b) for a, b in zip(again.axes, grid.axes, strict=True))
 
 
-def test_a_damaged_file_is_solved_again_and_replaced(cache):
+def test_a_damaged_file_is_solved_again_and_replaced(cache_dir):
     burgers = get_family("burgers")
     key = params_key({"nu": 0.03})
-    grid = ReferenceStore().get(burgers, key)
-    path = ReferenceStore.path_of(burgers, key)
+    grid = ReferenceCache().get(burgers, key)
+    path = ReferenceCache.path_of(burgers, key)
     path.write_bytes(b"not an npz file")
-    store = ReferenceStore()
-    assert np.array_equal(store.get(burgers, key).u, grid.u)
-    assert store.solved == 1
+    cache = ReferenceCache()
+    assert np.array_equal(cache.get(burgers, key).u, grid.u)
+    assert cache.solved == 1
     with np.load(path) as z:  # rewritten whole
         assert np.array_equal(z["u"], grid.u)
 
 
-def test_other_solver_code_means_another_file(cache, monkeypatch):
+def test_other_solver_code_means_another_file(cache_dir, monkeypatch):
     burgers = get_family("burgers")
     key = params_key({"nu": 0.04})
-    before = ReferenceStore.path_of(burgers, key)
+    before = ReferenceCache.path_of(burgers, key)
     monkeypatch.setattr(references, "code_fingerprint", lambda family: "an edited solver")
-    after = ReferenceStore.path_of(burgers, key)
+    after = ReferenceCache.path_of(burgers, key)
     assert before != after
-    store = ReferenceStore()
-    store.get(burgers, key)
-    assert store.solved == 1  # the grid of the old code is not read
+    cache = ReferenceCache()
+    cache.get(burgers, key)
+    assert cache.solved == 1  # the grid of the old code is not read
 
 
-def test_the_cache_can_be_switched_off_and_unregistered_families_stay_in_memory(cache, monkeypatch):
+def test_the_cache_can_be_switched_off_and_unregistered_families_stay_in_memory(cache_dir, monkeypatch):
     fam = _family(lambda p: ReferenceGrid((np.linspace(0, 1, 3), np.linspace(0, 1, 3)), np.full((3, 3), p["q"])))
-    assert ReferenceStore.path_of(fam, params_key({"q": 0.5})) is None
+    assert ReferenceCache.path_of(fam, params_key({"q": 0.5})) is None
     monkeypatch.setenv("METALIC_REFERENCE_CACHE", "off")
     settings.get_settings.cache_clear()
-    assert ReferenceStore.path_of(get_family("burgers"), params_key({"nu": 0.01})) is None
+    assert ReferenceCache.path_of(get_family("burgers"), params_key({"nu": 0.01})) is None
 
 
 def test_a_prefetch_returns_at_once_and_a_later_get_waits_for_it_instead_of_solving_again():
@@ -84,14 +84,14 @@ def test_a_prefetch_returns_at_once_and_a_later_get_waits_for_it_instead_of_solv
         return ReferenceGrid((np.linspace(0, 1, 3), np.linspace(0, 1, 3)), np.full((3, 3), p["q"]))
 
     fam = _family(slow_reference)
-    store = ReferenceStore()
+    cache = ReferenceCache()
     keys = [params_key({"q": q}) for q in (0.1, 0.2, 0.3)]
-    store.prefetch(fam, keys)  # returns while every solver is blocked
+    cache.prefetch(fam, keys)  # returns while every solver is blocked
     assert not release.is_set()
     release.set()
-    grids = [store.get(fam, k) for k in keys]
+    grids = [cache.get(fam, k) for k in keys]
     assert [float(g.u[0, 0]) for g in grids] == [0.1, 0.2, 0.3]
-    assert sorted(calls) == [0.1, 0.2, 0.3] and store.solved == 3
+    assert sorted(calls) == [0.1, 0.2, 0.3] and cache.solved == 3
 
 
 def test_a_solver_error_reaches_the_caller_and_the_next_get_tries_again():
@@ -103,29 +103,29 @@ def test_a_solver_error_reaches_the_caller_and_the_next_get_tries_again():
         return ReferenceGrid((np.linspace(0, 1, 2), np.linspace(0, 1, 2)), np.zeros((2, 2)))
 
     fam = _family(flaky)
-    store = ReferenceStore()
-    store.prefetch(fam, [params_key({"q": 0.0})])
+    cache = ReferenceCache()
+    cache.prefetch(fam, [params_key({"q": 0.0})])
     with pytest.raises(RuntimeError, match="solver failed"):
-        store.get(fam, params_key({"q": 0.0}))
+        cache.get(fam, params_key({"q": 0.0}))
     fail[0] = False
-    assert store.get(fam, params_key({"q": 0.0})).u.shape == (2, 2)
+    assert cache.get(fam, params_key({"q": 0.0})).u.shape == (2, 2)
 
 
-def test_a_batch_with_prefetch_scores_its_runs_as_one_without(cache):
-    from metalic.families.references import STORE
-    from metalic.jobs import SolveRequest, Training, run_solve_batch
+def test_a_batch_with_prefetch_scores_its_runs_as_one_without(cache_dir):
+    from metalic.families.references import CACHE
+    from metalic.jobs import Run, SolveRequest, run_solve_batch
 
     requests = [
         SolveRequest(family="burgers", params={"nu": nu}, arm="u,flux", adam=3, lbfgs=3, collocation=30,
                      boundary=10, interface_points=5, seed=j)
         for j, nu in enumerate((0.011, 0.012))
     ]  # fmt: skip
-    solved = STORE.solved
-    STORE.clear_memory()
-    ahead = run_solve_batch([Training.explicit(r) for r in requests], device="cpu", artefacts=False, prefetch=True)
-    assert STORE.solved == solved + 2
-    assert len(list(cache.iterdir())) == 2
-    STORE.clear_memory()
-    after = run_solve_batch([Training.explicit(r) for r in requests], device="cpu", artefacts=False, prefetch=False)
-    assert STORE.solved == solved + 2  # read from disk
+    solved = CACHE.solved
+    CACHE.clear_memory()
+    ahead = run_solve_batch([Run.explicit(r) for r in requests], device="cpu", artefacts=False, prefetch=True)
+    assert CACHE.solved == solved + 2
+    assert len(list(cache_dir.iterdir())) == 2
+    CACHE.clear_memory()
+    after = run_solve_batch([Run.explicit(r) for r in requests], device="cpu", artefacts=False, prefetch=False)
+    assert CACHE.solved == solved + 2  # read from disk
     assert [r.rel_l2 for r in ahead] == [r.rel_l2 for r in after]

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from metalic.store import Store
-from metalic.store.models import Observation, Task
+from metalic.store.models import ObservationRow, TaskRow
 from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "metalic.cli"]
@@ -74,7 +74,7 @@ def test_sigterm_stops_within_bounds_and_a_restart_finishes_every_task_once(tmp_
     assert "draining running batches" in log.read_text()
     store = Store(f"sqlite:///{home / 'metalic.db'}")
     with store.read() as s:
-        states = s.scalars(select(Task.state).where(Task.id.in_(ids))).all()
+        states = s.scalars(select(TaskRow.state).where(TaskRow.id.in_(ids))).all()
     assert "running" not in states and "queued" in states  # the batch in flight went back to the queue
 
     again = start(home, port, ray_address, log)
@@ -87,7 +87,7 @@ def test_sigterm_stops_within_bounds_and_a_restart_finishes_every_task_once(tmp_
         again.send_signal(signal.SIGTERM)
         again.wait(timeout=60)
     with store.read() as s:
-        counts = dict(s.execute(select(Observation.task_id, func.count()).group_by(Observation.task_id)).all())
+        counts = dict(s.execute(select(ObservationRow.task_id, func.count()).group_by(ObservationRow.task_id)).all())
     assert counts == dict.fromkeys(ids, 1)
     store.dispose()
 

@@ -9,42 +9,37 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from metalic.arms import SINGLE as SINGLE_NETWORK
+from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
-from metalic.bandit.space import ALL_ARMS, SINGLE_INDEX, arm_index, arm_of
-from metalic.conditions import SINGLE_NETWORK, arm_label, is_single_network, parse_arm
-from metalic.jobs import SolveRequest, Training, run_solve_batch
+from metalic.jobs import Run, SolveRequest, run_solve_batch
 from metalic.pinn.artefact import TrainedModel
 from metalic.settings import Settings
 from metalic.store import tasks as task_store
-from metalic.store.models import Observation as ObservationRow
-from metalic.store.models import Task
-from metalic.store.studies import arm_of_bits, bits
+from metalic.store.models import ObservationRow, TaskRow
 from workers.dispatcher import Dispatcher
 from workers.executors import InlineExecutor
 
-A = parse_arm("u,res_continuity,flux")
+A = Arm.parse("u,res_continuity,flux")
 TINY = {"adam": 30, "lbfgs": 10, "collocation": 60, "boundary": 20, "interface_points": 11}
 
 
-def test_the_arm_parses_labels_and_round_trips_through_its_stored_bits():
-    for text in ("single-domain", "single", " Single-Domain ", "0000000001", (0,) * 9 + (1,)):
-        assert parse_arm(text) == SINGLE_NETWORK
-    assert arm_label(SINGLE_NETWORK) == "single-domain"
-    assert bits(SINGLE_NETWORK) == "0000000001" and arm_of_bits("0000000001") == SINGLE_NETWORK
-    assert parse_arm("1000100000") == parse_arm("u,flux")  # a stored split arm with its 10th bit off
+def test_the_arm_parses_labels_and_round_trips_through_its_stored_forms():
+    for text in ("single-domain", "single", " Single-Domain ", "0000000001", (0,) * 9 + (1,), 512):
+        assert Arm.parse(text) == SINGLE_NETWORK
+    assert SINGLE_NETWORK.label == "single-domain" and SINGLE_NETWORK.index == 512
+    assert SINGLE_NETWORK.bits == "0000000001" and Arm.parse(SINGLE_NETWORK.bits) == SINGLE_NETWORK
+    assert Arm.parse("1000100000") == Arm.parse("u,flux")  # a stored split arm with its 10th bit off
     with pytest.raises(ValueError, match="no interface terms"):
-        parse_arm("1000000001")
-    assert len(ALL_ARMS) == 513 and arm_of(SINGLE_INDEX) == SINGLE_NETWORK
-    assert arm_index(SINGLE_NETWORK) == SINGLE_INDEX
-    assert [arm_index(arm_of(i)) for i in range(513)] == list(range(513))
+        Arm.parse("1000000001")
 
 
 def planted(beta: float, arm) -> float:
     """Below beta = 10 one network is best (3.5) and every split is worse than above it; above
     beta = 10, arm A (3.0, 0.4 less per bit away from it) and one network is poor (0.5)."""
-    if is_single_network(arm):
+    if arm.single:
         return 3.5 if beta < 10 else 0.5
-    return (3.0 if beta >= 10 else 2.0) - 0.4 * sum(x != y for x, y in zip(arm, A, strict=True))
+    return (3.0 if beta >= 10 else 2.0) - 0.4 * sum(x != y for x, y in zip(arm.term_mask, A.term_mask, strict=True))
 
 
 @pytest.mark.slow
@@ -55,8 +50,9 @@ def test_the_bandit_learns_where_not_splitting_wins():
     picked = []
     for t in range(45):
         beta = 1 + 29 * float(torch.rand(1, generator=contexts))
-        arm = engine.suggest({"beta": beta})[0] if t >= 5 else arm_of(int(torch.randint(513, (1,), generator=noise)))
-        picked.append(is_single_network(arm))
+        warm = Arm.from_index(int(torch.randint(513, (1,), generator=noise))) if t < 5 else None
+        arm = engine.suggest({"beta": beta})[0] if t >= 5 else warm
+        picked.append(arm.single)
         engine.observe(
             Observation({"beta": beta}, arm, planted(beta, arm) + 0.05 * float(torch.randn(1, generator=noise)))
         )
@@ -73,7 +69,7 @@ def test_the_bandit_learns_where_not_splitting_wins():
 
 def test_a_sequential_engine_keeps_one_network_one_network():
     engine = BanditEngine("advection", mode="sequential", policy="ts", seed=0)
-    assert engine.report_phase0({"beta": 3.0}, SINGLE_NETWORK, 1.2, q=2) == [SINGLE_NETWORK] * 2
+    assert engine.report_adam({"beta": 3.0}, SINGLE_NETWORK, 1.2, q=2) == [SINGLE_NETWORK] * 2
     with pytest.raises(ValueError, match="single-network in both phases"):
         engine.observe(Observation({"beta": 3.0}, SINGLE_NETWORK, 2.0, A, 1.0))
     with pytest.raises(ValueError, match="single-network in both phases"):
@@ -81,12 +77,12 @@ def test_a_sequential_engine_keeps_one_network_one_network():
     engine.observe(
         Observation({"beta": 3.0}, SINGLE_NETWORK, 2.0, SINGLE_NETWORK, 1.0),
         Observation({"beta": 9.0}, A, 2.5, A, 1.5),
-        Observation({"beta": 19.0}, A, 1.5, parse_arm("u"), 1.0),
+        Observation({"beta": 19.0}, A, 1.5, Arm.parse("u"), 1.0),
     )
-    assert len(engine.phase0.y) == 3 and len(engine.phase1.y) == 2  # phase 1 learns only of splits
-    for _ in range(5):  # phase 1 never proposes to merge a split
-        assert not is_single_network(engine.report_phase0({"beta": 5.0}, A, 1.0)[0])
-    assert all(not is_single_network(r.arm) for r in engine.recommend({"beta": 5.0}, top=512, reward_phase0=1.0))
+    assert len(engine.adam.y) == 3 and len(engine.lbfgs.y) == 2  # the L-BFGS GP learns only of splits
+    for _ in range(5):  # the L-BFGS phase never merges a split
+        assert not engine.report_adam({"beta": 5.0}, A, 1.0)[0].single
+    assert all(not r.arm.single for r in engine.recommend({"beta": 5.0}, top=512, reward_adam=1.0))
 
 
 def test_requests_refuse_a_split_that_would_merge_or_a_single_network_that_would_split():
@@ -109,9 +105,9 @@ def test_a_batch_with_both_kinds_trains_one_network_for_the_single_runs_only():
         for j in p.runs:
             seen.setdefault(j, set()).add(p.iteration)
 
-    results = run_solve_batch([Training.explicit(r) for r in requests], device="cpu", progress=progress,
+    results = run_solve_batch([Run.explicit(r) for r in requests], device="cpu", progress=progress,
                               should_stop=lambda: {3}, progress_every=5)  # fmt: skip
-    assert [r.arm_adam for r in results] == [parse_arm("u,flux"), SINGLE_NETWORK, parse_arm("u"), SINGLE_NETWORK]
+    assert [r.arm_adam for r in results] == [Arm.parse("u,flux"), SINGLE_NETWORK, Arm.parse("u"), SINGLE_NETWORK]
     assert [r.arm_lbfgs for r in results] == [r.arm_adam for r in results]
     assert [r.status for r in results] == ["ok", "ok", "ok", "cancelled"]  # run 3 is asked to stop
     assert [TrainedModel.from_bytes(r.model).network().n_subdomains for r in results[:3]] == [2, 1, 2]
@@ -119,7 +115,7 @@ def test_a_batch_with_both_kinds_trains_one_network_for_the_single_runs_only():
     assert sorted(seen) == [0, 1, 2, 3] and max(seen[1]) == 30  # the single runs' progress, by batch index
     assert all(r.batch_size == 4 and r.batch_seconds == results[0].batch_seconds for r in results)
     # the single runs alone give the same result as inside the mixed batch
-    alone = run_solve_batch([Training.explicit(requests[1])], device="cpu")[0]
+    alone = run_solve_batch([Run.explicit(requests[1])], device="cpu")[0]
     assert alone.rel_l2 == pytest.approx(results[1].rel_l2, rel=1e-5)
 
 
@@ -135,16 +131,16 @@ def test_the_service_stores_trains_and_observes_the_single_network_arm(store):
         deadline = time.monotonic() + 240
         while True:
             with store.read() as s:
-                done = s.scalars(select(Task.state).where(Task.id.in_(ids))).all()
+                done = s.scalars(select(TaskRow.state).where(TaskRow.id.in_(ids))).all()
             if all(state in ("succeeded", "failed") for state in done):
                 break
             assert time.monotonic() < deadline
             time.sleep(0.1)
     finally:
         dispatcher.stop(drain=5.0)
+    task = task_store.get_task(store, ids[0])
+    assert task.state == "succeeded" and task.arm_adam == SINGLE_NETWORK
+    assert task.result["arm_adam"] == "single-domain"
     with store.read() as s:
-        task = s.get(Task, ids[0])
-        assert task.state == "succeeded" and task.arm_adam == "0000000001"
-        assert task.result["arm_adam_terms"] == "single-domain"
         obs = s.scalar(select(ObservationRow).where(ObservationRow.task_id == ids[0]))
-        assert obs.arm_adam == "0000000001" and obs.reward == pytest.approx(task.result["reward"])
+        assert obs.arm_adam == SINGLE_NETWORK.index and obs.reward == pytest.approx(task.result["reward"])

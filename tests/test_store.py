@@ -10,13 +10,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select
 
+import migrations
+from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine
-from metalic.jobs import SolveRequest, SolveResult, Training, run_solve_batch
-from metalic.store import SchemaError, Store
+from metalic.jobs import Run, SolveRequest, SolveResult, run_solve_batch
+from metalic.store import Store
 from metalic.store import tasks as task_store
-from metalic.store.db import head_revision
-from metalic.store.models import Artefact, Base, Observation, PolicySnapshot, Study, Task
-from metalic.store.studies import EngineCache, engine_from_snapshot, refit_study
+from metalic.store.models import Base, ObservationRow
+from metalic.store.records import TaskRecord
+from metalic.store.studies import EngineCache, refit_study
 
 TINY = {"adam": 10, "lbfgs": 3, "collocation": 32, "boundary": 8, "interface_points": 5}
 
@@ -32,20 +34,20 @@ def counts(store) -> dict[str, int]:
 
 def test_upgrade_head_on_an_empty_database_matches_the_models(db_url):
     store = Store(db_url)
-    assert store.current_revision() is None and store.is_empty()
-    with pytest.raises(SchemaError, match="metalic db upgrade"):
-        store.check_schema()
-    store.upgrade()
-    assert store.current_revision() == head_revision()
-    store.check_schema()
+    assert migrations.current(store) is None and store.is_empty()
+    with pytest.raises(migrations.SchemaError, match="metalic db upgrade"):
+        migrations.check(store)
+    migrations.upgrade(store)
+    assert migrations.current(store) == migrations.head()
+    migrations.check(store)
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         tables = set(inspect(conn).get_table_names())
     assert {"studies", "tasks", "observations", "policy_snapshots", "artefacts", "workers"} <= tables
-    store.downgrade("base")  # downgrade to nothing and back: the migration is reversible
+    migrations.downgrade(store, "base")  # downgrade to nothing and back: the migration is reversible
     with store.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
-    store.upgrade()
+    migrations.upgrade(store)
     store.dispose()
 
 
@@ -55,7 +57,7 @@ def test_metalic_db_upgrade_command(tmp_path):
     cli = [sys.executable, "-m", "metalic.cli"]
     run = subprocess.run([*cli, "db", "upgrade"], capture_output=True, text=True, env={**_env(), **env}, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert f"revision  {head_revision()}" in run.stdout
+    assert f"revision  {migrations.head()}" in run.stdout
     empty = {"METALIC_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
     bad = subprocess.run([*cli, "dispatcher"], capture_output=True, text=True, env={**_env(), **empty}, timeout=120)
     assert bad.returncode == 2 and "metalic db upgrade" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
@@ -75,19 +77,20 @@ def test_submit_is_idempotent_and_finds_the_study(store):
     t4, _ = task_store.submit(store, tiny(beta=5.0, arm="learned"))
     t5, _ = task_store.submit(store, tiny(adam=11))
     assert t4.study_id == t1.study_id != t5.study_id  # one study per (family, mode, budget profile)
-    assert (t1.arm_adam, t4.arm_adam) == ("100010000", None)  # learned arms are decided at dispatch
+    assert (t1.arm_adam, t4.arm_adam) == (Arm.parse("u,flux"), None)  # learned arms are decided at dispatch
     assert counts(store)["tasks"] == 4
 
 
-def _run(store, task_ids: list[int], batch_arms: dict[int, str] | None = None) -> tuple[int, list[Task]]:
+def _run(store, task_ids: list[int], batch_arms: dict[int, Arm] | None = None) -> tuple[int, list[TaskRecord]]:
     arms = batch_arms or {}
-    assignments = [task_store.Assignment(i, arms.get(i, "100010000"), None, None, "explicit") for i in task_ids]
+    u_flux = Arm.parse("u,flux")
+    assignments = [task_store.Assignment(i, arms.get(i, u_flux), None, None, "explicit") for i in task_ids]
     return task_store.start_batch(store, assignments, dispatcher_id="d", worker_id="w", device="cpu")
 
 
-def _result(task: Task) -> SolveResult:
+def _result(task: TaskRecord) -> SolveResult:
     request = SolveRequest.model_validate(task.request)
-    return run_solve_batch([Training.explicit(request)], device="cpu")[0]
+    return run_solve_batch([Run.explicit(request)], device="cpu")[0]
 
 
 def test_a_result_is_recorded_exactly_once_and_a_late_one_for_an_old_attempt_is_refused(store):
@@ -106,9 +109,9 @@ def test_a_result_is_recorded_exactly_once_and_a_late_one_for_an_old_attempt_is_
     assert task_store.record_result(store, task.id, 2, result) is True
     assert task_store.record_result(store, task.id, 2, result) is False  # never twice
     with store.read() as s:
-        obs = s.scalars(select(Observation).where(Observation.task_id == task.id)).all()
-        done = s.get(Task, task.id)
-        assert s.get(Artefact, task.id).model == result.model
+        obs = s.scalars(select(ObservationRow).where(ObservationRow.task_id == task.id)).all()
+    done = task_store.get_task(store, task.id)
+    assert task_store.get_artefact(store, task.id).model == result.model
     assert len(obs) == 1 and obs[0].reward == pytest.approx(result.reward)
     assert done.state == "succeeded" and done.rel_l2 == pytest.approx(result.rel_l2)
 
@@ -119,8 +122,7 @@ def test_attempts_are_bounded_and_the_error_is_kept(store):
         _, started = _run(store, [task.id])
         assert started[0].attempt == attempt
         task_store.retry_or_fail(store, [(task.id, attempt)], f"boom {attempt}", max_attempts=3)
-    with store.read() as s:
-        t = s.get(Task, task.id)
+    t = task_store.get_task(store, task.id)
     assert (t.state, t.attempt, t.error) == ("failed", 3, "boom 3")
     assert _run(store, [task.id]) == (None, [])  # a failed task never starts again
 
@@ -151,12 +153,60 @@ def test_snapshots_restore_the_engine_and_refits_add_versions(store):
     assert task_store.record_result(store, started[3].id, 1, _result(started[3]))
     second = refit_study(store, tasks[0].study_id, live)
     assert second.version == 2 and second.observation_count == 4
-    with store.read() as s:
-        study = s.get(Study, tasks[0].study_id)
-        restored = engine_from_snapshot(s, study, s.get(PolicySnapshot, second.id))
-        version, cached = EngineCache().get(s, study)
-    engine: BanditEngine = live[study.id][2]
+    study_id = tasks[0].study_id
+    _, restored = EngineCache(store).get(study_id, 2)
+    version, cached = EngineCache(store).get(study_id)
+    engine: BanditEngine = live[study_id][2]
     assert version == 2
     for ctx in ({"beta": 5.0}, {"beta": 27.0}):
         assert restored.suggest(ctx, q=3) == engine.suggest(ctx, q=3) == cached.suggest(ctx, q=3)
         assert [r.arm for r in restored.recommend(ctx)] == [r.arm for r in engine.recommend(ctx)]
+
+
+def test_migration_0005_turns_stored_bit_strings_into_arm_indices_and_back(db_url):
+    """Rows written at revision 0004 (arm bits of 9 or 10 characters, observations.context and
+    reward_phase0) read as the same arms after the upgrade, and the downgrade gives the bits back."""
+    from sqlalchemy import text
+
+    from metalic.store import studies as study_store
+
+    store = Store(db_url)
+    migrations.upgrade(store, "0004")
+    rows = [("100010000", "110000000"), ("0000000001", "0000000001"), ("000000000", None), ("111111111", None)]
+    request = tiny().model_dump_json()
+    study = (
+        "INSERT INTO studies (id, key, family, mode, profile_key, profile, policy, created_at) "
+        "VALUES (1, 'k', 'advection', 'sequential', 'p', '{}', 'ucb', CURRENT_TIMESTAMP)"
+    )
+    task = (
+        "INSERT INTO tasks (id, study_id, family, request, batch_key, state, attempt, solo, arm_adam, arm_lbfgs, "
+        "created_at) VALUES (:i, 1, 'advection', :r, 'b', 'succeeded', 1, false, :a, :l, CURRENT_TIMESTAMP)"
+    )
+    observation = (
+        "INSERT INTO observations (id, study_id, task_id, context, arm_adam, arm_lbfgs, reward, reward_phase0, "
+        "rel_l2, status, created_at) VALUES (:i, 1, :i, :c, :a, :l, 1.5, 0.25, 0.03, 'ok', CURRENT_TIMESTAMP)"
+    )
+    with store.engine.begin() as conn:
+        conn.execute(text(study))
+        for i, (adam, lbfgs) in enumerate(rows, 1):
+            conn.execute(text(task), {"i": i, "r": request, "a": adam, "l": lbfgs})
+            conn.execute(text(observation), {"i": i, "c": f'{{"beta": {i}.0}}', "a": adam, "l": lbfgs})
+    migrations.upgrade(store)
+    expected = [
+        ("u,flux", "u,uavg"),
+        ("single-domain", "single-domain"),
+        ("none", None),
+        (Arm.parse("all").label, None),
+    ]
+    for i, (adam, lbfgs) in enumerate(expected, 1):
+        task = task_store.get_task(store, i)
+        assert (task.arm_adam.label, None if task.arm_lbfgs is None else task.arm_lbfgs.label) == (adam, lbfgs)
+    with store.read() as s:
+        observations = [study_store.engine_observation(o) for o in s.scalars(select(ObservationRow)).all()]
+    assert [o.arm.label for o in observations] == [a for a, _ in expected]
+    assert observations[0].params == {"beta": 1.0} and observations[0].reward_adam == 0.25
+    migrations.downgrade(store, "0004")
+    with store.engine.connect() as conn:
+        back = conn.execute(text("SELECT arm_adam, arm_lbfgs FROM observations ORDER BY id")).all()
+    assert [tuple(r) for r in back] == [(a, b) for a, b in rows]
+    store.dispose()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from metalic.arms import Arm
 from metalic.domain import Box, slabs
 from metalic.families import get_family
 from metalic.families.base import Family, Param, ReferenceGrid
@@ -304,7 +305,7 @@ def test_single_domain_pinn_has_no_interface():
     assert math.isfinite(batch.outcomes[0].loss)
 
 
-def test_between_phases_hook_sees_phase0_errors_and_sets_the_lbfgs_arms():
+def test_between_phases_hook_sees_the_adam_phase_errors_and_sets_the_lbfgs_arms():
     fam = get_family("burgers")
     seen = {}
 
@@ -316,8 +317,8 @@ def test_between_phases_hook_sees_phase0_errors_and_sets_the_lbfgs_arms():
     batch = train_batch(fam, specs, SMALL, SHORT, between_phases=choose)
     assert len(seen["metrics"]) == 2
     for spec, m, out in zip(batch.specs, seen["metrics"], batch.outcomes, strict=True):
-        assert out.phase0_rel_l2 == m.rel_l2
-        assert spec.arm_lbfgs == ((1, 0, 0, 0, 1, 0, 0, 0, 0) if m.rel_l2 > 0.5 else (1,) * 9)
+        assert out.rel_l2_adam == m.rel_l2
+        assert spec.arm_lbfgs == Arm.parse("u,flux" if m.rel_l2 > 0.5 else "all")
     # the same arms given up front give the same training
     fixed = [replace(s, arm_lbfgs=b.arm_lbfgs) for s, b in zip(specs, batch.specs, strict=True)]
     again = train_batch(fam, fixed, SMALL, SHORT)

@@ -27,7 +27,7 @@ class Refitter:
 
     def __init__(self, store, stopping: threading.Event):
         self.store, self.stopping = store, stopping
-        self._live_engines: dict = {}  # the refit thread's engines, by study
+        self.live_engines: dict = {}  # the refit thread's engines, by study
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="metalic-refit", initializer=_lower_priority)
         self._running: dict[int, Future] = {}
         self._due: set[int] = set()
@@ -60,7 +60,7 @@ class Refitter:
                     self._running[sid] = self._pool.submit(self._refit_until_current, sid)
 
     def _refit_until_current(self, study_id: int) -> None:
-        while not self.stopping.is_set() and study_store.refit_study(self.store, study_id, self._live_engines):
+        while not self.stopping.is_set() and study_store.refit_study(self.store, study_id, self.live_engines):
             pass
 
     def shutdown(self) -> None:

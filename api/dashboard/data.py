@@ -73,7 +73,10 @@ def studies(store, campaign_id: int | None = None, limit: int = 100) -> list[dic
 
 def workers(store, stale_seconds: float) -> list[dict]:
     """Trainers and dispatchers seen in the last hour, not stopped (at most 200)."""
-    now, rows = reports.workers_with_batches(store)
+    return worker_rows(*reports.workers_with_batches(store), stale_seconds)
+
+
+def worker_rows(now: datetime, rows: list, stale_seconds: float) -> list[dict]:
     return [
         {
             "id": w.id,
@@ -92,11 +95,11 @@ def workers(store, stale_seconds: float) -> list[dict]:
 
 
 def overview(store, stale_seconds: float) -> dict[str, Any]:
-    day = reports.day_activity(store)
+    day = reports.overview(store)
     hours, per_hour = day.hours, day.per_hour
     return {
         "now": _iso(day.now),
-        "queue": queue(store),
+        "queue": {state: day.queue.get(state, 0) for state in TASK_STATES},
         "throughput": {
             "hours": hours,
             "succeeded": [per_hour[h]["succeeded"] for h in hours],
@@ -108,8 +111,8 @@ def overview(store, stale_seconds: float) -> dict[str, Any]:
             "mean_batch_size": _num(day.mean_batch_size),
             "training_seconds_last_day": _num(day.training_seconds),
         },
-        "studies": studies(store),
-        "workers": workers(store, stale_seconds),
+        "studies": [study_row(st) for st in day.studies],
+        "workers": worker_rows(day.now, day.workers, stale_seconds),
         "failed": [
             {"id": i, "family": f, "error": (e or "")[:200], "finished_at": _iso(t)} for i, f, e, t in day.failed
         ],

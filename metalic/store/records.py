@@ -203,6 +203,7 @@ class TokenRecord:
     id: int
     name: str
     role: str
+    digest: str
     created_at: datetime
     revoked_at: datetime | None
 

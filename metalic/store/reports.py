@@ -14,12 +14,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import String, case, func, select
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from metalic.arms import Arm
 from metalic.pinn.evaluate import ERROR_CAP
 from metalic.store.models import BatchRow, CampaignRow, ObservationRow, ProgressRow, TaskRow, WorkerRow, utc_now
 from metalic.store.records import ObservationRecord, TaskRecord, WorkerRecord
+from metalic.store.studies import StudySummary, study_summaries
 from metalic.store.tasks import state_counts
 
 CHUNK = 1000  # rows per query of a streamed download
@@ -70,12 +72,15 @@ def totals(store) -> Totals:
 
 
 @dataclass(frozen=True)
-class DayActivity:
-    """The last 24 hours: finished tasks per hour and state (``hours``: oldest first), batches and
-    their mean size and training seconds, tasks finished in the last hour, the latest failures
-    (id, family, error, finished_at) and campaigns (id, family, state, step, steps, created_at)."""
+class Overview:
+    """The service at a glance, read in one transaction: tasks by state; the last 24 hours'
+    finished tasks per hour and state (``hours``: oldest first), batches, their mean size and
+    training seconds, tasks finished in the last hour; the latest failures (id, family, error,
+    finished_at) and campaigns (id, family, state, step, steps, created_at); the service studies;
+    the workers with the size of the batch each trains."""
 
     now: datetime
+    queue: dict[str, int]
     hours: list[str]
     per_hour: dict[str, Counter]
     batches: int
@@ -84,9 +89,11 @@ class DayActivity:
     finished_last_hour: int
     failed: list[tuple]
     campaigns: list[tuple]
+    studies: list[StudySummary]
+    workers: list[tuple[WorkerRecord, int | None]]
 
 
-def day_activity(store) -> DayActivity:
+def overview(store, studies: int = 100) -> Overview:
     with store.read() as s:
         now = s.execute(select(utc_now())).scalar_one()
         day = now - timedelta(hours=24)
@@ -117,27 +124,32 @@ def day_activity(store) -> DayActivity:
             select(CampaignRow.id, CampaignRow.family, CampaignRow.state, CampaignRow.step, CampaignRow.steps,
                    CampaignRow.created_at).order_by(CampaignRow.id.desc()).limit(10)
         ).all()  # fmt: skip
+        queue, summaries, workers = state_counts(s), study_summaries(s, limit=studies), _workers(s, now)
     mean = None if mean_size is None else float(mean_size)
-    return DayActivity(now, hours, per_hour, int(n_batches or 0), mean, busy, int(last_hour or 0),
-                       [tuple(r) for r in failed], [tuple(r) for r in campaigns])  # fmt: skip
+    return Overview(now, queue, hours, per_hour, int(n_batches or 0), mean, busy, int(last_hour or 0),
+                    [tuple(r) for r in failed], [tuple(r) for r in campaigns], summaries, workers)  # fmt: skip
 
 
-def workers_with_batches(store, limit: int = 200) -> tuple[datetime, list[tuple[WorkerRecord, int | None]]]:
-    """(the database's now, trainers then dispatchers seen in the last hour and not stopped, each
-    with the size of the batch it trains)."""
+def workers_with_batches(store) -> tuple[datetime, list[tuple[WorkerRecord, int | None]]]:
+    """(the database's now, trainers then dispatchers seen in the last hour and not stopped, at most
+    200, each with the size of the batch it trains)."""
     with store.read() as s:
         now = s.execute(select(utc_now())).scalar_one()
-        rows = s.scalars(
-            select(WorkerRow)
-            .where(WorkerRow.state != "stopped", WorkerRow.last_seen >= now - timedelta(hours=1))
-            .order_by(WorkerRow.kind.desc(), WorkerRow.started_at)
-            .limit(limit)
-        ).all()
-        current = [w.current_batch for w in rows if w.current_batch is not None]
-        sizes = {}
-        if current:
-            sizes = dict(s.execute(select(BatchRow.id, BatchRow.size).where(BatchRow.id.in_(current))).all())
-        return now, [(WorkerRecord.of(w), sizes.get(w.current_batch)) for w in rows]
+        return now, _workers(s, now)
+
+
+def _workers(session: Session, now: datetime, limit: int = 200) -> list[tuple[WorkerRecord, int | None]]:
+    rows = session.scalars(
+        select(WorkerRow)
+        .where(WorkerRow.state != "stopped", WorkerRow.last_seen >= now - timedelta(hours=1))
+        .order_by(WorkerRow.kind.desc(), WorkerRow.started_at)
+        .limit(limit)
+    ).all()
+    current = [w.current_batch for w in rows if w.current_batch is not None]
+    sizes = {}
+    if current:
+        sizes = dict(session.execute(select(BatchRow.id, BatchRow.size).where(BatchRow.id.in_(current))).all())
+    return [(WorkerRecord.of(w), sizes.get(w.current_batch)) for w in rows]
 
 
 # ---- tasks ------------------------------------------------------------------------------------------

@@ -84,6 +84,22 @@ def list_studies(
     """Service studies (every study with ``campaigns_too``; one campaign's with ``campaign_id``; one
     study with ``study_id``) by id, each with its count and latest snapshot, in three queries.
     ``with_engine``: the snapshots carry their engine JSON (hyper-parameters)."""
+    with store.read() as s:
+        return study_summaries(s, family=family, campaign_id=campaign_id, campaigns_too=campaigns_too,
+                               study_id=study_id, limit=limit, with_engine=with_engine)  # fmt: skip
+
+
+def study_summaries(
+    session: Session,
+    *,
+    family: str | None = None,
+    campaign_id: int | None = None,
+    campaigns_too: bool = False,
+    study_id: int | None = None,
+    limit: int | None = None,
+    with_engine: bool = False,
+) -> list[StudySummary]:
+    """``list_studies`` inside a caller's transaction."""
     q = select(StudyRow).order_by(StudyRow.id)
     if study_id is not None:
         q = q.where(StudyRow.id == study_id)
@@ -95,11 +111,10 @@ def list_studies(
         q = q.where(StudyRow.family == family)
     if limit is not None:
         q = q.limit(limit)
-    with store.read() as s:
-        rows = s.scalars(q).all()
-        ids = [st.id for st in rows]
-        counts, snaps = _observation_counts(s, ids), _latest_snapshots(s, ids, with_engine)
-        return [StudySummary(StudyRecord.of(st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
+    rows = session.scalars(q).all()
+    ids = [st.id for st in rows]
+    counts, snaps = _observation_counts(session, ids), _latest_snapshots(session, ids, with_engine)
+    return [StudySummary(StudyRecord.of(st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
 
 
 def pick_study(store, family: str, mode: str) -> StudyRecord | None:
