@@ -49,7 +49,7 @@ def main() -> None:
             family,
             specs,
             PinnConfig(side_data=args.side_data and family.period is not None),
-            train_config=TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs),
+            train_config=TrainConfig(adam=args.adam, lbfgs=args.lbfgs),
             device=device,
         )
         metrics = evaluate_batch(batch)

@@ -82,7 +82,7 @@ def main() -> None:
             test=args.test,
             batch=args.batch,
             seed=args.seed,
-            train=TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs, compile=False),
+            train=TrainConfig(adam=args.adam, lbfgs=args.lbfgs, compile=False),
             pinn=PinnConfig(
                 n_collocation=args.collocation, n_boundary=args.boundary, n_interface=args.interface_points
             ),

@@ -47,7 +47,7 @@ def main() -> None:
     pinn = PinnConfig(layers=layers, subdomains=args.slabs, n_collocation=args.collocation, side_data=args.side_data)
     print(f"machine: {describe(device)}")
     start = time.perf_counter()
-    train = TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs, compile=True)
+    train = TrainConfig(adam=args.adam, lbfgs=args.lbfgs, compile=True)
     batch = train_batch(family, [RunSpec({"c": 6.0}, args.arm, seed=0)], pinn, train, device=device)
     wall = time.perf_counter() - start
     grid = family.reference_grid({"c": 6.0})

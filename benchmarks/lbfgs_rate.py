@@ -39,7 +39,7 @@ def lbfgs_rate(
             marks[p.iteration] = time.perf_counter()
 
     specs = [RunSpec({"nu": 0.01 + 0.001 * (j % 40)}, arm, seed=j) for j in range(k)]
-    config = TrainConfig(adam_iters=0, lbfgs_iters=warmup + steps, compile=compile_, tolerance_grad=0.0,
+    config = TrainConfig(adam=0, lbfgs=warmup + steps, compile=compile_, tolerance_grad=0.0,
                          tolerance_change=0.0)  # fmt: skip
     if compile_steps is not None:
         config = replace(config, compile_lbfgs=compile_steps)

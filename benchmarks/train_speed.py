@@ -84,7 +84,7 @@ def metalic_rate(k: int, steps: int, compile_: bool, device: torch.device) -> fl
     train_batch(
         get_family("burgers"),
         specs,
-        train_config=TrainConfig(adam_iters=total, lbfgs_iters=0, compile=compile_),
+        train_config=TrainConfig(adam=total, lbfgs=0, compile=compile_),
         device=device,
         progress=progress,
         progress_every=WARMUP,

@@ -29,7 +29,7 @@ import torch
 from metalic.arms import NONE, SWITCHES, Arm, all_arms, split_arms
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.policies import FixedArm, Policy, RandomArm, parse_policy
-from metalic.bandit.space import ContextSpace
+from metalic.bandit.space import ParamSpace
 from metalic.batching import Queued, plan_all
 from metalic.families import get_family
 from metalic.jobs import Run, SolveRequest, SolveResult, run_solve_batch
@@ -81,10 +81,15 @@ class CampaignConfig:
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> CampaignConfig:
-        """Back from ``to_dict`` (an older config names its policies ``heuristics``)."""
+        """Back from ``to_dict`` (an older config names its policies ``heuristics`` and its budgets
+        ``adam_iters`` / ``lbfgs_iters``)."""
         d = dict(data)
         d["policies"] = tuple(d.pop("policies") if "policies" in d else d.pop("heuristics"))
-        d["train"] = TrainConfig(**d["train"])
+        train = dict(d["train"])
+        for old, new in (("adam_iters", "adam"), ("lbfgs_iters", "lbfgs")):  # configs stored before the rename
+            if old in train:
+                train[new] = train.pop(old)
+        d["train"] = TrainConfig(**train)
         pinn = dict(d["pinn"])
         pinn["layers"] = None if pinn.get("layers") is None else tuple(pinn["layers"])
         d["pinn"] = PinnConfig(**pinn)
@@ -110,8 +115,8 @@ class CampaignConfig:
             mode="sequential" if sequential else "single",
             arm=arm.label,
             arm_lbfgs=lbfgs,
-            adam=self.train.adam_iters,
-            lbfgs=self.train.lbfgs_iters,
+            adam=self.train.adam,
+            lbfgs=self.train.lbfgs,
             adam_lr=self.train.adam_lr,
             lbfgs_lr=self.train.lbfgs_lr,
             collocation=self.pinn.n_collocation,
@@ -181,7 +186,7 @@ class CampaignRun:
 
 def points_for(config: CampaignConfig) -> tuple[list[dict], list[dict]]:
     """The seeded online and held-out test parameter points (the same for every policy)."""
-    space = ContextSpace(get_family(config.family))
+    space = ParamSpace(get_family(config.family))
     online = space.sample(config.warmup + config.rounds, torch.Generator().manual_seed(config.seed))
     test = space.sample(config.test, torch.Generator().manual_seed(config.seed + 10_007))
     return online, test

@@ -192,8 +192,8 @@ class SolveRequest(BaseModel):
 
     def train_config(self, compile: bool | None = None) -> TrainConfig:
         return TrainConfig(
-            adam_iters=self.adam,
-            lbfgs_iters=self.lbfgs,
+            adam=self.adam,
+            lbfgs=self.lbfgs,
             adam_lr=self.adam_lr,
             lbfgs_lr=self.lbfgs_lr,
             compile=compile,

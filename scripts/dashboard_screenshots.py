@@ -40,7 +40,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="metalic-shots-"))
     settings = Settings(home=home, poll_seconds=0.05, heartbeat_seconds=0.5, progress_seconds=0.05)
-    train = TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs)
+    train = TrainConfig(adam=args.adam, lbfgs=args.lbfgs)
     points = PinnConfig(n_collocation=args.collocation, n_boundary=100)
     store = seed_store(f"sqlite:///{home / 'metalic.db'}", settings, 1800, train, points, args.rounds)
     admin, _ = tokens.create(store, "admin", "admin")

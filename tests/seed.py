@@ -19,7 +19,7 @@ from metalic.store.models import CampaignRow, StudyRow, TaskRow
 from workers.dispatcher import Dispatcher
 from workers.executors import InlineExecutor
 
-TINY_TRAIN = TrainConfig(adam_iters=60, lbfgs_iters=10)
+TINY_TRAIN = TrainConfig(adam=60, lbfgs=10)
 TINY_POINTS = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
 
 
@@ -54,8 +54,8 @@ def solve_request(
             "family": family,
             "params": params,
             "arm": "learned",
-            "adam": train.adam_iters,
-            "lbfgs": train.lbfgs_iters,
+            "adam": train.adam,
+            "lbfgs": train.lbfgs,
             "collocation": points.n_collocation,
             "boundary": points.n_boundary,
             "interface_points": points.n_interface,

@@ -9,7 +9,7 @@ from metalic.pinn.artefact import evaluate_batch
 from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 
 # 1000 Adam + 3000 L-BFGS iterations (authors' learning rates): about 30 s each on 2 CPU cores.
-BUDGET = TrainConfig(adam_iters=1000, lbfgs_iters=3000, compile=False)
+BUDGET = TrainConfig(adam=1000, lbfgs=3000, compile=False)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def burgers_batch():
         get_family("burgers"),
         [RunSpec({"nu": 0.02}, "u,flux", seed=0), RunSpec({"nu": 0.005}, "all", "u", seed=1)],
         PinnConfig(n_collocation=64, n_boundary=16, n_interface=11),
-        TrainConfig(adam_iters=10, lbfgs_iters=5, compile=False),
+        TrainConfig(adam=10, lbfgs=5, compile=False),
         device="cpu",
     )
 

@@ -34,7 +34,7 @@ TOY = CampaignConfig(
     test=2,
     batch=3,
     seed=4,
-    train=TrainConfig(adam_iters=8, lbfgs_iters=4, compile=False),
+    train=TrainConfig(adam=8, lbfgs=4, compile=False),
     pinn=PinnConfig(n_collocation=48, n_boundary=12, n_interface=9),
 )
 
@@ -151,4 +151,8 @@ def test_a_campaign_config_survives_its_stored_form():
         assert CampaignConfig.from_dict(stored) == config
     older = json.loads(json.dumps(TOY.to_dict()))  # configs stored before policies had that name
     older["heuristics"] = older.pop("policies")
+    older["train"]["adam_iters"], older["train"]["lbfgs_iters"] = (
+        older["train"].pop("adam"),
+        older["train"].pop("lbfgs"),
+    )
     assert CampaignConfig.from_dict(older) == TOY

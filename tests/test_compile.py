@@ -44,7 +44,7 @@ def test_a_second_compiled_training_of_the_same_shape_does_not_recompile():
 
     fam = get_family("advection")
     cfg = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
-    train = TrainConfig(adam_iters=20, lbfgs_iters=5, compile=True)
+    train = TrainConfig(adam=20, lbfgs=5, compile=True)
     first = train_batch(fam, [RunSpec({"beta": 3.0}, "u,flux", seed=0), RunSpec({"beta": 9.0}, "all", seed=1)],
                         cfg, train, device="cpu", dtype="float64")  # fmt: skip
     kept = first.net.theta.detach().clone()
@@ -53,7 +53,7 @@ def test_a_second_compiled_training_of_the_same_shape_does_not_recompile():
     with torch._dynamo.config.patch(error_on_recompile=True):
         second = train_batch(fam, second_specs, cfg, train, device="cpu", dtype="float64")
     assert counters["stats"]["unique_graphs"] == graphs
-    eager = train_batch(fam, second_specs, cfg, TrainConfig(adam_iters=20, lbfgs_iters=5, compile=False),
+    eager = train_batch(fam, second_specs, cfg, TrainConfig(adam=20, lbfgs=5, compile=False),
                         device="cpu", dtype="float64")  # fmt: skip
     for a, b in zip(second.outcomes, eager.outcomes, strict=True):
         assert a.lbfgs_iterations == b.lbfgs_iterations
@@ -71,7 +71,7 @@ def test_compiled_lbfgs_steps_train_what_eager_steps_train():
     fam = get_family("advection")
     cfg = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
     specs = [RunSpec({"beta": 3.0}, "u,flux", seed=0), RunSpec({"beta": 9.0}, "all", seed=1)]
-    eager = TrainConfig(adam_iters=10, lbfgs_iters=40, compile=False, compile_lbfgs=False)
+    eager = TrainConfig(adam=10, lbfgs=40, compile=False, compile_lbfgs=False)
     runs = [
         train_batch(fam, specs, cfg, c, device="cpu", dtype="float64")
         for c in (eager, replace(eager, compile_lbfgs=True))
@@ -101,5 +101,5 @@ def test_a_process_keeps_compiling_losses_past_dynamo_s_default_of_eight_graphs(
     graphs = counters["stats"]["unique_graphs"]
     for k in range(1, 11):
         specs = [RunSpec({"beta": 2.0 + j}, "u", seed=j) for j in range(k)]
-        train_batch(fam, specs, cfg, TrainConfig(adam_iters=1, lbfgs_iters=0, compile=True), device="cpu")
+        train_batch(fam, specs, cfg, TrainConfig(adam=1, lbfgs=0, compile=True), device="cpu")
     assert counters["stats"]["unique_graphs"] - graphs == 10

@@ -255,7 +255,7 @@ def test_starting_a_campaign_from_the_form(seeded, browser):
     camp_id = int(page.url.rsplit("/", 1)[1])
     with store.read() as s:
         camp = s.get(CampaignRow, camp_id)
-        assert (camp.family, camp.config["rounds"], camp.config["train"]["adam_iters"]) == ("reaction", 3, 50)
+        assert (camp.family, camp.config["rounds"], camp.config["train"]["adam"]) == ("reaction", 3, 50)
         assert camp.config["policies"] == ["ucb", "random"] and camp.owner == "root"
     charts_ready(page)  # no trained round yet: every chart says so instead of loading forever
     page.click("text=Cancel the campaign")

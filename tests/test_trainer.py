@@ -26,7 +26,7 @@ from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 
 SMALL = PinnConfig(n_collocation=64, n_boundary=16, n_interface=11)
-SHORT = TrainConfig(adam_iters=15, lbfgs_iters=10, compile=False)
+SHORT = TrainConfig(adam=15, lbfgs=10, compile=False)
 
 
 def _solo_and_batch(family, specs, pinn=SMALL, train=SHORT, dtype="float64"):
@@ -65,7 +65,7 @@ def test_batched_equals_alone_in_float32_and_with_three_slabs():
     pinn = replace(SMALL, subdomains=3)
     specs = [RunSpec({"a": 1.0, "b": -1.0, "c": 0.5, "d": 0.0}, "u,uyy", seed=1),
              RunSpec({"a": -2.0, "b": 0.3, "c": 0.0, "d": 1.5}, "ux,uxx,res_continuity", seed=2)]  # fmt: skip
-    batch, solos = _solo_and_batch(fam, specs, pinn=pinn, train=replace(SHORT, lbfgs_iters=0), dtype="float32")
+    batch, solos = _solo_and_batch(fam, specs, pinn=pinn, train=replace(SHORT, lbfgs=0), dtype="float32")
     assert batch.problem.decomposition.n_subdomains == 3
     for k, solo in enumerate(solos):
         assert batch.outcomes[k].loss == pytest.approx(solo.outcomes[0].loss, rel=1e-4)
@@ -80,13 +80,13 @@ def test_training_is_seeded_and_reproducible():
 
 def test_lbfgs_reports_iterations_and_why_it_stopped():
     fam = get_family("advection")
-    full = train_batch(fam, [RunSpec({"beta": 2.0}, "u", seed=0)], SMALL, replace(SHORT, lbfgs_iters=25))
+    full = train_batch(fam, [RunSpec({"beta": 2.0}, "u", seed=0)], SMALL, replace(SHORT, lbfgs=25))
     assert full.outcomes[0].lbfgs_iterations == 25
     assert full.outcomes[0].lbfgs_stop == MAX_ITER
     spec = [RunSpec({"beta": 2.0}, "u", seed=0)]
-    at_start = train_batch(fam, spec, SMALL, replace(SHORT, lbfgs_iters=25, tolerance_grad=1e6))
+    at_start = train_batch(fam, spec, SMALL, replace(SHORT, lbfgs=25, tolerance_grad=1e6))
     assert (at_start.outcomes[0].lbfgs_iterations, at_start.outcomes[0].lbfgs_stop) == (0, TOL_GRAD)
-    early = train_batch(fam, spec, SMALL, replace(SHORT, lbfgs_iters=25, tolerance_change=1e-2))
+    early = train_batch(fam, spec, SMALL, replace(SHORT, lbfgs=25, tolerance_change=1e-2))
     assert 1 <= early.outcomes[0].lbfgs_iterations < 25
     assert early.outcomes[0].lbfgs_stop in (TOL_LOSS, TOL_STEP)
 
@@ -196,7 +196,7 @@ def test_host_reads_of_a_training_do_not_grow_with_its_iterations():
     specs = [RunSpec({"beta": 2.0 + j}, "u,flux", seed=j) for j in range(8)]
 
     def reads(adam: int, lbfgs: int) -> int:
-        train = TrainConfig(adam_iters=adam, lbfgs_iters=lbfgs, compile=False, tolerance_change=0.0)
+        train = TrainConfig(adam=adam, lbfgs=lbfgs, compile=False, tolerance_change=0.0)
         with HostReads() as counter:
             train_batch(fam, specs, SMALL, train, device="cpu", dtype="float64")
         return counter.count
@@ -261,7 +261,7 @@ def test_blow_up_in_lbfgs_is_caught_and_reverted():
         fam,
         [RunSpec({"beta": 5.0}, "u", seed=0)],
         SMALL,
-        TrainConfig(adam_iters=0, lbfgs_iters=5, lbfgs_lr=1e9, compile=False),
+        TrainConfig(adam=0, lbfgs=5, lbfgs_lr=1e9, compile=False),
         device="cpu",
     )
     out = batch.outcomes[0]
@@ -274,7 +274,7 @@ def test_blow_up_in_lbfgs_is_caught_and_reverted():
         fam,
         [RunSpec({"beta": 5.0}, "u", seed=0)],
         SMALL,
-        TrainConfig(adam_iters=0, lbfgs_iters=bad - 1, lbfgs_lr=1e9, compile=False),
+        TrainConfig(adam=0, lbfgs=bad - 1, lbfgs_lr=1e9, compile=False),
         device="cpu",
     )
     assert before.outcomes[0].status == "ok"
@@ -289,7 +289,7 @@ def test_reward_is_capped():
     assert m.reward == -2.0
 
 
-@pytest.mark.parametrize("bad", [{"adam_iters": -1}, {"lbfgs_iters": -5}, {"adam_lr": 0.0}])
+@pytest.mark.parametrize("bad", [{"adam": -1}, {"lbfgs": -5}, {"adam_lr": 0.0}])
 def test_bad_budgets_are_rejected_before_training(bad):
     with pytest.raises(ValueError):
         train_batch(get_family("heat"), [RunSpec({}, "u")], SMALL, replace(SHORT, **bad))
@@ -334,7 +334,7 @@ def test_the_trainer_gives_back_frozen_objects_even_when_a_callback_raises():
             raise KeyboardInterrupt("stop")
 
     with pytest.raises(KeyboardInterrupt):
-        train_batch(get_family("advection"), [RunSpec({"beta": 2.0}, "u")], SMALL, replace(SHORT, adam_iters=40),
+        train_batch(get_family("advection"), [RunSpec({"beta": 2.0}, "u")], SMALL, replace(SHORT, adam=40),
                     progress=explode, progress_every=10)  # fmt: skip
     assert gc.get_freeze_count() == 0
 
@@ -350,7 +350,7 @@ def _blows_up_past(q_family: Family) -> Family:
 
 def test_a_run_that_diverges_mid_adam_is_frozen_at_that_iteration():
     fam = _blows_up_past(_nan_family())
-    adam = TrainConfig(adam_iters=60, lbfgs_iters=0, compile=False)
+    adam = TrainConfig(adam=60, lbfgs=0, compile=False)
     specs = [RunSpec({"q": 0.7}, "u", seed=0), RunSpec({"q": 1.0}, "u", seed=0)]
     batch = train_batch(fam, specs, SMALL, adam, device="cpu", dtype="float64")
     out = batch.outcomes[0]
@@ -358,7 +358,7 @@ def test_a_run_that_diverges_mid_adam_is_frozen_at_that_iteration():
     bad = int(out.diverged_at.rsplit(" ", 1)[1])
     assert 1 < bad < 60 and out.adam_iterations == bad - 1
     # its weights are exactly those of the same run trained for the iterations before it went bad
-    before = train_batch(fam, specs[:1], SMALL, replace(adam, adam_iters=bad - 1, lbfgs_iters=0), dtype="float64")
+    before = train_batch(fam, specs[:1], SMALL, replace(adam, adam=bad - 1, lbfgs=0), dtype="float64")
     # (it ran all bad - 1 iterations; the loss at those weights is the bad one, seen after Adam)
     assert before.outcomes[0].adam_iterations == bad - 1 and before.outcomes[0].diverged_at == "end of adam"
     # (equal to rounding: a batch of two and a batch of one reduce in another order; one more or
@@ -374,7 +374,7 @@ def test_the_progress_callback_gets_every_runs_loss_at_each_progress_point():
     fam = get_family("advection")
     seen = []
     specs = [RunSpec({"beta": 2.0}, "u", seed=0), RunSpec({"beta": 9.0}, "u,flux", seed=1)]
-    batch = train_batch(fam, specs, SMALL, replace(SHORT, adam_iters=20, lbfgs_iters=10), dtype="float64",
+    batch = train_batch(fam, specs, SMALL, replace(SHORT, adam=20, lbfgs=10), dtype="float64",
                         progress=seen.append, progress_every=5)  # fmt: skip
     assert [(p.phase, p.iteration, p.total) for p in seen] == [
         ("adam", 5, 20), ("adam", 10, 20), ("adam", 15, 20), ("adam", 20, 20), ("lbfgs", 5, 10), ("lbfgs", 10, 10)
@@ -423,7 +423,7 @@ def test_final_time_data_adds_the_reference_at_t_end_to_the_last_slab_only():
     ref = fam.reference_grid(params).interpolate(block[1].double().numpy())
     np.testing.assert_allclose(final.g_data[0, 1, -16:].numpy(), ref, rtol=1e-5, atol=1e-6)
     # and a training with it ends closer to the reference at t = T than one without it
-    train = TrainConfig(adam_iters=300, lbfgs_iters=300, compile=False)
+    train = TrainConfig(adam=300, lbfgs=300, compile=False)
     x = np.stack([np.linspace(*fam.domain.lo[:1], *fam.domain.hi[:1], 101), np.full(101, t_end)], axis=1)
     truth = fam.reference_grid(params).interpolate(x)
     errors = []
@@ -438,7 +438,7 @@ def test_final_time_data_adds_the_reference_at_t_end_to_the_last_slab_only():
 def test_poisson_trains_to_a_small_error():
     fam = get_family("poisson")
     batch = train_batch(fam, [RunSpec({"s": 10.0}, "u,flux", seed=0)], PinnConfig(n_collocation=300, n_boundary=60),
-                        TrainConfig(adam_iters=300, lbfgs_iters=300, compile=False), dtype="float64")  # fmt: skip
+                        TrainConfig(adam=300, lbfgs=300, compile=False), dtype="float64")  # fmt: skip
     (m,) = evaluate_batch(batch)
     assert batch.outcomes[0].status == "ok" and m.rel_l2 < 0.1, m
 
@@ -531,7 +531,7 @@ def test_an_eager_training_does_not_import_the_compiler():
         "from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch\n"
         "cfg = PinnConfig(n_collocation=20, n_boundary=8, n_interface=5)\n"
         "train_batch(get_family('burgers'), [RunSpec({'nu': 0.01}, 'u,flux')], cfg,\n"
-        "            TrainConfig(adam_iters=3, lbfgs_iters=3, compile=False), device='cpu')\n"
+        "            TrainConfig(adam=3, lbfgs=3, compile=False), device='cpu')\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -553,7 +553,7 @@ def test_a_second_training_in_a_process_does_not_fault_fresh_pages_every_step():
         "    marks[(p.phase, p.iteration)] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "for _ in range(2):\n"
         "    train_batch(get_family('burgers'), [RunSpec({'nu': 0.01}, 'all')],\n"
-        "                train_config=TrainConfig(adam_iters=20, lbfgs_iters=60, compile=False), device='cpu',\n"
+        "                train_config=TrainConfig(adam=20, lbfgs=60, compile=False), device='cpu',\n"
         "                progress=progress, progress_every=20)\n"
         "per_iteration = (marks[('lbfgs', 60)] - marks[('lbfgs', 20)]) / 40\n"
         "print(json.dumps({'set': keep_freed_memory(), 'faults': per_iteration}))\n"

@@ -144,7 +144,7 @@ def _campaign_config(args: argparse.Namespace):
             test=args.test,
             batch=args.batch,
             seed=args.seed,
-            train=TrainConfig(adam_iters=args.adam, lbfgs_iters=args.lbfgs),
+            train=TrainConfig(adam=args.adam, lbfgs=args.lbfgs),
             pinn=PinnConfig(
                 n_collocation=args.collocation, n_boundary=args.boundary, n_interface=args.interface_points
             ),

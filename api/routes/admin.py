@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -28,20 +29,7 @@ NOT_FOUND = {404: {"model": Problem}}
 def campaign_out(store, camp: CampaignRecord, with_summary: bool = False) -> CampaignOut:
     by_state = counts_by_state(store, camp.id)
     summary = summarise(campaigns.rows(store, camp.id)) if with_summary and camp.state == "succeeded" else None
-    return CampaignOut(
-        id=camp.id,
-        name=camp.name,
-        family=camp.family,
-        state=camp.state,
-        step=camp.step,
-        steps=camp.steps,
-        config=camp.config,
-        error=camp.error,
-        created_at=camp.created_at,
-        finished_at=camp.finished_at,
-        tasks=by_state,
-        summary=summary,
-    )
+    return CampaignOut(**asdict(camp), tasks=by_state, summary=summary)
 
 
 BODY_PLACES = {
@@ -79,7 +67,7 @@ def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
             test=body.test,
             batch=body.batch,
             seed=body.seed,
-            train=TrainConfig(adam_iters=body.budget.adam, lbfgs_iters=body.budget.lbfgs),
+            train=TrainConfig(adam=body.budget.adam, lbfgs=body.budget.lbfgs),
             pinn=PinnConfig(
                 n_collocation=body.points.collocation,
                 n_boundary=body.points.boundary,
@@ -131,16 +119,9 @@ def cancel_campaign(campaign_id: Id, _: Admin, request: Request) -> CampaignOut:
 
 
 def study_out(summary: StudySummary) -> StudyOut:
-    st, snap = summary.study, summary.snapshot
+    snap = summary.snapshot
     return StudyOut(
-        id=st.id,
-        key=st.key,
-        family=st.family,
-        mode=st.mode,
-        policy=st.policy,
-        profile=st.profile,
-        campaign_id=st.campaign_id,
-        heuristic=st.heuristic,
+        **asdict(summary.study),
         observations=summary.observations,
         snapshot_version=snap.version if snap else 0,
         last_refit=snap.created_at if snap else None,
@@ -172,18 +153,4 @@ def list_workers(_: Admin, request: Request, stopped: bool = False) -> list[Work
     service = request.app.state.service
     stale = 3 * service.settings.heartbeat_seconds + 5
     now, rows = worker_store.list_workers(service.store, stopped, limit=10_000)
-    return [
-        WorkerOut(
-            id=w.id,
-            kind=w.kind,
-            host=w.host,
-            pid=w.pid,
-            device=w.device,
-            state=w.state,
-            current_batch=w.current_batch,
-            started_at=w.started_at,
-            last_seen=w.last_seen,
-            alive=worker_store.is_alive(w, now, stale),
-        )
-        for w in rows
-    ]
+    return [WorkerOut(**asdict(w), alive=worker_store.is_alive(w, now, stale)) for w in rows]

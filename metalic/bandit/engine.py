@@ -33,7 +33,7 @@ from torch import Tensor
 import metalic
 from metalic.arms import SINGLE, Arm, all_arms, split_arms
 from metalic.bandit.policies import Candidates, Policy, parse_policy, policy_from_json
-from metalic.bandit.space import ALL_FEATURES, DTYPE, SPLIT_FEATURES, ContextSpace, arm_features
+from metalic.bandit.space import ALL_FEATURES, DTYPE, SPLIT_FEATURES, ParamSpace, arm_features
 from metalic.bandit.surrogate import RewardGP
 from metalic.families import get_family
 
@@ -86,7 +86,7 @@ class Recommendation:
 
 @dataclass
 class Landscape:
-    """``BanditEngine.landscape``: over G contexts, the ``top`` arms' posterior reward (mean and std
+    """``BanditEngine.landscape``: over G parameter points, the ``top`` arms' posterior reward (mean and std
     [G, top], -log10 rel. L2 units) and the recommended arm with its mean [G]."""
 
     arms: list[str]
@@ -130,7 +130,7 @@ class BanditEngine:
         if mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {mode!r}")
         self.family = get_family(family)
-        self.space = ContextSpace(self.family)
+        self.space = ParamSpace(self.family)
         self.mode = mode
         self.policy = policy if isinstance(policy, Policy) else parse_policy(policy, ucb_schedule, ucb_coef)
         if not self.policy.has_engine:
@@ -291,14 +291,14 @@ class BanditEngine:
             out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval))
         return out
 
-    def landscape(self, contexts: Sequence[Mapping[str, float]], top: int = 5) -> Landscape:
+    def landscape(self, points: Sequence[Mapping[str, float]], top: int = 5) -> Landscape:
         """The learned policy over G parameter points (a slice of the parameter box): the
         recommended arm at each, and mean / std of the posterior reward of the ``top`` arms that
         matter most there (those recommended somewhere, most often first, then the best on
         average). The Adam GP: the whole training in single mode, the Adam phase in sequential mode."""
         if not self.adam.ready:
             raise ValueError("landscape: the surrogate has fewer than two observations")
-        units = torch.stack([self.space.encode(c) for c in contexts])
+        units = torch.stack([self.space.encode(c) for c in points])
         gp = self.adam.gp
         surface = gp.surface(units, ALL_FEATURES)  # [G, 513]
         best_mean, best = surface.max(dim=1)

@@ -3,7 +3,7 @@
 A policy is written ``name`` or ``name:argument`` (``ucb``, ``ts``, ``fixed:u,flux``). The CLI,
 REST bodies and campaign files call it a heuristic; it is the same thing. Adding a policy is one
 class with ``@register``: its ``pick`` chooses q arms from the ``Candidates`` an engine offers
-at one context, and its class attributes tell a campaign how to treat it.
+at one parameter point, and its class attributes tell a campaign how to treat it.
 
 - ``learns``: its engine learns from observations (it shares a campaign's random warm-up, and a
   solve may ask for it as ``learned:<name>``);
@@ -31,12 +31,12 @@ UCB_SCHEDULES = ("constant", "gp-ucb")
 
 @dataclass
 class Candidates:
-    """The arms a policy picks from at one context (and, in the L-BFGS phase, one Adam-phase
+    """The arms a policy picks from at one parameter point (and, in the L-BFGS phase, one Adam-phase
     reward), with what the engine knows there.
 
     ``rows`` [n, D]: the GP inputs of ``arms``; ``pending_rows`` [p, D]: trainings still running,
     whose results will come (kriging believer: they shrink the variance, not the mean);
-    ``repeated``: indices of arms already training at this very context (never picked again);
+    ``repeated``: indices of arms already training at this very point (never picked again);
     ``gp``: None until the surrogate has two observations; ``t``: the round number GP-UCB's weight
     grows with."""
 
@@ -96,7 +96,7 @@ class Policy:
         return self.name
 
     def pick(self, candidates: Candidates, q: int) -> list[Arm]:
-        """q arms for trainings at the candidates' context (random until the GP has data)."""
+        """q arms for trainings at the candidates' point (random until the GP has data)."""
         if candidates.gp is None:
             return candidates.random(q)
         return self._pick(candidates, q)

@@ -24,8 +24,9 @@ ALL_FEATURES = arm_features(all_arms())
 SPLIT_FEATURES = arm_features(split_arms())
 
 
-class ContextSpace:
-    """A family's parameters as a point of the unit cube [0, 1]^d (the GP's context input)."""
+class ParamSpace:
+    """A family's parameters as a point of the unit cube [0, 1]^d (the GP's parameter input, the
+    bandit literature's context)."""
 
     def __init__(self, family: Family):
         self.family = family
@@ -47,5 +48,5 @@ class ContextSpace:
         return {n: float(v) for n, v in zip(self.family.param_names, x.tolist(), strict=True)}
 
     def sample(self, n: int, generator: torch.Generator) -> list[dict[str, float]]:
-        """n contexts uniform in the parameter box."""
+        """n parameter points uniform in the parameter box."""
         return [self.decode(u) for u in torch.rand(n, self.dim, generator=generator, dtype=DTYPE)]

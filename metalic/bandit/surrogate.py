@@ -1,6 +1,6 @@
-"""The GP reward surrogate: BoTorch SingleTaskGP over (context, arm bits) -> reward.
+"""The GP reward surrogate: BoTorch SingleTaskGP over (PDE parameters, arm features) -> reward.
 
-Kernel: (RBF or Matern-5/2 with ARD on the context [and the phase-0 reward], BoTorch's
+Kernel: (RBF or Matern-5/2 with ARD on the parameters [and the Adam-phase reward], BoTorch's
 dimension-scaled prior) x ``CategoricalKernel`` on the nine term bits, i.e. exp(-Hamming / (9 lambda))
 as in the authors' code, with a floor and a prior on lambda (see ``_build``), x a second one on the
 single-network bit (its own lambda: ``RewardGP``).

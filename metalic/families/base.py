@@ -148,6 +148,24 @@ def closed_form_reference(
     return reference
 
 
+def closed_form_in_time(exact: Callable[[dict[str, float], np.ndarray], np.ndarray], domain: Box, **fields) -> Family:
+    """A family on (x, t) whose solution ``exact(p, points)`` is known in closed form: its data
+    (the initial line and both x-edges) and its reference grid come from it, and its default
+    split is two time slabs. ``fields``: the rest of the Family (name, equation, params, residual)."""
+    return Family(
+        coords=("x", "t"),
+        domain=domain,
+        boundary_edges=((1, 0), (0, 0), (0, 1)),
+        boundary_value=exact,
+        reference=closed_form_reference(exact, domain),
+        default_decomposition=slabs(domain, axis=1, n=2),
+        slab_axis=1,
+        exact=exact,
+        time_axis=1,
+        **fields,
+    )
+
+
 def boundary_from_reference(family_name: str) -> Callable[[dict[str, float], np.ndarray], np.ndarray]:
     """Boundary data interpolated from the family's own reference grid (looked up by name)."""
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from metalic.domain import Box, slabs
-from metalic.families.base import Family, Param, closed_form_reference
+from metalic.domain import Box
+from metalic.families.base import Param, closed_form_in_time
 
 
 def exact(p: dict[str, float], pts: np.ndarray) -> np.ndarray:
@@ -29,11 +29,11 @@ def residual(d, p, x):
 
 DOMAIN = Box((-1.0, 0.0), (1.0, 1.0))
 
-FAMILY = Family(
+FAMILY = closed_form_in_time(
+    exact,
+    DOMAIN,
     name="heat",
     equation="u_t = u_xx",
-    coords=("x", "t"),
-    domain=DOMAIN,
     params=(
         Param("a", -2.0, 2.0, 1.0, "weight of the cos(pi x) mode"),
         Param("b", -2.0, 2.0, 1.0, "weight of the cos(2 pi x) mode"),
@@ -42,11 +42,4 @@ FAMILY = Family(
     ),
     residual_uses=("u_t", "u_xx"),
     residual=residual,
-    boundary_edges=((1, 0), (0, 0), (0, 1)),
-    boundary_value=exact,
-    reference=closed_form_reference(exact, DOMAIN),
-    default_decomposition=slabs(DOMAIN, axis=1, n=2),
-    slab_axis=1,
-    exact=exact,
-    time_axis=1,
 )

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from metalic.domain import Box, slabs
-from metalic.families.base import Family, Param, closed_form_reference
+from metalic.domain import Box
+from metalic.families.base import Param, closed_form_in_time
 
 
 def initial(x: np.ndarray) -> np.ndarray:
@@ -28,19 +28,12 @@ def residual(d, p, x):
 
 DOMAIN = Box((0.0, 0.0), (2 * np.pi, 1.0))
 
-FAMILY = Family(
+FAMILY = closed_form_in_time(
+    exact,
+    DOMAIN,
     name="reaction",
     equation="u_t = rho u (1 - u)",
-    coords=("x", "t"),
-    domain=DOMAIN,
     params=(Param("rho", 1.0, 15.0, 3.0, "growth rate"),),
     residual_uses=("u", "u_t"),
     residual=residual,
-    boundary_edges=((1, 0), (0, 0), (0, 1)),
-    boundary_value=exact,
-    reference=closed_form_reference(exact, DOMAIN),
-    default_decomposition=slabs(DOMAIN, axis=1, n=2),
-    slab_axis=1,
-    exact=exact,
-    time_axis=1,
 )

@@ -179,12 +179,7 @@ def batched_lbfgs(
     head = torch.zeros(k, dtype=torch.long, device=dev)  # next slot to write
     h_diag = torch.ones(k, device=dev, dtype=dt)
 
-    loss, g = closure(theta)
-    bad = ~torch.isfinite(loss) | ~torch.isfinite(g).all(-1)
-    reason = torch.where(active & bad, _CODE[DIVERGED], reason)
-    active = active & ~bad
-    reason = torch.where(active & (g.abs().amax(-1) <= tolerance_grad), _CODE[TOL_GRAD], reason)
-    active = active & (reason == 0)
+    loss, g, active, reason = _first_evaluation(closure, theta, active, reason, tolerance_grad)
     d, prev_g = -g, g
     t = torch.clamp(1.0 / g.abs().sum(-1), max=1.0) * lr  # the first step, scaled as torch's
     counter = torch.arange(max_iter + 1, device=dev)  # the iteration numbers, made on the device once
@@ -217,6 +212,20 @@ def batched_lbfgs(
                 reason = torch.where(cancel, _CODE[CANCELLED], reason)
                 active = active & ~cancel
     return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
+
+
+def _first_evaluation(
+    closure: Callable[[Tensor], tuple[Tensor, Tensor]], theta: Tensor, active: Tensor, reason: Tensor,
+    tolerance_grad: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The loss and gradient at the start; runs that start non-finite stop ``diverged``, runs that
+    start at a stationary point stop ``tolerance_grad``. Returns (loss, grad, active, reason)."""
+    loss, g = closure(theta)
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(g).all(-1)
+    reason = torch.where(active & bad, _CODE[DIVERGED], reason)
+    active = active & ~bad
+    reason = torch.where(active & (g.abs().amax(-1) <= tolerance_grad), _CODE[TOL_GRAD], reason)
+    return loss, g, active & (reason == 0), reason
 
 
 def _compiled_steps() -> tuple[Callable, Callable]:

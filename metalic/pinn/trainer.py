@@ -44,9 +44,9 @@ COMPILE_AUTO_ITERATIONS = 4000
 class TrainConfig:
     """Optimiser budgets and settings (the authors' defaults)."""
 
-    adam_iters: int = 1000
+    adam: int = 1000
     adam_lr: float = 1e-3
-    lbfgs_iters: int = 1000
+    lbfgs: int = 1000
     lbfgs_lr: float = 0.1
     lbfgs_history: int = 50
     tolerance_grad: float = 1e-9
@@ -63,7 +63,7 @@ class TrainConfig:
     def use_compile(self) -> bool:
         if self.compile is not None:
             return self.compile
-        return self.adam_iters + self.lbfgs_iters >= COMPILE_AUTO_ITERATIONS
+        return self.adam + self.lbfgs >= COMPILE_AUTO_ITERATIONS
 
     def use_compile_lbfgs(self, device: torch.device) -> bool:
         if self.compile_lbfgs is not None:
@@ -71,7 +71,7 @@ class TrainConfig:
         return self.use_compile() and device.type != "cpu"
 
     def validate(self) -> None:
-        for name in ("adam_iters", "lbfgs_iters"):
+        for name in ("adam", "lbfgs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         for name in ("adam_lr", "lbfgs_lr"):
@@ -310,7 +310,7 @@ def _adam_phase(
     weights stay those that gave the bad loss); the host reads the marks at progress points."""
     theta, active = batch.net.theta, state.active
     opt = FlatAdam(theta, lr=config.adam_lr)
-    n_adam = config.adam_iters
+    n_adam = config.adam
     bad_at = torch.zeros(state.k, dtype=torch.long, device=state.device)  # the Adam iteration a run went bad at
     for it in range(1, n_adam + 1):
         theta.grad = None
@@ -380,7 +380,7 @@ def _lbfgs_phase(
         grad = torch.where(torch.isfinite(loss)[:, None], theta.grad, math.nan)  # no mask: no sync
         return loss, grad
 
-    n_lbfgs = config.lbfgs_iters
+    n_lbfgs = config.lbfgs
 
     def on_iteration(it: int, loss: Tensor) -> Tensor | None:
         if it == 2:

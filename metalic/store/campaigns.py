@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from metalic.bandit.engine import BanditEngine
 from metalic.campaign import CampaignConfig, CampaignPlan, CampaignRun
 from metalic.store.models import CANCELLED, RUNNING, SUCCEEDED, CampaignRow, StudyRow, TaskRow, utc_now
-from metalic.store.records import CampaignRecord, StudyRecord, TaskRecord
+from metalic.store.records import CampaignRecord, StudyRecord, TaskRecord, record
 from metalic.store.studies import add_snapshot, get_or_create_study, latest_snapshot
 from metalic.store.tasks import cancel_campaign_tasks, new_task
 
@@ -43,19 +43,19 @@ def create(store, config: CampaignConfig, name: str | None = None, owner: str | 
                 campaign_id=camp.id,
                 heuristic=who,
             )
-        return CampaignRecord.of(camp)
+        return record(CampaignRecord, camp)
 
 
 def get(store, campaign_id: int) -> CampaignRecord | None:
     with store.read() as s:
         row = s.get(CampaignRow, campaign_id)
-        return None if row is None else CampaignRecord.of(row)
+        return None if row is None else record(CampaignRecord, row)
 
 
 def find(store, name: str) -> CampaignRecord | None:
     with store.read() as s:
         row = s.scalar(select(CampaignRow).where(CampaignRow.name == name))
-        return None if row is None else CampaignRecord.of(row)
+        return None if row is None else record(CampaignRecord, row)
 
 
 def list_campaigns(store, limit: int = 20, before: int | None = None) -> list[CampaignRecord]:
@@ -64,7 +64,7 @@ def list_campaigns(store, limit: int = 20, before: int | None = None) -> list[Ca
     if before is not None:
         q = q.where(CampaignRow.id < before)
     with store.read() as s:
-        return [CampaignRecord.of(c) for c in s.scalars(q).all()]
+        return [record(CampaignRecord, c) for c in s.scalars(q).all()]
 
 
 def running_ids(store) -> list[int]:
@@ -124,11 +124,11 @@ def step_state(store, campaign_id: int) -> StepState | None:
             ).all()
         snaps = {who: latest_snapshot(s, st.id) for who, st in studies.items()}
         return StepState(
-            CampaignRecord.of(camp),
+            record(CampaignRecord, camp),
             CampaignConfig.from_dict(camp.config),
-            {who: StudyRecord.of(st) for who, st in studies.items()},
+            {who: record(StudyRecord, st) for who, st in studies.items()},
             {who: snap.engine for who, snap in snaps.items() if snap is not None},
-            [TaskRecord.of(t) for t in previous],
+            [record(TaskRecord, t) for t in previous],
         )
 
 
@@ -184,7 +184,7 @@ def succeeded_tasks(store, campaign_id: int) -> tuple[CampaignConfig, list[tuple
         done = s.scalars(
             select(TaskRow).where(TaskRow.campaign_id == campaign_id, TaskRow.state == SUCCEEDED).order_by(TaskRow.id)
         ).all()
-        return CampaignConfig.from_dict(camp.config), [(owners[t.study_id], TaskRecord.of(t)) for t in done]
+        return CampaignConfig.from_dict(camp.config), [(owners[t.study_id], record(TaskRecord, t)) for t in done]
 
 
 def latest_engines(store, campaign_id: int) -> dict[str, Mapping]:

@@ -1,7 +1,7 @@
 """What the store hands the other rooms: frozen records, never ORM rows or sessions.
 
 A record has the fields of its row that readers need, with arms as ``Arm`` values. A schema
-change stays inside ``metalic/store``: rows become records in one function here (``_of``).
+change stays inside ``metalic/store``: rows become records in one function here (``record``).
 """
 
 from __future__ import annotations
@@ -12,20 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from metalic.arms import Arm
-from metalic.store.models import (
-    ArtefactRow,
-    CampaignRow,
-    ObservationRow,
-    SnapshotRow,
-    StudyRow,
-    TaskRow,
-    TokenRow,
-    WorkerRow,
-)
 
 
-def _of(cls, row, **extra):
-    """The record ``cls`` of ``row``: same-named fields, arm indices as ``Arm`` values."""
+def record(cls, row, **extra):
+    """The record ``cls`` of ``row``: its same-named fields (or ``extra``), arm indices as ``Arm``
+    values. One function for every record, so a column added to a row and a record is read here."""
     values = {}
     for f in fields(cls):
         if f.name in extra:
@@ -79,10 +70,6 @@ class TaskRecord:
     def params(self) -> dict[str, float]:
         return self.request["params"]
 
-    @staticmethod
-    def of(row: TaskRow) -> TaskRecord:
-        return _of(TaskRecord, row)
-
 
 @dataclass(frozen=True)
 class StudyRecord:
@@ -100,10 +87,6 @@ class StudyRecord:
     heuristic: str | None
     created_at: datetime
 
-    @staticmethod
-    def of(row: StudyRow) -> StudyRecord:
-        return _of(StudyRecord, row)
-
 
 @dataclass(frozen=True)
 class SnapshotRecord:
@@ -116,10 +99,6 @@ class SnapshotRecord:
     fit_seconds: float
     created_at: datetime
     engine: Mapping[str, Any] | None = None
-
-    @staticmethod
-    def of(row: SnapshotRow, with_engine: bool = False) -> SnapshotRecord:
-        return _of(SnapshotRecord, row, engine=row.engine if with_engine else None)
 
 
 @dataclass(frozen=True)
@@ -138,10 +117,6 @@ class ObservationRecord:
     status: str
     created_at: datetime
 
-    @staticmethod
-    def of(row: ObservationRow) -> ObservationRecord:
-        return _of(ObservationRecord, row)
-
 
 @dataclass(frozen=True)
 class CampaignRecord:
@@ -159,10 +134,6 @@ class CampaignRecord:
     created_at: datetime
     finished_at: datetime | None
 
-    @staticmethod
-    def of(row: CampaignRow) -> CampaignRecord:
-        return _of(CampaignRecord, row)
-
 
 @dataclass(frozen=True)
 class WorkerRecord:
@@ -178,10 +149,6 @@ class WorkerRecord:
     started_at: datetime
     last_seen: datetime
 
-    @staticmethod
-    def of(row: WorkerRow) -> WorkerRecord:
-        return _of(WorkerRecord, row)
-
 
 @dataclass(frozen=True)
 class ArtefactRecord:
@@ -190,10 +157,6 @@ class ArtefactRecord:
     task_id: int
     model: bytes
     solution: bytes | None
-
-    @staticmethod
-    def of(row: ArtefactRow) -> ArtefactRecord:
-        return _of(ArtefactRecord, row)
 
 
 @dataclass(frozen=True)
@@ -206,7 +169,3 @@ class TokenRecord:
     digest: str
     created_at: datetime
     revoked_at: datetime | None
-
-    @staticmethod
-    def of(row: TokenRow) -> TokenRecord:
-        return _of(TokenRecord, row)

@@ -20,7 +20,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from metalic.arms import Arm
 from metalic.pinn.evaluate import ERROR_CAP
 from metalic.store.models import BatchRow, CampaignRow, ObservationRow, ProgressRow, TaskRow, WorkerRow, utc_now
-from metalic.store.records import ObservationRecord, TaskRecord, WorkerRecord
+from metalic.store.records import ObservationRecord, TaskRecord, WorkerRecord, record
 from metalic.store.studies import StudySummary, study_summaries
 from metalic.store.tasks import state_counts
 
@@ -149,7 +149,7 @@ def _workers(session: Session, now: datetime, limit: int = 200) -> list[tuple[Wo
     sizes = {}
     if current:
         sizes = dict(session.execute(select(BatchRow.id, BatchRow.size).where(BatchRow.id.in_(current))).all())
-    return [(WorkerRecord.of(w), sizes.get(w.current_batch)) for w in rows]
+    return [(record(WorkerRecord, w), sizes.get(w.current_batch)) for w in rows]
 
 
 # ---- tasks ------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def task_page(
         q = q.where(TaskRow.id < before)
     with store.read() as s:
         rows = s.scalars(q).all()
-        page = [TaskRecord.of(t) for t in rows[:size]]
+        page = [record(TaskRecord, t) for t in rows[:size]]
         return page, rows[size - 1].id if len(rows) > size else None, state_counts(s)
 
 
@@ -187,7 +187,7 @@ def iter_tasks(store, state: str | None, family: str | None, campaign_id: int | 
             if before is not None:
                 q = q.where(TaskRow.id < before)
             rows = s.scalars(q.limit(CHUNK)).all()
-            yield from (TaskRecord.of(t) for t in rows)
+            yield from (record(TaskRecord, t) for t in rows)
             if len(rows) < CHUNK:
                 return
             before = rows[-1].id
@@ -207,7 +207,7 @@ def task_progress(store, task_id: int, since: int, limit: int) -> tuple[TaskReco
             .order_by(ProgressRow.id.desc())
             .limit(limit)
         ).all()
-        return TaskRecord.of(t), [tuple(p) for p in reversed(points)]
+        return record(TaskRecord, t), [tuple(p) for p in reversed(points)]
 
 
 # ---- studies ----------------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def observation_page(store, study_id: int, before: int | None, size: int) -> tup
         q = q.where(ObservationRow.id < before)
     with store.read() as s:
         rows = s.scalars(q).all()
-        return [ObservationRecord.of(o) for o in rows[:size]], rows[size - 1].id if len(rows) > size else None
+        return [record(ObservationRecord, o) for o in rows[:size]], rows[size - 1].id if len(rows) > size else None
 
 
 def iter_observations(store, study_id: int) -> Iterator[ObservationRecord]:
@@ -299,7 +299,7 @@ def iter_observations(store, study_id: int) -> Iterator[ObservationRecord]:
                 .order_by(ObservationRow.id)
                 .limit(CHUNK)
             ).all()
-            yield from (ObservationRecord.of(o) for o in rows)
+            yield from (record(ObservationRecord, o) for o in rows)
             if len(rows) < CHUNK:
                 return
             after = rows[-1].id

@@ -22,7 +22,7 @@ from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.jobs import SolveRequest
 from metalic.store.models import ObservationRow, SnapshotRow, StudyRow
-from metalic.store.records import SnapshotRecord, StudyRecord
+from metalic.store.records import SnapshotRecord, StudyRecord, record
 
 
 def study_key(family: str, mode: str, profile_key: str) -> str:
@@ -68,25 +68,13 @@ class StudySummary:
 def get_study(store, study_id: int) -> StudyRecord | None:
     with store.read() as s:
         row = s.get(StudyRow, study_id)
-        return None if row is None else StudyRecord.of(row)
+        return None if row is None else record(StudyRecord, row)
 
 
-def list_studies(
-    store,
-    *,
-    family: str | None = None,
-    campaign_id: int | None = None,
-    campaigns_too: bool = False,
-    study_id: int | None = None,
-    limit: int | None = None,
-    with_engine: bool = False,
-) -> list[StudySummary]:
-    """Service studies (every study with ``campaigns_too``; one campaign's with ``campaign_id``; one
-    study with ``study_id``) by id, each with its count and latest snapshot, in three queries.
-    ``with_engine``: the snapshots carry their engine JSON (hyper-parameters)."""
+def list_studies(store, **filters) -> list[StudySummary]:
+    """``study_summaries`` in a read transaction of its own."""
     with store.read() as s:
-        return study_summaries(s, family=family, campaign_id=campaign_id, campaigns_too=campaigns_too,
-                               study_id=study_id, limit=limit, with_engine=with_engine)  # fmt: skip
+        return study_summaries(s, **filters)
 
 
 def study_summaries(
@@ -99,7 +87,9 @@ def study_summaries(
     limit: int | None = None,
     with_engine: bool = False,
 ) -> list[StudySummary]:
-    """``list_studies`` inside a caller's transaction."""
+    """Service studies (every study with ``campaigns_too``; one campaign's with ``campaign_id``; one
+    study with ``study_id``) by id, each with its count and latest snapshot, in three queries.
+    ``with_engine``: the snapshots carry their engine JSON (hyper-parameters)."""
     q = select(StudyRow).order_by(StudyRow.id)
     if study_id is not None:
         q = q.where(StudyRow.id == study_id)
@@ -114,7 +104,7 @@ def study_summaries(
     rows = session.scalars(q).all()
     ids = [st.id for st in rows]
     counts, snaps = _observation_counts(session, ids), _latest_snapshots(session, ids, with_engine)
-    return [StudySummary(StudyRecord.of(st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
+    return [StudySummary(record(StudyRecord, st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
 
 
 def pick_study(store, family: str, mode: str) -> StudyRecord | None:
@@ -129,7 +119,7 @@ def pick_study(store, family: str, mode: str) -> StudyRecord | None:
     )
     with store.read() as s:
         row = s.execute(counts).first()
-        return None if row is None else StudyRecord.of(row[0])
+        return None if row is None else record(StudyRecord, row[0])
 
 
 def latest_version(store, study_id: int) -> int:
@@ -180,7 +170,10 @@ def _latest_snapshots(session: Session, study_ids: Sequence[int], with_engine: b
                 SnapshotRow.created_at,
             )
         )
-    return {snap.study_id: SnapshotRecord.of(snap, with_engine) for snap in session.scalars(q).all()}
+    return {
+        snap.study_id: record(SnapshotRecord, snap, engine=snap.engine if with_engine else None)
+        for snap in session.scalars(q).all()
+    }
 
 
 def latest_snapshot(session: Session, study_id: int) -> SnapshotRow | None:
@@ -333,9 +326,9 @@ def refit_study(store, study_id: int, live: dict[int, tuple[int, int | None, Ban
     try:
         with store.write() as s:
             written = add_snapshot(s, s.get(StudyRow, study_id), engine, last_id, fit_seconds, version=version + 1)
-            record = SnapshotRecord.of(written)
+            snapshot = record(SnapshotRecord, written, engine=None)
     except IntegrityError:
         live.pop(study_id, None)
         return None
     live[study_id] = (version + 1, last_id, engine)
-    return record
+    return snapshot

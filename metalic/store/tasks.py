@@ -33,7 +33,7 @@ from metalic.store.models import (
     TaskRow,
     utc_now,
 )
-from metalic.store.records import ArtefactRecord, TaskRecord
+from metalic.store.records import ArtefactRecord, TaskRecord, record
 from metalic.store.studies import study_for_request
 
 
@@ -71,7 +71,7 @@ def submit_batch(
             out.append((task, True))
         s.add_all(fresh)
         s.flush()
-        return [(TaskRecord.of(t), created) for t, created in out]
+        return [(record(TaskRecord, t), created) for t, created in out]
 
 
 def _keyed_tasks(s: Session, wanted: list[tuple[str | None, str]]) -> dict[tuple, TaskRow]:
@@ -132,7 +132,7 @@ def get_task(store, task_id: int, owner: str | None = None) -> TaskRecord | None
     """The task, or None when it does not exist or (with ``owner``) belongs to someone else."""
     with store.read() as s:
         task = _task_row(s, task_id, owner)
-        return None if task is None else TaskRecord.of(task)
+        return None if task is None else record(TaskRecord, task)
 
 
 def list_tasks(
@@ -147,13 +147,13 @@ def list_tasks(
     if before is not None:
         q = q.where(TaskRow.id < before)
     with store.read() as s:
-        return [TaskRecord.of(t) for t in s.scalars(q).all()]
+        return [record(TaskRecord, t) for t in s.scalars(q).all()]
 
 
 def get_artefact(store, task_id: int) -> ArtefactRecord | None:
     with store.read() as s:
         row = s.get(ArtefactRow, task_id)
-        return None if row is None else ArtefactRecord.of(row)
+        return None if row is None else record(ArtefactRecord, row)
 
 
 def cancel(store, task_id: int, owner: str | None = None) -> TaskRecord | None:
@@ -169,7 +169,7 @@ def cancel(store, task_id: int, owner: str | None = None) -> TaskRecord | None:
             .values(state=CANCELLED, finished_at=utc_now(), error="cancelled")
         )
         s.refresh(task)
-        return TaskRecord.of(task)
+        return record(TaskRecord, task)
 
 
 def cancel_campaign_tasks(session: Session, campaign_id: int) -> None:
@@ -186,7 +186,7 @@ def queued_tasks(store, limit: int) -> list[TaskRecord]:
     """The oldest queued tasks, in order."""
     with store.read() as s:
         rows = s.scalars(select(TaskRow).where(TaskRow.state == QUEUED).order_by(TaskRow.id).limit(limit)).all()
-        return [TaskRecord.of(t) for t in rows]
+        return [record(TaskRecord, t) for t in rows]
 
 
 def running_arms(store, study_ids: Iterable[int]) -> dict[int, list[tuple[dict, Arm]]]:
@@ -257,7 +257,7 @@ def start_batch(
             return None, []
         tasks = s.scalars(select(TaskRow).where(TaskRow.id.in_(started)).order_by(TaskRow.id)).all()
         batch.batch_key, batch.family, batch.size = tasks[0].batch_key, tasks[0].family, len(tasks)
-        return batch.id, [TaskRecord.of(t) for t in tasks]
+        return batch.id, [record(TaskRecord, t) for t in tasks]
 
 
 def finish_batch(store, batch_id: int, state: str, seconds: float | None = None) -> None:

@@ -10,7 +10,7 @@ import secrets
 from sqlalchemy import func, or_, select, update
 
 from metalic.store.models import TokenRow, utc_now
-from metalic.store.records import TokenRecord
+from metalic.store.records import TokenRecord, record
 
 ROLES = ("user", "admin")
 PREFIX = "mtl_"
@@ -32,7 +32,7 @@ def create(store, name: str, role: str) -> tuple[str, TokenRecord]:
         row = TokenRow(name=name, role=role, digest=digest(token))
         s.add(row)
         s.flush()
-        return token, TokenRecord.of(row)
+        return token, record(TokenRecord, row)
 
 
 def lookup(store, token: str) -> TokenRecord | None:
@@ -44,7 +44,7 @@ def lookup_digest(store, token_digest: str) -> TokenRecord | None:
     """The live token whose SHA-256 is ``token_digest`` (a dashboard session keeps only that)."""
     with store.read() as s:
         row = s.scalar(select(TokenRow).where(TokenRow.digest == token_digest, TokenRow.revoked_at.is_(None)))
-        return None if row is None else TokenRecord.of(row)
+        return None if row is None else record(TokenRecord, row)
 
 
 def revoke(store, name_or_id: str) -> int:
@@ -66,4 +66,4 @@ def count(store) -> int:
 def list_tokens(store) -> list[TokenRecord]:
     """Every token ever created (names, roles, ids; never the tokens themselves)."""
     with store.read() as s:
-        return [TokenRecord.of(t) for t in s.scalars(select(TokenRow).order_by(TokenRow.id)).all()]
+        return [record(TokenRecord, t) for t in s.scalars(select(TokenRow).order_by(TokenRow.id)).all()]

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from metalic.store.models import WorkerRow, utc_now
-from metalic.store.records import WorkerRecord
+from metalic.store.records import WorkerRecord, record
 
 TRAINER, DISPATCHER = "trainer", "dispatcher"
 
@@ -61,7 +61,7 @@ def live_dispatchers(store, stale_seconds: float, exclude: str | None = None) ->
     with store.read() as s:
         now = s.execute(select(utc_now())).scalar_one()
         rows = s.scalars(select(WorkerRow).where(WorkerRow.kind == DISPATCHER, WorkerRow.state != "stopped")).all()
-        rows = [WorkerRecord.of(r) for r in rows]
+        rows = [record(WorkerRecord, r) for r in rows]
     return [r for r in rows if r.id != exclude and is_alive(r, now, stale_seconds)]
 
 
@@ -73,4 +73,4 @@ def list_workers(store, stopped: bool = False, limit: int = 200) -> tuple[dateti
         q = select(WorkerRow).order_by(WorkerRow.kind, WorkerRow.started_at).limit(limit)
         if not stopped:
             q = q.where(WorkerRow.state != "stopped", WorkerRow.last_seen >= now - timedelta(hours=1))
-        return now, [WorkerRecord.of(w) for w in s.scalars(q).all()]
+        return now, [record(WorkerRecord, w) for w in s.scalars(q).all()]
