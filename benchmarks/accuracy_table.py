@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from metalic.conditions import arm_label, parse_arm
+from metalic.arms import Arm
 from metalic.families import FAMILIES, get_family
 from metalic.pinn.artefact import evaluate_batch
 from metalic.pinn.problem import PinnConfig
@@ -43,7 +43,7 @@ def main() -> None:
     for name in args.families:
         family = get_family(name)
         params = family.defaults()
-        specs = [RunSpec(params, parse_arm(a), seed=0) for a in ARMS]
+        specs = [RunSpec(params, Arm.parse(a), seed=0) for a in ARMS]
         start = time.perf_counter()
         batch = train_batch(
             family,
@@ -57,7 +57,7 @@ def main() -> None:
         for spec, m, out in zip(specs, metrics, batch.outcomes, strict=True):
             p = ", ".join(f"{k}={v:g}" for k, v in params.items())
             print(
-                f"| {name} | {p} | {arm_label(spec.arm_adam)} | {m.rel_l2:.2e} | {m.max_abs:.2e}"
+                f"| {name} | {p} | {spec.arm_adam.label} | {m.rel_l2:.2e} | {m.max_abs:.2e}"
                 f" | {out.lbfgs_stop} ({out.lbfgs_iterations}) | {out.status} |",
                 flush=True,
             )

@@ -38,7 +38,7 @@ from machine import benchmark_store, describe
 
 def seed(url: str) -> str:
     """A migrated store with observations and a snapshot; returns an admin token."""
-    from metalic.jobs import SolveRequest, Training, run_solve_batch
+    from metalic.jobs import Run, SolveRequest, run_solve_batch
     from metalic.store import Store
     from metalic.store import tasks as task_store
     from metalic.store import tokens as token_store
@@ -70,15 +70,10 @@ def seed(url: str) -> str:
             task_store.Assignment(ids[i], "".join(map(str, reqs[i].arm_choice.arm)), None, None, "seed") for i in part
         ]
         _, started = task_store.start_batch(store, assignments, dispatcher_id="bench", worker_id=None, device="cpu")
-        results = run_solve_batch([Training.explicit(reqs[i]) for i in part], device="cpu")
+        results = run_solve_batch([Run.explicit(reqs[i]) for i in part], device="cpu")
         for task, result in zip(started, results, strict=True):
             task_store.record_result(store, task.id, task.attempt, result)
-    with store.read() as s:
-        from sqlalchemy import select
-
-        from metalic.store.models import Task
-
-        study_id = s.scalar(select(Task.study_id).limit(1))
+    study_id = task_store.list_tasks(store, limit=1)[0].study_id
     assert refit_study(store, study_id, {}) is not None
     store.dispose()
     return token

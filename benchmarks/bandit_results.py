@@ -23,31 +23,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
-from metalic.bandit.campaign import CampaignConfig, RoundRow, contexts_for, run_heuristic, summarise, write_outputs
 
+from metalic.arms import Arm, all_arms
 from metalic.bandit.engine import BanditEngine, Observation
-from metalic.bandit.space import ALL_ARMS, arm_index, arm_of
-from metalic.conditions import arm_label, parse_arm
+from metalic.campaign import CampaignConfig, RoundRow, points_for, run_policy, summarise, write_outputs
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
 
-def hindsight_arm(config: CampaignConfig, rows) -> tuple[int, ...]:
+def hindsight_arm(config: CampaignConfig, rows) -> Arm:
     engine = BanditEngine(config.family, "single", "mean", seed=config.seed)
     obs = [
-        Observation(r.context, parse_arm(r.arm), r.reward)
+        Observation(r.params, Arm.parse(r.arm), r.reward)
         for r in rows
-        if r.stage != "test"
-        and r.heuristic.split(" ")[0] in ("ucb", "ts", "random")
-        and r.heuristic.endswith("(single)")
+        if r.stage != "test" and r.policy.split(" ")[0] in ("ucb", "ts", "random") and r.policy.endswith("(single)")
     ]
     engine.observe(*obs)
-    _, test = contexts_for(config)
-    total = torch.zeros(len(ALL_ARMS), dtype=torch.float64)
-    for ctx in test:
-        for rec in engine.recommend(ctx, top=len(ALL_ARMS)):
-            total[arm_index(rec.arm)] += rec.reward_mean
-    return arm_of(int(torch.argmax(total)))
+    _, test = points_for(config)
+    total = torch.zeros(len(all_arms()), dtype=torch.float64)
+    for params in test:
+        for rec in engine.recommend(params, top=len(all_arms())):
+            total[rec.arm.index] += rec.reward_mean
+    return all_arms()[int(torch.argmax(total))]
 
 
 def main() -> None:
@@ -93,19 +90,19 @@ def main() -> None:
         start = time.perf_counter()
         for mode, heuristic in [*plan, ("single", None)]:
             if heuristic is None:  # best fixed arm in hindsight, from what the others observed
-                heuristic = "fixed:" + "".join(map(str, hindsight_arm(base, all_rows)))
-            config = replace(base, mode=mode, heuristics=(heuristic,))
+                heuristic = "fixed:" + hindsight_arm(base, all_rows).label
+            config = replace(base, mode=mode, policies=(heuristic,))
             label = heuristic
             if heuristic.startswith("fixed:") and heuristic != "fixed:all":
-                label = "hindsight:" + arm_label(tuple(int(c) for c in heuristic[6:]))
+                label = "hindsight:" + Arm.parse(heuristic[6:]).label
             folder = args.out / family / f"{mode}_{label.replace(':', '_').replace(',', '+')}"
             engine = None
             if args.resume and (folder / "rounds.json").exists():  # finished earlier: reuse its rounds
-                rows = [RoundRow(**r) for r in json.loads((folder / "rounds.json").read_text())]
+                rows = [RoundRow.from_record(r) for r in json.loads((folder / "rounds.json").read_text())]
             else:
-                rows, engine = run_heuristic(config, heuristic)
+                rows, engine = run_policy(config, heuristic)
             for r in rows:
-                r.heuristic = f"{label} ({mode})"
+                r.policy = f"{label} ({mode})"
             all_rows.extend(rows)
             s = summarise(rows)[0]
             print(

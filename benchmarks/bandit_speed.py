@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
+from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
-from metalic.bandit.space import arm_of
 from metalic.bandit.surrogate import RewardGP
 
 BEST = ((1, 0, 0, 1, 1, 0, 0, 0, 0), (0, 1, 1, 0, 0, 0, 1, 0, 1))
@@ -32,7 +32,7 @@ def observations(n: int, seed: int = 0) -> list[Observation]:
     out = []
     for _ in range(n):
         beta = 1 + 29 * float(torch.rand(1, generator=g))
-        arm = arm_of(int(torch.randint(512, (1,), generator=g)))
+        arm = Arm.from_index(int(torch.randint(512, (1,), generator=g)))
         best = BEST[beta > 15.5]
         reward = (
             3 - 0.4 * sum(a != b for a, b in zip(arm, best, strict=True)) + 0.05 * float(torch.randn(1, generator=g))
@@ -57,8 +57,8 @@ def measure(n: int, repeat: int) -> None:
     extra = iter(obs[n - 1 :])
     warm = timed(lambda: engine.observe(next(extra)), repeat)  # n, n+1, ... observations
 
-    x = torch.stack(engine.phase0.x)
-    y = torch.tensor(engine.phase0.y, dtype=torch.float64)
+    x = torch.stack(engine.adam.x)
+    y = torch.tensor(engine.adam.y, dtype=torch.float64)
     scratch = timed(lambda: RewardGP(1).fit(x, y), max(2, repeat // 2))
 
     ctx = {"beta": 7.0}

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from metalic import settings
-from metalic.families.references import STORE
-from metalic.jobs import SolveRequest, Training, run_solve_batch
+from metalic.families.references import CACHE
+from metalic.jobs import Run, SolveRequest, run_solve_batch
 
 
 def batch_seconds(k: int, iters: int, prefetch: bool, cold: bool, caches: Path) -> float:
@@ -35,13 +35,13 @@ def batch_seconds(k: int, iters: int, prefetch: bool, cold: bool, caches: Path) 
     if cold:
         os.environ["METALIC_REFERENCE_CACHE"] = tempfile.mkdtemp(dir=caches)
         settings.get_settings.cache_clear()
-    STORE.clear_memory()
+    CACHE.clear_memory()
     requests = [
         SolveRequest(family="burgers", params={"nu": float(nu)}, arm="u,flux", adam=iters, lbfgs=iters, seed=j)
         for j, nu in enumerate(np.linspace(0.002, 0.05, k))
     ]
     start = time.perf_counter()
-    run_solve_batch([Training.explicit(r) for r in requests], device="cpu", artefacts=False, compile=False,
+    run_solve_batch([Run.explicit(r) for r in requests], device="cpu", artefacts=False, compile=False,
                     prefetch=prefetch)  # fmt: skip
     return time.perf_counter() - start
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from metalic.families import get_family
-from metalic.jobs import SolveRequest, Training, run_solve_batch
+from metalic.jobs import Run, SolveRequest, run_solve_batch
 from metalic.pinn.artefact import evaluate_batch
 from metalic.pinn.trainer import RunSpec, train_batch
 from metalic.settings import Settings, resolve_device
@@ -58,7 +58,7 @@ def direct(args, reqs: list[SolveRequest], device, artefacts: bool) -> float:
     start = time.perf_counter()
     for chunk in chunks(reqs, args.max_batch):
         if artefacts:
-            run_solve_batch([Training.explicit(r) for r in chunk], device=device)
+            run_solve_batch([Run.explicit(r) for r in chunk], device=device)
         else:
             r0 = chunk[0]
             specs = [RunSpec(r.params, "u,flux", None, r.seed) for r in chunk]
@@ -69,11 +69,8 @@ def direct(args, reqs: list[SolveRequest], device, artefacts: bool) -> float:
 
 def through_service(args, reqs: list[SolveRequest], warm: list[SolveRequest]) -> tuple[float, float, int]:
     """(wall seconds for ``reqs`` from first submit to last result, start-up seconds, batches)."""
-    from sqlalchemy import func, select
-
-    from metalic.store import Store
+    from metalic.store import Store, reports
     from metalic.store import tasks as task_store
-    from metalic.store.models import Batch, Task
     from workers.cluster import connect
     from workers.dispatcher import Dispatcher
     from workers.executors import InlineExecutor, RayExecutor
@@ -92,8 +89,8 @@ def through_service(args, reqs: list[SolveRequest], warm: list[SolveRequest]) ->
     startup = time.perf_counter() - t0
 
     def finished() -> int:
-        with store.read() as s:
-            return s.scalar(select(func.count()).where(Task.state.in_(("succeeded", "failed"))))
+        counts = task_store.counts_by_state(store)
+        return counts.get("succeeded", 0) + counts.get("failed", 0)
 
     def wait(n: int) -> None:
         while finished() < n:
@@ -107,8 +104,8 @@ def through_service(args, reqs: list[SolveRequest], warm: list[SolveRequest]) ->
     disp.wake.set()
     wait(len(warm) + len(reqs))
     wall = time.perf_counter() - start
-    with store.read() as s:
-        batches = s.scalar(select(func.count()).select_from(Batch)) - len(chunks(warm, args.max_batch))
+    disp.wait_idle()
+    batches = reports.totals(store).batches - len(chunks(warm, args.max_batch))
     disp.stop()
     return wall, startup, batches
 

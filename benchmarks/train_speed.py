@@ -117,7 +117,7 @@ def lbfgs_rows(
             bases, nows = [], []
             for _ in range(repeat):  # alternate, so that a slow spell of the machine hits both
                 # Each measurement in a fresh process: a compiled loss kept from an earlier
-                # training of this process would otherwise be reused (see trainer.compiled_loss).
+                # training of this process would otherwise be reused (see pinn/compiled.py).
                 for tree, rates in ((old, bases), (root, nows)):
                     env = {**os.environ, "PYTHONPATH": str(tree)}
                     extra = ["--compile-steps"] if name == "compiled+steps" and tree == root else []

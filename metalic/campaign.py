@@ -147,6 +147,13 @@ class RoundRow:
     status: str
     seconds: float
 
+    @staticmethod
+    def from_record(rec: Mapping[str, Any]) -> RoundRow:
+        """Back from ``record()`` (a ``rounds.json`` entry)."""
+        return RoundRow(rec["heuristic"], rec["stage"], rec["round"], dict(rec["context"]), rec["arm"],
+                        rec["arm_lbfgs"], rec["rel_l2"], rec["reward"], rec["phase0_rel_l2"], rec["status"],
+                        rec["seconds"])  # fmt: skip
+
     def record(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(heuristic=out.pop("policy"), context=out.pop("params"), phase0_rel_l2=out.pop("rel_l2_adam"))

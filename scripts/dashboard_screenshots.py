@@ -26,15 +26,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
-    from sqlalchemy import select
 
     from api.app import create_app
     from api.service import Service
     from metalic.pinn.problem import PinnConfig
     from metalic.pinn.trainer import TrainConfig
     from metalic.settings import Settings
-    from metalic.store import tokens
-    from metalic.store.models import Campaign, Study, Task
+    from metalic.store import campaigns, tokens
+    from metalic.store import studies as study_store
+    from metalic.store import tasks as task_store
     from tests.conftest import LiveServer
     from tests.seed import seed_store
 
@@ -44,10 +44,10 @@ def main() -> None:
     points = PinnConfig(n_collocation=args.collocation, n_boundary=100)
     store = seed_store(f"sqlite:///{home / 'metalic.db'}", settings, 1800, train, points, args.rounds)
     admin, _ = tokens.create(store, "admin", "admin")
-    with store.read() as s:
-        studies = {(st.family, st.heuristic): st.id for st in s.scalars(select(Study)).all()}
-        campaign = s.scalar(select(Campaign.id).where(Campaign.family == "advection"))
-        task = s.scalar(select(Task.id).where(Task.campaign_id.is_(None)).order_by(Task.id.desc()))
+    found = study_store.list_studies(store, campaigns_too=True)
+    studies = {(st.study.family, st.study.heuristic): st.study.id for st in found}
+    campaign = next(c.id for c in campaigns.list_campaigns(store, 100) if c.family == "advection")
+    task = next(t.id for t in task_store.list_tasks(store, limit=1000) if t.campaign_id is None)
     shots = {
         "dashboard-overview": "/dashboard/",
         "dashboard-study": f"/dashboard/studies/{studies[('advection', 'ucb')]}",
