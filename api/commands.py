@@ -43,6 +43,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         migrations.upgrade(open_store())  # serve migrates; a database it cannot reach is one line here
     except Exception as exc:
         raise UsageError(f"cannot migrate the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    from api.serve import serve
+    from api.dashboard.session import SecretKeyError
+    from api.serve import AdminTokenError, serve
 
-    return serve(args.host, args.port, args.workers, args.device, args.max_batch, args.ray_head)
+    try:
+        return serve(args.host, args.port, args.workers, args.device, args.max_batch, args.ray_head)
+    except (AdminTokenError, SecretKeyError) as exc:
+        raise UsageError(str(exc)) from None

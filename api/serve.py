@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import uvicorn
 
 import migrations
 from api.app import create_app, tune_gc
+from api.files import write_private
 from api.service import Service
 from metalic.settings import Settings, get_settings
 from metalic.store import open_store
@@ -46,16 +46,26 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+class AdminTokenError(RuntimeError):
+    """The first admin token could not be kept in its file (and so was not stored either)."""
+
+
 def first_admin_token(store, settings: Settings) -> Path | None:
     """On the very first start (no token yet): create an admin token, print it once, and keep it in
-    ``home/admin-token`` (readable by this user only). Returns that file, or None."""
+    ``home/admin-token`` (readable by this user only). The file is written, atomically and with
+    mode 0600 whatever a file there had, before the token's row is committed: if it cannot be
+    written, no token is stored and AdminTokenError says why. Returns the file, or None."""
     if token_store.count(store) > 0:
         return None
-    token, _ = token_store.create(store, "admin", "admin")
     path = settings.home / "admin-token"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.write_text(token + "\n")
+
+    def keep(token: str) -> None:
+        try:
+            write_private(path, token + "\n")
+        except OSError as exc:
+            raise AdminTokenError(f"cannot write the admin token to {path}: {exc.strerror or exc}") from None
+
+    token, _ = token_store.create(store, "admin", "admin", before_commit=keep)
     print(f"admin token (shown once, also stored in {path}):\n  {token}", file=sys.stderr, flush=True)
     return path
 
@@ -77,7 +87,7 @@ def _run_trainers(
         service.dispatcher = Dispatcher(service.store, executor, service.settings, max_batch).start()
         log.info("dispatcher %s running on %d trainer(s)", service.dispatcher.id, len(executor.slots))
     except Exception as exc:
-        service.dispatcher_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        service.dispatcher_error = trainers_failed(exc)
         log.exception("could not start the trainers")
     shutdown.wait()
     if service.dispatcher is not None:
@@ -86,9 +96,21 @@ def _run_trainers(
     disconnect()
 
 
+def trainers_failed(exc: Exception) -> str:
+    """What /readyz says of trainers that could not start: a fixed phrase, never the exception's
+    text (it may name hosts, pids or URLs; the server's log has it)."""
+    from metalic.store.workers import AnotherDispatcher
+
+    if isinstance(exc, AnotherDispatcher):
+        return "another dispatcher is running on this store"
+    return "the trainers could not start (the server's log says why)"
+
+
 def _ray_head(port: int) -> str:
     """Start a Ray head node that other machines can join (``metalic worker --address``)."""
-    ray_cli = shutil.which("ray")
+    from workers.cluster import ray_command
+
+    ray_cli = ray_command()
     if ray_cli is None:
         raise RuntimeError("the ray command is not installed")
     import torch
@@ -146,7 +168,9 @@ def serve(
     finally:
         stop_trainers()  # (already done by the app's shutdown, unless the server failed to start)
     if ray_head:
-        subprocess.run([shutil.which("ray") or "ray", "stop"], check=False)
+        from workers.cluster import ray_command
+
+        subprocess.run([ray_command() or "ray", "stop"], check=False)
     store.dispose()
     log.info("stopped")
     return 0

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from metalic.settings import Settings
 from metalic.store.studies import EngineCache
-from metalic.store.tasks import submit_batch
+from metalic.store.tasks import QueueFull, submit_batch
 
 
 class LRU:
@@ -71,6 +71,10 @@ class Refreshed:
         self._items: dict = {}
         self._loading: dict = {}
 
+    def forget(self, key) -> None:
+        """Drop an entry now (a logout must not wait for it to expire in this process)."""
+        self._items.pop(key, None)
+
     async def get(self, key, load: Callable[[], Any]):
         hit = self._items.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.seconds:
@@ -96,8 +100,8 @@ class Submitter:
     writer at a time is the rule, one transaction per request measured 140 submissions per second
     at 32 concurrent clients, this 490 (docs/benchmarks.md); PostgreSQL is spared a commit per task."""
 
-    def __init__(self, store, size: int = 256):
-        self.store, self.size = store, size
+    def __init__(self, store, size: int = 256, max_open: int | None = None):
+        self.store, self.size, self.max_open = store, size, max_open
         self._pending: list = []
         self._flushing = False
         self._task: asyncio.Future | None = None
@@ -114,14 +118,18 @@ class Submitter:
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self.size], self._pending[self.size :]
+                items = [(r, o, k) for r, o, k, _ in batch]
                 try:
-                    results = await run_in_threadpool(submit_batch, self.store, [(r, o, k) for r, o, k, _ in batch])
+                    results = await run_in_threadpool(submit_batch, self.store, items, "ucb", self.max_open)
                 except Exception as exc:
                     for *_, future in batch:
                         future.set_exception(exc)
                 else:
                     for (*_, future), result in zip(batch, results, strict=True):
-                        future.set_result(result)
+                        if isinstance(result, QueueFull):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
         finally:
             self._flushing = False
 
@@ -132,8 +140,10 @@ class Service:
         self.dispatcher = dispatcher  # set once the trainers are up (metalic serve)
         self.dispatcher_error: str | None = None
         self.tokens = Refreshed(settings.token_cache_seconds)  # token digest -> Principal | None
+        self.sessions = Refreshed(settings.token_cache_seconds)  # dashboard session id -> token digest | None
         self.engines = EngineCache(store)
-        self.submitter = Submitter(store)
+        self.submitter = Submitter(store, max_open=settings.max_queued_per_user)
+        self.servable = TTLCache(settings.heartbeat_seconds)  # the device classes the live trainers serve
         self.models = LRU(32)
         self.plots = LRU(64)
         self.studies = TTLCache(5.0)  # (family, mode, study) -> the study recommendations read

@@ -154,7 +154,9 @@ def _parse(spec: str | Sequence[int] | int | Arm) -> Arm:
 def _parse_text(text: str) -> Arm:
     if text in ("all", "*"):
         return ALL
-    if text in ("none", ""):
+    if text == "":
+        raise ValueError("an arm names interface terms, or none, all or single-domain; got nothing")
+    if text == "none":
         return NONE
     if text in (SINGLE_NETWORK_LABEL, "single"):
         return SINGLE

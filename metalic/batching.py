@@ -4,10 +4,13 @@ Pure functions of plain values (no store, no torch, no clock), so the rules are 
 own and every caller packs the same way:
 
 - ``batch_key``: runs with equal keys (family, budget profile, device class) can share a batch;
-- ``plan_batches``: a queue (oldest first) and free trainers -> one batch per trainer: the oldest
-  key group the trainer can serve, at most its ``max_batch`` runs; a run marked ``solo`` (its last
-  batch failed) goes alone. The dispatcher plans with it; ``plan_all`` (local campaigns) packs a
-  whole queue the same way;
+- ``fair_order``: a queue (oldest first) in fair-share order: owners take turns, and an owner whose
+  tasks already train waits behind one whose do not;
+- ``plan_batches``: a queue (in the order to serve it) and free trainers -> one batch per trainer:
+  the first key group the trainer can serve, at most its ``max_batch`` runs; a run marked ``solo``
+  (its last batch failed) goes alone. The dispatcher plans with it; ``plan_all`` (local campaigns)
+  packs a whole queue the same way;
+- ``ready``: whether a batch goes out now or waits for the tasks sent with it (a short window);
 - ``plan_groups``: one batch -> its ``train_batch`` calls: the split runs, then the single-network
   runs (one subdomain, another network shape), each padded to its compile size class;
 - ``pad_batches`` / ``size_class``: a loss compiled on an accelerator trains K runs as the next
@@ -17,7 +20,7 @@ own and every caller packs the same way:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -51,6 +54,27 @@ class Trainer:
 class PlannedBatch:
     trainer: int  # index into the trainers
     runs: tuple[int, ...]  # indices into the queue, oldest first
+
+
+def fair_order(owners: Sequence[str | None], running: Mapping[str | None, int]) -> list[int]:
+    """Positions of a queue (oldest first, ``owners[i]`` the owner of its i-th task) in fair-share
+    order: an owner's n-th queued task (n from 0) ranks as that owner's running tasks + n, ties
+    oldest first. Owners take turns, and 32 queued tasks of one owner never keep another's first
+    task out of the next batch."""
+    seen: dict[str | None, int] = {}
+    keys = []
+    for i, owner in enumerate(owners):
+        n = seen.get(owner, 0)
+        seen[owner] = n + 1
+        keys.append((running.get(owner, 0) + n, i))
+    return [i for _, i in sorted(keys)]
+
+
+def ready(size: int, max_batch: int, oldest_age: float, window: float) -> bool:
+    """A batch of ``size`` runs goes out when it is full or its oldest task has waited ``window``
+    seconds: tasks submitted together (a client's burst) share one batch instead of the first
+    going alone."""
+    return size >= max_batch or oldest_age >= window
 
 
 def plan_batches(queue: Sequence[Queued], trainers: Sequence[Trainer]) -> list[PlannedBatch]:

@@ -28,7 +28,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from metalic.arms import SINGLE_NETWORK_LABEL, Arm
 from metalic.bandit.policies import learning_policies
@@ -171,7 +172,26 @@ class SolveRequest(BaseModel):
             raise ValueError(f"needs a periodic family; {family.name} is not periodic")
         return value
 
+    @model_validator(mode="after")
+    def _cost(self, info: ValidationInfo) -> SolveRequest:
+        """The whole request's size under the server's cap (each cap alone does not bound it)."""
+        if info.context and info.context.get("trusted"):
+            return self
+        cap = get_settings().max_request_cost
+        if self.cost() > cap:
+            message = (f"the request's cost (adam + lbfgs) x (collocation + boundary) x subdomains = "
+                       f"{self.cost():.3g} point-iterations is above the server's cap of {cap:.3g}")  # fmt: skip
+            error = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=("adam",), input=self.adam)
+            raise ValidationError.from_exception_data("SolveRequest", [error])
+        return self
+
     # ---- derived -------------------------------------------------------------------------------
+    def cost(self) -> float:
+        """Point-iterations: (adam + lbfgs) x (collocation + boundary) x subdomains (the family's
+        split when none is asked for)."""
+        subdomains = self.subdomains or get_family(self.family).default_decomposition.n_subdomains
+        return float(self.adam + self.lbfgs) * (self.collocation + self.boundary) * subdomains
+
     @property
     def arm_choice(self) -> ArmChoice:
         return ArmChoice.parse(self.arm)

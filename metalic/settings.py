@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(2.0, gt=0, description="worker and task heartbeat period")
     lease_seconds: float = Field(60.0, gt=0, description="a running task without heartbeat this long is requeued")
     progress_seconds: float = Field(0.5, gt=0, description="at most one progress write per batch this often")
+    batch_window_seconds: float = Field(
+        0.3, ge=0, description="a batch that is not full waits until its oldest task is this old (tasks sent together)"
+    )
+    unservable_seconds: float = Field(
+        300.0, gt=0, description="a queued task whose device class no trainer serves fails after this long"
+    )
+    max_queued_per_user: int = Field(1000, ge=1, description="queued and running tasks one user may have")
 
     # caps on one request
     max_adam_iters: int = Field(50_000, ge=0)
@@ -54,6 +61,9 @@ class Settings(BaseSettings):
     max_boundary: int = Field(5_000, ge=1, description="boundary / initial points per subdomain")
     max_interface_points: int = Field(5_000, ge=2)
     max_subdomains: int = Field(16, ge=1)
+    max_request_cost: float = Field(
+        1e9, gt=0, description="largest (adam + lbfgs) x (collocation + boundary) x subdomains of one request"
+    )
     max_predict_points: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="largest HTTP request body")
     max_page: int = Field(100, ge=1, description="largest page of a list endpoint")

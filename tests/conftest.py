@@ -22,6 +22,15 @@ PG_BASE = os.environ.get("METALIC_TEST_POSTGRES", "postgresql+psycopg://postgres
 os.environ["METALIC_PLUGINS"] = "tests.plugins.broken_family,tests.plugins.nan_family"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The session's Ray notices a machine that died within about 1.5 s (the joined-machine test kills
+# one), instead of Ray's default of about 15 s.
+for _key, _value in {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}.items():
+    os.environ.setdefault(_key, _value)
 # One reference-grid cache for the whole session (every process), removed at its end: the suite
 # solves each grid once and writes nothing into the checkout.
 _REFERENCES = tempfile.mkdtemp(prefix="metalic-test-references-")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from metalic.arms import Arm
+from metalic.arms import Arm, all_arms
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.space import ALL_FEATURES as ALL_ARMS
 from metalic.bandit.surrogate import RewardGP
@@ -313,3 +313,59 @@ def test_from_snapshot_refuses_what_is_not_a_policy_snapshot():
         BanditEngine.from_snapshot({**snap, "format": "metalic-model/1"})
     with pytest.raises(ValueError, match="taken without observations"):
         BanditEngine.from_snapshot({**snap, "observations": None})
+
+
+def _ucb_engine() -> BanditEngine:
+    """UCB on eight observations of four arms over Advection's beta (the rest unobserved)."""
+    engine = BanditEngine("advection", policy="ucb", seed=5)
+    g = torch.Generator().manual_seed(11)
+    arms = [A, B, Arm.parse("u"), Arm.parse("flux")]
+    engine.observe(
+        *[
+            Observation({"beta": 1 + 29 * float(torch.rand(1, generator=g))}, arms[i % 4], 1.0 + 0.3 * (i % 4))
+            for i in range(8)
+        ]
+    )
+    return engine
+
+
+def _ucb_scores(engine: BanditEngine, params, pending=(), taken=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [513], UCB score [513]) at ``params`` conditioned on ``pending`` (params, arm) and on
+    the arms ``taken`` there already, computed here from the GP's joint posterior."""
+    from metalic.bandit.acquisition import conditioned_covariance
+
+    unit = engine.space.encode(params)
+    rows = [engine._rows(unit, ALL_ARMS)]
+    rows += [engine._rows(engine.space.encode(p), ALL_ARMS[[a.index]]) for p, a in pending]
+    mean, cov = engine.adam.gp.joint(torch.cat(rows))
+    n = len(ALL_ARMS)
+    cond = conditioned_covariance(cov, list(range(n, n + len(pending))) + [a.index for a in taken],
+                                  engine.adam.gp.noise_variance)  # fmt: skip
+    return mean[:n], mean[:n] + 1.0 * cond.diagonal()[:n].clamp_min(0).sqrt()
+
+
+def test_ucb_with_q_above_one_and_with_pending_picks_by_mean_plus_the_conditioned_std():
+    engine = _ucb_engine()
+    ctx = {"beta": 12.0}
+    mean, score = _ucb_scores(engine, ctx)
+    first = all_arms()[int(torch.argmax(score))]
+    assert first != all_arms()[int(torch.argmax(mean))]  # the std term matters here
+    _, score2 = _ucb_scores(engine, ctx, taken=[first])
+    score2[first.index] = -math.inf
+    second = all_arms()[int(torch.argmax(score2))]
+    assert engine.suggest(ctx, q=2) == [first, second]
+    pending = [({"beta": 12.0}, first)]
+    _, with_pending = _ucb_scores(engine, ctx, pending=pending)
+    with_pending[first.index] = -math.inf  # the same arm at the same point is not suggested twice
+    assert engine.suggest(ctx, pending=pending) == [all_arms()[int(torch.argmax(with_pending))]]
+
+
+def test_a_pending_training_at_a_nearby_point_lowers_the_std_there_and_changes_the_pick():
+    engine = _ucb_engine()
+    ctx, near = {"beta": 12.0}, {"beta": 12.5}
+    alone = engine.suggest(ctx)[0]
+    _, before = _ucb_scores(engine, ctx)
+    _, after = _ucb_scores(engine, ctx, pending=[(near, alone)])
+    assert after[alone.index] < before[alone.index]  # its variance at ctx shrank: a result is coming nearby
+    picked = engine.suggest(ctx, pending=[(near, alone)])[0]
+    assert picked != alone and picked == all_arms()[int(torch.argmax(after))]

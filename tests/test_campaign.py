@@ -156,3 +156,19 @@ def test_a_campaign_config_survives_its_stored_form():
         older["train"].pop("lbfgs"),
     )
     assert CampaignConfig.from_dict(older) == TOY
+
+
+def test_a_diverged_round_counts_the_cap_even_when_its_frozen_weights_score_well():
+    from metalic.campaign import RoundRow
+    from metalic.pinn.evaluate import ERROR_CAP, outcome_error
+
+    assert outcome_error(0.01, "diverged") == ERROR_CAP and outcome_error(0.01, "ok") == 0.01
+
+    def row(stage: str, rnd: int, status: str) -> RoundRow:
+        return RoundRow("ucb", stage, rnd, {"beta": 2.0}, "u", "u", 0.01, 2.0, None, status, 0.1)
+
+    rows = [row("online", 0, "ok"), row("online", 1, "diverged"), row("test", 0, "diverged"), row("test", 1, "ok")]
+    (s,) = summarise(rows)
+    assert s["online_accumulated_error"] == pytest.approx(0.01 + ERROR_CAP)
+    assert s["test_mean_error"] == pytest.approx((ERROR_CAP + 0.01) / 2)
+    assert s["test_median_error"] == pytest.approx((ERROR_CAP + 0.01) / 2)

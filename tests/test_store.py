@@ -210,3 +210,20 @@ def test_migration_0005_turns_stored_bit_strings_into_arm_indices_and_back(db_ur
         back = conn.execute(text("SELECT arm_adam, arm_lbfgs FROM observations ORDER BY id")).all()
     assert [tuple(r) for r in back] == [(a, b) for a, b in rows]
     store.dispose()
+
+
+def test_a_late_result_of_attempt_1_while_attempt_2_runs_is_refused(store):
+    """The attempt guard on its own: the task is running (so the state guard alone would let the
+    write through), but at attempt 2; attempt 1's result changes nothing."""
+    task, _ = task_store.submit(store, tiny())
+    _, started = _run(store, [task.id])
+    result = _result(started[0])
+    task_store.retry_or_fail(store, [(task.id, 1)], "no heartbeat", max_attempts=3)
+    _, again = _run(store, [task.id])
+    assert (again[0].state, again[0].attempt) == ("running", 2)
+    before = counts(store)
+    assert task_store.record_result(store, task.id, 1, result) is False
+    assert counts(store) == before  # no observation, no artefact
+    now = task_store.get_task(store, task.id)
+    assert (now.state, now.attempt, now.result) == ("running", 2, None)
+    assert task_store.write_progress(store, [task_store.ProgressItem(task.id, 1, "adam", 5, 5, 0.1)]) == {task.id}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class TrainerActor:
         if self.device.startswith("cuda"):
             label = f"{self.device} ({torch.cuda.get_device_name(torch.device(self.device))})"
         self.worker_id = worker_store.register(self.store, worker_store.TRAINER, label)
+        from workers.batch import keep_alive
+
+        self._stop = threading.Event()
+        keep_alive(self.store, self.worker_id, self.settings.heartbeat_seconds, self._stop)
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "worker_id": self.worker_id, "device": self.device}
@@ -44,4 +49,5 @@ class TrainerActor:
     def stop(self) -> None:
         from metalic.store import workers as worker_store
 
+        self._stop.set()
         worker_store.stop(self.store, self.worker_id)

@@ -105,6 +105,22 @@ def _heartbeats(store, reporter: _Reporter, worker_id: str | None, batch_id: int
             return
 
 
+def keep_alive(store, worker_id: str, every: float, stop: threading.Event) -> threading.Thread:
+    """A trainer beats while idle too (``last_seen``; its state is left to ``run_batch``), so that a
+    live trainer between batches never looks dead. Ends when ``stop`` is set."""
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                worker_store.heartbeat(store, worker_id)
+            except Exception:  # the next beat tries again
+                log.exception("idle heartbeat failed")
+
+    thread = threading.Thread(target=beat, name="metalic-idle-heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
 def worker_compile(requested: bool | None, device: str | None) -> bool | None:
     """Whether a worker compiles a batch's loss: as the payload says, else always on an accelerator
     (a worker lives long: one compile per batch shape class, padded, serves every later batch of

@@ -27,7 +27,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+            # "local": always a new Ray of this process's own, even where a `ray start` on this
+            # machine (a joined worker) left its cluster's address behind for ray.init to find.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
     return ray.get_runtime_context().gcs_address
 
 
@@ -46,3 +48,14 @@ def reachable() -> bool:
         return ray.is_initialized() and bool(ray.nodes())
     except Exception:
         return False
+
+
+def ray_command() -> str | None:
+    """The ``ray`` program of this Python's environment (beside the interpreter, where a virtual
+    environment keeps it even when it is not on PATH), else the one on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.exists() else shutil.which("ray")

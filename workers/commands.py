@@ -36,9 +36,12 @@ def register(sub) -> dict:
     tr.add_argument("name_or_id")
     tks.add_parser("list", help="the tokens (names, roles, ids; never the tokens themselves)")
 
-    w = sub.add_parser("worker", help="join this machine (its GPUs) to the metalic Ray cluster")
+    w = sub.add_parser("worker", help="join this machine (its GPUs, or its CPUs) to the metalic Ray cluster")
     w.add_argument("--address", default=None, help="the Ray head, host:port (default METALIC_RAY_ADDRESS)")
     w.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer (default: all this machine has)")
+    w.add_argument(
+        "--cpus", type=int, default=None, help="a CPU machine: offer N cores to one CPU trainer (and no GPU)"
+    )
     w.add_argument("--check", action="store_true", help="only check that the store is reachable, then exit")
     return {"campaign": cmd_campaign, "db": cmd_db, "dispatcher": cmd_dispatcher, "token": cmd_token,
             "worker": cmd_worker}  # fmt: skip
@@ -288,24 +291,39 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offer(args: argparse.Namespace) -> list[str]:
+    """What this machine offers the cluster: its GPUs, or with ``--cpus N`` N cores for one CPU
+    trainer (the ``metalic_cpu_trainer`` resource the executor places CPU trainers on)."""
+    import torch
+
+    from workers.executors import JOINED_CPU
+
+    if args.cpus is not None:
+        if args.cpus < 1:
+            raise UsageError(f"--cpus must be at least 1, got {args.cpus}")
+        gpus = args.num_gpus or 0
+        return [f"--num-cpus={args.cpus}", f"--num-gpus={gpus}", f"--resources={json.dumps({JOINED_CPU: 1})}"]
+    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
+    return [f"--num-gpus={gpus}"]
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import os
-    import shutil
 
     address = args.address or get_settings().ray_address
+    offer = _offer(args)  # bad flags are refused before anything else
     open_store(create=False)  # reachable and at the right schema: trainers write there
     print("store     reachable, schema current", file=sys.stderr)
     if args.check:
         return 0
     if not address:
         raise UsageError("--address (or METALIC_RAY_ADDRESS) must name the Ray head, host:port")
-    ray_cli = shutil.which("ray")
+    from workers.cluster import ray_command
+
+    ray_cli = ray_command()
     if ray_cli is None:
         raise UsageError("the ray command is not installed (pip install 'metalic[service]')")
-    import torch
-
-    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
-    command = [ray_cli, "start", f"--address={address}", f"--num-gpus={gpus}", "--block"]
+    command = [ray_cli, "start", f"--address={address}", *offer, "--block"]
     print("starting  " + " ".join(command), file=sys.stderr)
     os.execv(ray_cli, command)
     return 0  # not reached

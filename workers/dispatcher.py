@@ -34,8 +34,7 @@ from workers.refits import Refitter
 log = logging.getLogger(__name__)
 
 
-class DispatcherBusy(RuntimeError):
-    """Another dispatcher is alive on this store."""
+DispatcherBusy = worker_store.AnotherDispatcher  # another dispatcher is alive on this store
 
 
 class Dispatcher:
@@ -49,17 +48,15 @@ class Dispatcher:
     ):
         self.store, self.executor = store, executor
         self.settings = settings or get_settings()
-        if exclusive:
-            others = worker_store.live_dispatchers(store, self._stale_seconds)
-            if others:
-                o = others[0]
-                raise DispatcherBusy(f"a dispatcher is already running on this store ({o.host}, pid {o.pid})")
-        self.id = worker_store.register(store, worker_store.DISPATCHER, "dispatcher")
+        if exclusive:  # the check and the registration in one locked transaction
+            self.id = worker_store.register_dispatcher(store, self._stale_seconds)
+        else:
+            self.id = worker_store.register(store, worker_store.DISPATCHER, "dispatcher")
         self._stopping = threading.Event()
         self.wake = threading.Event()
         self.refits = Refitter(store, self._stopping)
         self.flights = Flights(store, executor, self.settings, on_observed=self.refits.mark)
-        self.packer = Packer(store, executor, self.id, max_batch)
+        self.packer = Packer(store, executor, self.id, max_batch, self.settings.batch_window_seconds)
         self._thread: threading.Thread | None = None
         self._last_beat = self._last_stale = self._last_refresh = 0.0
         self.batches_started = 0
@@ -77,7 +74,7 @@ class Dispatcher:
         batch_ids = task_store.orphaned_batches(self.store, live)
         items = task_store.running_of_batches(self.store, batch_ids)
         moved = task_store.retry_or_fail(
-            self.store, items, "the dispatcher of its batch stopped", self.settings.max_attempts
+            self.store, items, "the dispatcher of its batch stopped", self.settings.max_attempts, counted=False
         )
         for b in batch_ids:
             task_store.finish_batch(self.store, b, "lost")
@@ -99,11 +96,23 @@ class Dispatcher:
         busy = self.flights.collect()
         if now - self._last_stale >= self.settings.heartbeat_seconds:
             busy |= self.flights.requeue_stale()
+            busy |= self._fail_unservable()
             self._last_stale = now
         busy |= campaigns.advance_all(self.store)
         busy |= self._dispatch()
         self.refits.tick()
         return busy
+
+    def _fail_unservable(self) -> bool:
+        """Queued tasks whose device class no trainer serves fail after ``unservable_seconds``
+        (none while the cluster has no trainer at all: it is starting, or its machines rejoin)."""
+        if not self.executor.slots:
+            return False
+        devices = {s.device for s in self.executor.slots}
+        failed = task_store.fail_unservable(self.store, devices, self.settings.unservable_seconds)
+        if failed:
+            log.warning("failed %d queued task(s) that no trainer of this cluster can serve", len(failed))
+        return bool(failed)
 
     def _dispatch(self) -> bool:
         started = self.packer.pack([s for s in self.executor.slots if not s.busy])

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any
 
-from workers.batch import BatchPayload, BatchReport, run_batch
+from workers.batch import BatchPayload, BatchReport, keep_alive, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class Slot:
     worker_id: str | None = None
     batch_id: int | None = None  # the batch it is training
     ping: Any = None  # after a crash: a pending call that returns once the trainer is back
+    ping_after: float = 0.0  # monotonic time before which a failed ping is not asked again
 
     @property
     def busy(self) -> bool:
@@ -41,10 +44,16 @@ class Slot:
 Finished = tuple[Slot, BatchPayload, "BatchReport | BaseException"]
 
 
+PING_SECONDS = 2.0
+JOINED_CPU = "metalic_cpu_trainer"  # the Ray resource a CPU machine offers with `metalic worker --cpus N`
+
+
 class RayExecutor:
-    """One ``TrainerActor`` per GPU of the Ray cluster (``num_gpus=1``), or ``cpu_workers`` CPU
-    actors when it has none. GPUs that join later get actors at the next ``refresh``. ``device``:
-    ``auto`` (as said), ``cpu`` (CPU actors only) or ``cuda`` (GPU actors only, as GPUs join).
+    """One ``TrainerActor`` per GPU of the Ray cluster (``num_gpus=1``), ``cpu_workers`` CPU actors
+    on this machine when it has none, and one CPU actor on each CPU machine that joined with
+    ``metalic worker --cpus N`` (it offers the ``metalic_cpu_trainer`` resource; the actor trains
+    with that machine's threads). Machines that join later get actors at the next ``refresh``.
+    ``device``: ``auto`` (as said), ``cpu`` (CPU actors only) or ``cuda`` (GPU actors only).
 
     Actors restart after a crash (``max_restarts``); the call that was running fails with a
     ``RayActorError``, reported by ``poll`` as that batch's outcome.
@@ -74,33 +83,42 @@ class RayExecutor:
     def _env(self) -> dict:
         return {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("METALIC_")}}
 
-    def _add(self, device: str) -> None:
+    def _add(self, device: str, joined: bool = False) -> None:
         from workers.actor import TrainerActor
 
         opts: dict[str, Any] = {"max_restarts": 10, "max_task_retries": 0, "num_cpus": 1, "runtime_env": self._env()}
-        threads = None
+        threads = None  # a joined CPU machine's trainer uses that machine's threads
         if device == "cuda":
             opts["num_gpus"] = 1
             limit = self.max_batch or self.settings.max_batch_gpu
         else:
-            threads = max(1, (os.cpu_count() or 1) // max(self.cpu_workers, 1))
+            if joined:
+                opts["resources"] = {JOINED_CPU: 1}
+            else:
+                threads = max(1, (os.cpu_count() or 1) // max(self.cpu_workers, 1))
             limit = self.max_batch or self.settings.max_batch_cpu
         settings = self.settings.model_dump(mode="json")
         actor = self.ray.remote(TrainerActor).options(**opts).remote(self.url, device, threads, settings)
         info = self.ray.get(actor.info.remote(), timeout=300)
-        slot = Slot(f"{device}-{len(self.slots)}", device, limit, actor, info["worker_id"])
+        name = f"{'joined-' if joined else ''}{device}-{len(self.slots)}"
+        slot = Slot(name, device, limit, actor, info["worker_id"])
         self.slots.append(slot)
         log.info("trainer %s ready (pid %s, %s)", slot.name, info["pid"], info["device"])
 
     def refresh(self) -> None:
-        """Actors for GPUs that joined the cluster since the last call."""
-        gpus = int(self.ray.cluster_resources().get("GPU", 0)) if self.device != "cpu" else 0
-        have = sum(s.device == "cuda" for s in self.slots)
-        for _ in range(gpus - have):
-            self._add("cuda")
-        if gpus == 0 and self.device != "cuda" and not self.slots:
+        """Actors for the machines that joined the cluster since the last call (GPUs, and CPU
+        machines offering ``metalic_cpu_trainer``)."""
+        resources = self.ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0)) if self.device != "cpu" else 0
+        if gpus == 0 and self.device != "cuda" and not any(s.name.startswith("cpu-") for s in self.slots):
             for _ in range(self.cpu_workers):
                 self._add("cpu")
+        for _ in range(gpus - sum(s.device == "cuda" for s in self.slots)):
+            self._add("cuda")
+        joined = int(resources.get(JOINED_CPU, 0)) if self.device != "cuda" else 0
+        self._drop_lost_machines(joined)
+        for _ in range(joined - sum(s.name.startswith("joined-") for s in self.slots)):
+            self._add("cpu", joined=True)
 
     def submit(self, slot: Slot, payload: BatchPayload) -> None:
         ref = slot.handle.run.remote(payload)
@@ -131,19 +149,34 @@ class RayExecutor:
             self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
 
     def _check_pings(self) -> None:
-        """A restarting actor refuses calls; a slot takes batches again once its ping answers."""
+        """A restarting actor refuses calls; a slot takes batches again once its ping answers. A
+        ping that failed is sent again at most every ``PING_SECONDS``."""
+        now = time.monotonic()
         for slot in self.slots:
-            if slot.ping is None:
-                continue
-            ready, _ = self.ray.wait([slot.ping], timeout=0)
-            if not ready:
+            if slot.ping is None or now < slot.ping_after:
                 continue
             try:
+                ready, _ = self.ray.wait([slot.ping], timeout=0)
+                if not ready:
+                    continue
                 slot.worker_id = self.ray.get(slot.ping)["worker_id"]
                 slot.ping = None
                 log.info("trainer %s is back", slot.name)
-            except Exception:  # still restarting: ask again
+            except Exception:  # still restarting, or its machine is gone: ask again later
                 slot.ping = slot.handle.info.remote()
+                slot.ping_after = now + PING_SECONDS
+
+    def _drop_lost_machines(self, joined: int) -> None:
+        """Joined CPU trainers whose machine left (fewer ``metalic_cpu_trainer`` resources than
+        joined trainers, the lost ones waiting for a restart that cannot come): stopped and
+        forgotten, so that a machine joining again gets a trainer of its own."""
+        lost = [s for s in self.slots if s.name.startswith("joined-") and s.ping is not None and s.batch_id is None]
+        extra = sum(s.name.startswith("joined-") for s in self.slots) - joined
+        for slot in lost[: max(extra, 0)]:
+            with contextlib.suppress(Exception):
+                self.ray.kill(slot.handle, no_restart=True)
+            self.slots.remove(slot)
+            log.info("trainer %s left with its machine", slot.name)
 
     def abandon(self, slot: Slot) -> None:
         """Forget the slot's batch and restart its actor (it stopped heartbeating)."""
@@ -198,6 +231,8 @@ class InlineExecutor:
         limit = max_batch or (settings.max_batch_gpu if dev.startswith("cuda") else settings.max_batch_cpu)
         worker_id = worker_store.register(store, worker_store.TRAINER, dev)
         self.slots = [Slot("inline-0", "cuda" if dev.startswith("cuda") else "cpu", limit, None, worker_id)]
+        self._alive = threading.Event()
+        keep_alive(store, worker_id, settings.heartbeat_seconds, self._alive)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="metalic-trainer")
         self._futures: dict[Future, tuple[Slot, BatchPayload]] = {}
 
@@ -234,5 +269,6 @@ class InlineExecutor:
     def shutdown(self, kill: bool = True) -> None:
         from metalic.store import workers as worker_store
 
+        self._alive.set()
         self._pool.shutdown(wait=not kill, cancel_futures=True)
         worker_store.stop(self.store, self.slots[0].worker_id)

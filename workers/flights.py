@@ -80,9 +80,10 @@ class Flights:
 
     def give_up(self, error: str) -> None:
         """The batches still in flight will not be collected: their tasks go back now rather than at
-        the next dispatcher's start (the workers' late results are refused)."""
+        the next dispatcher's start (the workers' late results are refused). A drain is the
+        service's doing, not the tasks': it does not count against their attempts."""
         items = task_store.running_of_batches(self.store, self.by_batch)
-        task_store.retry_or_fail(self.store, items, error, self.settings.max_attempts)
+        task_store.retry_or_fail(self.store, items, error, self.settings.max_attempts, counted=False)
         for b in self.by_batch:
             task_store.finish_batch(self.store, b, "lost")
         self.by_batch.clear()

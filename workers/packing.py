@@ -1,11 +1,11 @@
 """Queued tasks -> batches on free trainers, with their arms decided.
 
-``Packer.pack(free slots)`` reads the oldest queued tasks, lets ``batching.plan_batches`` pack
-them (batch keys, solo tasks, each trainer's limit), decides each batch's arms, and marks the
-batch's tasks running in the store. Explicit arms stay as asked; ``learned`` ones are asked of the
-study's engine restored from its latest snapshot (``EngineCache``: no fit here), aware of the
-study's running trainings and of the batch's earlier choices, so one batch never repeats an arm at
-one parameter point.
+``Packer.pack(free slots)`` reads each owner's oldest queued tasks that a trainer can serve, puts
+them in fair-share order, lets ``batching.plan_batches`` pack them (batch keys, solo tasks, each
+trainer's limit), decides each batch's arms, and marks the batch's tasks running in the store.
+Explicit arms stay as asked; ``learned`` ones are asked of the study's engine restored from its
+latest snapshot (``EngineCache``: no fit here), aware of the study's running trainings and of the
+batch's earlier choices, so one batch never repeats an arm at one parameter point.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from metalic.batching import Queued, Trainer, plan_batches
+from metalic.batching import Queued, Trainer, fair_order, plan_batches, ready
 from metalic.jobs import Run, SolveRequest
 from metalic.store import tasks as task_store
 from metalic.store.records import TaskRecord
@@ -25,28 +25,38 @@ log = logging.getLogger(__name__)
 
 
 class Packer:
-    def __init__(self, store, executor, dispatcher_id: str, max_batch: int | None = None):
+    def __init__(self, store, executor, dispatcher_id: str, max_batch: int | None = None, window: float = 0.0):
         self.store, self.executor, self.dispatcher_id, self.max_batch = store, executor, dispatcher_id, max_batch
+        self.window = window  # seconds a batch that is not full waits for the tasks sent with it
         self.engines = EngineCache(store)
 
     def limit(self, slot: Slot) -> int:
         return min(slot.max_batch, self.max_batch) if self.max_batch else slot.max_batch
 
     def pack(self, free: Sequence[Slot]) -> list[tuple[Slot, BatchPayload, set[int]]]:
-        """Batches started in the store for ``free`` slots: (slot, payload, its studies)."""
+        """Batches started in the store for ``free`` slots: (slot, payload, its studies). The queue
+        is read per owner and per servable device class (``store.tasks.queued_by_owner``), put in
+        fair-share order (``batching.fair_order``), packed (``batching.plan_batches``); a batch
+        that is not full waits for the tasks sent with it (``batching.ready``)."""
         if not free:
             return []
-        queued = task_store.queued_tasks(self.store, limit=4 * max(self.limit(s) for s in free) * len(free))
+        devices = {"auto"} | {s.device for s in self.executor.slots}
+        queued, running = task_store.queued_by_owner(self.store, devices, per_owner=2 * max(map(self.limit, free)))
         if not queued:
             return []
+        queued = [queued[i] for i in fair_order([t.owner for t in queued], running)]
         trainers = [Trainer(s.device, self.limit(s)) for s in free]
-        plans = plan_batches([Queued(t.batch_key, t.request.get("device", "auto"), t.solo) for t in queued], trainers)
+        plans = plan_batches([Queued(t.batch_key, t.device, t.solo) for t in queued], trainers)
+        now = self.store.now()
         out = []
         for plan in plans:
-            slot = free[plan.trainer]
-            started = self._start(slot, [queued[i] for i in plan.runs])
+            tasks = [queued[i] for i in plan.runs]
+            age = (now - min(t.created_at for t in tasks)).total_seconds()
+            if not ready(len(tasks), trainers[plan.trainer].max_batch, age, self.window):
+                continue
+            started = self._start(free[plan.trainer], tasks)
             if started is not None:
-                out.append((slot, *started))
+                out.append((free[plan.trainer], *started))
         return out
 
     def _start(self, slot: Slot, tasks: list[TaskRecord]) -> tuple[BatchPayload, set[int]] | None:

@@ -30,7 +30,16 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from api.auth import Principal
 from api.dashboard import data
-from api.dashboard.session import COOKIE, LoginRequired, csrf_ok, csrf_token, current_admin, log_in, secret_key
+from api.dashboard.session import (
+    COOKIE,
+    LoginRequired,
+    csrf_ok,
+    csrf_token,
+    current_admin,
+    log_in,
+    log_out,
+    secret_key,
+)
 from api.errors import invalid_request
 from api.routes.admin import create_campaign
 from api.routes.tasks import plot_png
@@ -188,7 +197,7 @@ async def logout(request: Request) -> Response:
     form = await request.form()
     if not csrf_ok(request, form.get("csrf")):
         raise HTTPException(403, "CSRF token missing or wrong")
-    request.session.clear()
+    await run_in_threadpool(log_out, request)
     return RedirectResponse(f"{request.scope.get('root_path', '')}/login", status_code=303)
 
 

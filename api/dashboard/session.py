@@ -1,12 +1,17 @@
-"""Dashboard logins: an admin token, typed once into a form, becomes a signed session cookie
-(HttpOnly, SameSite=Strict, ``Secure`` behind TLS with ``cookie_secure``); the REST API keeps
-bearer tokens. The cookie holds the token's SHA-256 (never the token), so revoking the token ends
-the session within ``token_cache_seconds``. Every form carries a per-session CSRF token.
+"""Dashboard logins: an admin token, typed once into a form, starts a server-side session
+(``store.sessions``) whose id travels in a signed cookie (HttpOnly, SameSite=Strict, ``Secure``
+behind TLS with ``cookie_secure``); the REST API keeps bearer tokens. Logging out ends the session
+in the store, so a copied cookie stops working within ``token_cache_seconds``; revoking the token
+ends every session of it as fast. Every form carries a per-session CSRF token. The signing key is
+at least 32 characters: a shorter ``METALIC_SECRET_KEY`` is refused, and an empty or short
+``home/secret-key`` file is replaced by a random key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -14,27 +19,40 @@ from pathlib import Path
 from fastapi import Request
 
 from api.auth import Principal, lookup
+from api.files import write_private
 from metalic.settings import Settings
+from metalic.store import sessions as session_store
 from metalic.store import tokens as token_store
 
+log = logging.getLogger(__name__)
+
 COOKIE = "metalic_session"
+
+
+MIN_KEY = 32
+
+
+class SecretKeyError(ValueError):
+    """The configured signing key is too short to be a secret."""
 
 
 def secret_key(settings: Settings) -> str:
     """``settings.secret_key``, or a random key kept in ``home/secret-key`` (created on first use,
     readable by this user only), so that every API process of one home signs alike."""
     if settings.secret_key:
+        if len(settings.secret_key) < MIN_KEY:
+            raise SecretKeyError(f"METALIC_SECRET_KEY: at least {MIN_KEY} characters (it signs dashboard sessions)")
         return settings.secret_key
     path = Path(settings.home) / "secret-key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_urlsafe(48).encode())
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process of this home made it first
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+    if len(path.read_text().strip()) < MIN_KEY:
+        log.warning("%s is empty or shorter than %d characters: replaced with a random key", path, MIN_KEY)
+        write_private(path, secrets.token_urlsafe(48))
     return path.read_text().strip()
 
 
@@ -56,12 +74,15 @@ def csrf_ok(request: Request, sent: str | None) -> bool:
 
 
 async def current_admin(request: Request) -> Principal:
-    """The logged-in admin, or LoginRequired (no cookie, a revoked token, or not an admin)."""
-    digest = request.session.get("token")
-    if not isinstance(digest, str):
+    """The logged-in admin, or LoginRequired (no cookie, an ended session, a revoked token, or not
+    an admin)."""
+    session_id = request.session.get("sid")
+    if not isinstance(session_id, str):
         raise LoginRequired
     service = request.app.state.service
-    found = await service.tokens.get(digest, lambda: lookup(service.store, digest))
+    hours = service.settings.session_hours
+    digest = await service.sessions.get(session_id, lambda: session_store.token_of(service.store, session_id, hours))
+    found = None if digest is None else await service.tokens.get(digest, lambda: lookup(service.store, digest))
     if found is None or not found.is_admin:
         request.session.clear()
         raise LoginRequired
@@ -70,11 +91,22 @@ async def current_admin(request: Request) -> Principal:
 
 def log_in(request: Request, token: str) -> Principal | None:
     """Check a typed token; an admin's starts a session (a fresh CSRF token with it)."""
-    row = token_store.lookup(request.app.state.service.store, token.strip())
+    store = request.app.state.service.store
+    row = token_store.lookup(store, token.strip())
     if row is None:
         return None
     who = Principal(row.name, row.role)
     if who.is_admin:
         request.session.clear()
-        request.session.update(token=row.digest, csrf=secrets.token_urlsafe(24))
+        request.session.update(sid=session_store.start(store, row.digest), csrf=secrets.token_urlsafe(24))
     return who
+
+
+def log_out(request: Request) -> None:
+    """End the session in the store (every copy of its cookie with it) and clear the cookie."""
+    service = request.app.state.service
+    session_id = request.session.get("sid")
+    if isinstance(session_id, str):
+        session_store.end(service.store, session_id)
+        service.sessions.forget(session_id)
+    request.session.clear()

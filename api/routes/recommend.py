@@ -90,7 +90,10 @@ def _context(fam, request: Request) -> dict[str, float]:
 @router.get(
     "/families/{family}/recommendation",
     response_model=RecommendationOut,
-    responses={404: {"model": Problem, "description": "unknown family, or no policy yet"}},
+    responses={
+        403: {"model": Problem, "description": "a study chosen without an admin token"},
+        404: {"model": Problem, "description": "unknown family, or no policy yet"},
+    },
 )
 async def recommendation(
     family: str,
@@ -98,7 +101,9 @@ async def recommendation(
     request: Request,
     mode: Mode = "single",
     top: Annotated[int, Query(ge=1, le=512)] = 5,
-    study: Annotated[int | None, Query(ge=1, le=MAX_ID, description="a study id (default: most data)")] = None,
+    study: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="a study id (admins only, as /v1/studies; default: most data)")
+    ] = None,
     reward_phase0: Annotated[
         float | None, Query(ge=-2, le=20, description="sequential: the Adam phase's reward, -log10(rel. L2)")
     ] = None,
@@ -109,6 +114,8 @@ async def recommendation(
     The latest snapshot version is looked up at most every ``snapshot_check_seconds``; between
     lookups, and always for the posterior itself, nothing touches the database."""
     fam = family_or_404(family)
+    if study is not None and not who.is_admin:  # studies are an admin's view, as /v1/studies
+        raise HTTPException(403, "choosing a study needs an admin token")
     context = _context(fam, request)
     service = request.app.state.service
     policy = await service.policies.get((fam.name, mode, study), lambda: latest_policy(service, fam.name, mode, study))

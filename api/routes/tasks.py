@@ -34,6 +34,7 @@ from metalic.jobs import SolveRequest, SolveResult, read_solution
 from metalic.pinn.artefact import TrainedModel
 from metalic.plotting import plot_solution_npz
 from metalic.store import tasks as task_store
+from metalic.store import workers as worker_store
 from metalic.store.models import TASK_STATES
 from metalic.store.records import ArtefactRecord, TaskRecord
 
@@ -128,6 +129,7 @@ def _mapped(exc: ValidationError) -> RequestValidationError:
         404: {"model": Problem, "description": "unknown family"},
         409: {"model": Problem, "description": "Idempotency-Key reused for another request"},
         413: {"model": Problem},
+        429: {"model": Problem, "description": "you have as many queued and running tasks as one user may"},
     },
 )
 async def solve(
@@ -136,17 +138,22 @@ async def solve(
     who: User,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> TaskOut:
     """Queue a solve; poll ``links.self`` until ``state`` is succeeded / failed / cancelled.
-    An ``Idempotency-Key`` header makes a retry return the task of the first call."""
+    An ``Idempotency-Key`` header makes a retry return the task of the first call. A device class
+    that no trainer of the cluster serves is refused (422 at ``device``)."""
     fam = family_or_404(family)
     try:
         req = body.request(fam.name)
     except ValidationError as exc:
         raise _mapped(exc) from None
     service = request.app.state.service
-    task, created = await service.submitter.submit(req, who.name, idempotency_key)
+    _check_servable(service, req.device)
+    try:
+        task, created = await service.submitter.submit(req, who.name, idempotency_key)
+    except task_store.QueueFull as exc:
+        raise HTTPException(429, str(exc)) from None
     if not created:
         if task.request != req.model_dump(mode="json"):
             raise HTTPException(409, "Idempotency-Key was already used for a different request")
@@ -154,6 +161,18 @@ async def solve(
     service.wake()
     response.headers["Location"] = f"/v1/tasks/{task.id}"
     return task_out(task)
+
+
+def _check_servable(service, device: str) -> None:
+    """422 at ``device`` when the live trainers serve other device classes only (when no trainer
+    is alive yet nothing is refused: a queued task that stays unservable fails after a timeout)."""
+    if device == "auto":
+        return
+    stale = 3 * service.settings.heartbeat_seconds + 5
+    served = service.servable.get("devices", lambda: worker_store.servable_devices(service.store, stale))
+    if served is not None and device not in served:
+        message = f"no trainer of this cluster serves {device} (it serves: {', '.join(sorted(served))})"
+        raise RequestValidationError([{"loc": ("body", "device"), "msg": message, "type": "value_error"}])
 
 
 def _task(request: Request, task_id: Id, who: Principal) -> TaskRecord:
@@ -253,9 +272,9 @@ def predict(task_id: Id, body: PredictBody, who: User, request: Request) -> Pred
         raise RequestValidationError(
             [{"loc": ("body", "points"), "msg": f"at most {limit} points (server cap)", "type": "too_long"}]
         )
+    _, artefact = _artefact(request, task_id, who)  # the task first: none, not yours, not done -> 404 / 409
     if not body.points:
         return PredictOut(values=[])
-    _, artefact = _artefact(request, task_id, who)
     model = service.models.get(task_id, lambda: TrainedModel.from_bytes(artefact.model))
     try:
         values = model.predict(np.asarray(body.points, dtype=float))

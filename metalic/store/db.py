@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from metalic.store.models import utc_now
+from metalic.store.records import utc
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -68,9 +69,9 @@ class Store:
             s.execute(text("SELECT 1"))
 
     def now(self) -> datetime:
-        """The database clock (naive UTC)."""
+        """The database clock (aware UTC)."""
         with self.read() as s:
-            return s.execute(select(utc_now())).scalar_one()
+            return utc(s.execute(select(utc_now())).scalar_one())
 
     def dispose(self) -> None:
         self.engine.dispose()

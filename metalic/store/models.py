@@ -134,6 +134,7 @@ class TaskRow(Base):
         Index("ix_tasks_state_id", "state", "id"),
         Index("ix_tasks_owner_id", "owner", "id"),
         Index("ix_tasks_campaign_step", "campaign_id", "campaign_step"),
+        Index("ix_tasks_state_owner_id", "state", "owner", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -147,8 +148,10 @@ class TaskRow(Base):
     family: Mapped[str] = mapped_column(String(40))
     request: Mapped[dict[str, Any]]
     batch_key: Mapped[str] = mapped_column(String(300))
+    device: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")  # auto / cpu / cuda
     state: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # dispatches so far
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # attempts that count
     solo: Mapped[bool] = mapped_column(Boolean, default=False)  # next try alone (its batch failed)
     arm_adam: Mapped[int | None] = mapped_column(Integer)  # Arm.index, once decided
     arm_lbfgs: Mapped[int | None] = mapped_column(Integer)
@@ -245,6 +248,17 @@ class ProgressRow(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     loss: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(default=utc_now())
+
+
+class SessionRow(Base):
+    """A dashboard login, kept server-side so that logging out ends it for every copy of its cookie."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_digest: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now())
+    ended_at: Mapped[datetime | None]
 
 
 class TokenRow(Base):

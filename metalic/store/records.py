@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from metalic.arms import Arm
@@ -16,7 +16,8 @@ from metalic.arms import Arm
 
 def record(cls, row, **extra):
     """The record ``cls`` of ``row``: its same-named fields (or ``extra``), arm indices as ``Arm``
-    values. One function for every record, so a column added to a row and a record is read here."""
+    values, times as aware UTC datetimes (the database keeps naive UTC). One function for every
+    record, so a column added to a row and a record is read here."""
     values = {}
     for f in fields(cls):
         if f.name in extra:
@@ -25,8 +26,15 @@ def record(cls, row, **extra):
             index = getattr(row, f.name)
             values[f.name] = None if index is None else Arm.from_index(index)
         else:
-            values[f.name] = getattr(row, f.name)
+            values[f.name] = utc(getattr(row, f.name))
     return cls(**values)
+
+
+def utc(value):
+    """A naive datetime from the database as the aware UTC datetime it is; anything else as it is."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,10 @@ class TaskRecord:
     family: str
     request: dict[str, Any]
     batch_key: str
+    device: str
     state: str
     attempt: int
+    failures: int
     solo: bool
     arm_adam: Arm | None
     arm_lbfgs: Arm | None

@@ -20,7 +20,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from metalic.arms import Arm
 from metalic.pinn.evaluate import ERROR_CAP
 from metalic.store.models import BatchRow, CampaignRow, ObservationRow, ProgressRow, TaskRow, WorkerRow, utc_now
-from metalic.store.records import ObservationRecord, TaskRecord, WorkerRecord, record
+from metalic.store.records import ObservationRecord, TaskRecord, WorkerRecord, record, utc
 from metalic.store.studies import StudySummary, study_summaries
 from metalic.store.tasks import state_counts
 
@@ -126,7 +126,7 @@ def overview(store, studies: int = 100) -> Overview:
         ).all()  # fmt: skip
         queue, summaries, workers = state_counts(s), study_summaries(s, limit=studies), _workers(s, now)
     mean = None if mean_size is None else float(mean_size)
-    return Overview(now, queue, hours, per_hour, int(n_batches or 0), mean, busy, int(last_hour or 0),
+    return Overview(utc(now), queue, hours, per_hour, int(n_batches or 0), mean, busy, int(last_hour or 0),
                     [tuple(r) for r in failed], [tuple(r) for r in campaigns], summaries, workers)  # fmt: skip
 
 
@@ -135,7 +135,7 @@ def workers_with_batches(store) -> tuple[datetime, list[tuple[WorkerRecord, int 
     200, each with the size of the batch it trains)."""
     with store.read() as s:
         now = s.execute(select(utc_now())).scalar_one()
-        return now, _workers(s, now)
+        return utc(now), _workers(s, now)
 
 
 def _workers(session: Session, now: datetime, limit: int = 200) -> list[tuple[WorkerRecord, int | None]]:

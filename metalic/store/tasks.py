@@ -37,33 +37,53 @@ from metalic.store.records import ArtefactRecord, TaskRecord, record
 from metalic.store.studies import study_for_request
 
 
+class QueueFull(Exception):
+    """The owner already has as many queued and running tasks as one user may."""
+
+
 def submit(
     store,
     request: SolveRequest,
     owner: str | None = None,
     idempotency_key: str | None = None,
     policy: str = "ucb",
+    max_open: int | None = None,
 ) -> tuple[TaskRecord, bool]:
     """Queue a validated request; returns (task, created). With an ``idempotency_key`` already used
-    by ``owner``, the earlier task is returned and nothing is written."""
-    ((task, created),) = submit_batch(store, [(request, owner, idempotency_key)], policy)
-    return task, created
+    by ``owner``, the earlier task is returned and nothing is written. QueueFull when ``owner``
+    already has ``max_open`` queued and running tasks."""
+    (found,) = submit_batch(store, [(request, owner, idempotency_key)], policy, max_open)
+    if isinstance(found, QueueFull):
+        raise found
+    return found
 
 
 def submit_batch(
-    store, items: Sequence[tuple[SolveRequest, str | None, str | None]], policy: str = "ucb"
-) -> list[tuple[TaskRecord, bool]]:
+    store,
+    items: Sequence[tuple[SolveRequest, str | None, str | None]],
+    policy: str = "ucb",
+    max_open: int | None = None,
+) -> list[tuple[TaskRecord, bool] | QueueFull]:
     """Queue several (request, owner, idempotency key) in one transaction (a server's group commit):
-    returns (task, created) for each, as ``submit`` would, in order."""
-    out: list[tuple[TaskRow, bool]] = []
+    for each, (task, created) as ``submit`` gives it, or QueueFull when its owner (not None) would
+    have more than ``max_open`` queued and running tasks; in order."""
+    out: list = []
     with store.write() as s:
         studies: dict[str, int] = {}
         keyed = _keyed_tasks(s, [(o, k) for _, o, k in items if k is not None])
+        room = _room(s, {o for _, o, _ in items if o is not None}, max_open)
         fresh: list[TaskRow] = []
         for request, owner, key in items:
             if key is not None and (owner, key) in keyed:
                 out.append((keyed[(owner, key)], False))
                 continue
+            if owner in room:
+                if room[owner] <= 0:
+                    out.append(
+                        QueueFull(f"{owner} has {max_open} queued and running tasks, the most one user may have")
+                    )
+                    continue
+                room[owner] -= 1
             task = new_task(request, _study_id(s, request, policy, studies), owner=owner, idempotency_key=key)
             if key is not None:
                 keyed[(owner, key)] = task
@@ -71,7 +91,21 @@ def submit_batch(
             out.append((task, True))
         s.add_all(fresh)
         s.flush()
-        return [(record(TaskRecord, t), created) for t, created in out]
+        return [x if isinstance(x, QueueFull) else (record(TaskRecord, x[0]), x[1]) for x in out]
+
+
+def _room(s: Session, owners: set[str], max_open: int | None) -> dict[str, int]:
+    """How many more tasks each owner may queue (none of them when there is no limit)."""
+    if max_open is None or not owners:
+        return {}
+    open_now = dict(
+        s.execute(
+            select(TaskRow.owner, func.count())
+            .where(TaskRow.owner.in_(owners), TaskRow.state.in_((QUEUED, RUNNING)))
+            .group_by(TaskRow.owner)
+        ).all()
+    )
+    return {o: max_open - int(open_now.get(o, 0)) for o in owners}
 
 
 def _keyed_tasks(s: Session, wanted: list[tuple[str | None, str]]) -> dict[tuple, TaskRow]:
@@ -97,7 +131,7 @@ def _study_id(s: Session, request: SolveRequest, policy: str, known: dict[str, i
 
 def submit_many(store, requests: Sequence[SolveRequest], owner: str | None = None, policy: str = "ucb") -> list[int]:
     """Queue several validated requests in one transaction; returns their task ids in order."""
-    return [t.id for t, _ in submit_batch(store, [(r, owner, None) for r in requests], policy)]
+    return [t.id for t, _ in submit_batch(store, [(r, owner, None) for r in requests], policy)]  # no limit: no refusal
 
 
 def new_task(request: SolveRequest, study_id: int, **fields) -> TaskRow:
@@ -111,6 +145,7 @@ def new_task(request: SolveRequest, study_id: int, **fields) -> TaskRow:
         "family": request.family,
         "request": request.model_dump(mode="json"),
         "batch_key": request.batch_key(),
+        "device": request.device,
         "state": QUEUED,
         "attempt": 0,
         "solo": False,
@@ -187,6 +222,47 @@ def queued_tasks(store, limit: int) -> list[TaskRecord]:
     with store.read() as s:
         rows = s.scalars(select(TaskRow).where(TaskRow.state == QUEUED).order_by(TaskRow.id).limit(limit)).all()
         return [record(TaskRecord, t) for t in rows]
+
+
+def queued_by_owner(store, devices: Iterable[str], per_owner: int) -> tuple[list[TaskRecord], dict]:
+    """What the dispatcher packs from: each owner's oldest ``per_owner`` queued tasks whose device
+    class is one of ``devices`` (oldest first), and each owner's running tasks (owner -> count).
+    A task no trainer can serve, or one owner's long queue, never hides another's."""
+    ranked = (
+        select(TaskRow.id, func.row_number().over(partition_by=TaskRow.owner, order_by=TaskRow.id).label("rank"))
+        .where(TaskRow.state == QUEUED, TaskRow.device.in_(list(devices)))
+        .subquery()
+    )
+    q = select(TaskRow).join(ranked, ranked.c.id == TaskRow.id).where(ranked.c.rank <= per_owner).order_by(TaskRow.id)
+    with store.read() as s:
+        tasks = [record(TaskRecord, t) for t in s.scalars(q).all()]
+        running = dict(
+            s.execute(select(TaskRow.owner, func.count()).where(TaskRow.state == RUNNING).group_by(TaskRow.owner)).all()
+        )
+    return tasks, running
+
+
+def fail_unservable(store, devices: Iterable[str], older_than: float) -> list[int]:
+    """Fail the queued tasks that asked for a device class not among ``devices`` and have waited
+    ``older_than`` seconds (their GPU left the cluster, or never joined). Returns their ids."""
+    from datetime import timedelta
+
+    served = set(devices) | {"auto"}
+    with store.write() as s:
+        cutoff = s.execute(select(utc_now())).scalar_one() - timedelta(seconds=older_than)
+        rows = s.execute(
+            select(TaskRow.id, TaskRow.device).where(
+                TaskRow.state == QUEUED, TaskRow.device.not_in(served), TaskRow.created_at < cutoff
+            )
+        ).all()
+        for task_id, device in rows:
+            error = f"device: no trainer of this cluster serves {device} (waited {older_than:g} s)"
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.state == QUEUED)
+                .values(state=FAILED, finished_at=utc_now(), error=error)
+            )
+    return [task_id for task_id, _ in rows]
 
 
 def running_arms(store, study_ids: Iterable[int]) -> dict[int, list[tuple[dict, Arm]]]:
@@ -386,21 +462,30 @@ def record_result(store, task_id: int, attempt: int, result: SolveResult) -> boo
 
 
 def retry_or_fail(
-    store, items: Sequence[tuple[int, int]], error: str, max_attempts: int, solo: bool = False
+    store, items: Sequence[tuple[int, int]], error: str, max_attempts: int, solo: bool = False, counted: bool = True
 ) -> dict[str, list[int]]:
-    """Tasks whose attempt ended without a result: back to the queue, or failed once they have had
-    ``max_attempts`` attempts. ``solo``: their next try runs alone (their batch raised)."""
+    """Tasks whose attempt ended without a result: back to the queue, or failed once ``max_attempts``
+    of their attempts ended so. ``solo``: their next try runs alone (their batch raised).
+    ``counted=False``: the attempt ended for reasons of the service's own (a drain, a restart), not
+    of the task's: it goes back to the queue and its failures stay as they were."""
     out: dict[str, list[int]] = {"requeued": [], "failed": []}
+    requeue = {"state": QUEUED, "error": error[:4000], "solo": solo, "batch_id": None, "worker_id": None,
+               "heartbeat_at": None}  # fmt: skip
     with store.write() as s:
         for task_id, attempt in items:
             guard = _live(task_id, attempt)
-            if attempt >= max_attempts:
-                values = {"state": FAILED, "finished_at": utc_now(), "error": error[:4000]}
-                outcome = "failed"
+            if not counted:
+                values, outcome = requeue, "requeued"
             else:
-                values = {"state": QUEUED, "error": error[:4000], "solo": solo, "batch_id": None, "worker_id": None,
-                          "heartbeat_at": None}  # fmt: skip
-                outcome = "requeued"
+                failures = s.scalar(select(TaskRow.failures).where(*guard))
+                if failures is None:
+                    continue  # no longer running at this attempt
+                if failures + 1 >= max_attempts:
+                    values = {"state": FAILED, "finished_at": utc_now(), "error": error[:4000]}
+                    outcome = "failed"
+                else:
+                    values, outcome = requeue, "requeued"
+                values = {**values, "failures": TaskRow.failures + 1}
             if s.execute(update(TaskRow).where(*guard).values(**values)).rowcount:
                 out[outcome].append(task_id)
     return out

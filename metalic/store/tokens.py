@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 
 from sqlalchemy import func, or_, select, update
 
@@ -21,8 +22,10 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create(store, name: str, role: str) -> tuple[str, TokenRecord]:
-    """A new token for principal ``name``; returns (the token, its row)."""
+def create(store, name: str, role: str, before_commit: Callable[[str], None] | None = None) -> tuple[str, TokenRecord]:
+    """A new token for principal ``name``; returns (the token, its row). ``before_commit(token)``
+    runs inside the transaction: if it raises, no token is stored (it keeps the token somewhere
+    first, so that a token is never stored that nobody was given)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if not NAME.match(name):
@@ -32,6 +35,8 @@ def create(store, name: str, role: str) -> tuple[str, TokenRecord]:
         row = TokenRow(name=name, role=role, digest=digest(token))
         s.add(row)
         s.flush()
+        if before_commit is not None:
+            before_commit(token)
         return token, record(TokenRecord, row)
 
 
