@@ -106,7 +106,7 @@ def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) ->
     import random
     from datetime import datetime, timedelta
 
-    from sqlalchemy import func, insert, select
+    from sqlalchemy import func, insert, select, text
 
     from metalic.arms import Arm
     from metalic.bandit.engine import BanditEngine, Observation
@@ -153,14 +153,23 @@ def bulk_seed(store: Store, n: int, family: str = "advection", seed: int = 0) ->
                 "status": "ok",
             }
         )
-    for start in range(0, n, 5000):
+    # Ids are given here (this is the only writer), so that both tables go in as plain executemany
+    # inserts, without RETURNING: on PostgreSQL ten times faster than the ORM's bulk insert.
+    with store.read() as s:
+        first = (s.scalar(select(func.max(TaskRow.id))) or 0) + 1
+        first_obs = (s.scalar(select(func.max(ObservationRow.id))) or 0) + 1
+    for i, (t, o) in enumerate(zip(tasks, observations, strict=True)):
+        t["id"], o["id"], o["task_id"] = first + i, first_obs + i, first + i
+    for start in range(0, n, 10_000):
         with store.write() as s:
-            rows = tasks[start : start + 5000]
-            ids = s.scalars(insert(TaskRow).returning(TaskRow.id, sort_by_parameter_order=True), rows)
-            chunk = observations[start : start + 5000]
-            for obs, task_id in zip(chunk, ids.all(), strict=True):
-                obs["task_id"] = task_id
-            s.execute(insert(ObservationRow), chunk)
+            s.execute(insert(TaskRow.__table__), tasks[start : start + 10_000])
+            s.execute(insert(ObservationRow.__table__), observations[start : start + 10_000])
+    if not store.is_sqlite:  # the serial sequences move past the ids given here
+        with store.write() as s:
+            for table in ("tasks", "observations"):
+                s.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+                )
     engine = BanditEngine(family, seed=0)
     engine.observe(*[Observation(o["params"], Arm.from_index(o["arm_adam"]), o["reward"]) for o in observations[:200]])
     with store.write() as s:

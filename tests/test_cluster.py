@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from metalic.jobs import SolveRequest
 from metalic.settings import Settings
 from metalic.store import tasks as task_store
+from metalic.store import workers as worker_store
 from metalic.store.models import BatchRow, ObservationRow
 from workers.dispatcher import Dispatcher
 from workers.executors import JOINED_CPU, RayExecutor
@@ -54,20 +55,26 @@ def test_a_joined_cpu_machine_takes_batches_and_its_death_loses_no_task(store, r
         os.killpg(machine.pid, signal.SIGKILL)
         raise
     try:
-        ids = [task_store.submit(store, SolveRequest(family="advection", params={"beta": 2.0 + i}, arm="u",
-                                                     seed=i, adam=1500, **TINY))[0].id for i in range(4)]  # fmt: skip
+        requests = [SolveRequest(family="advection", params={"beta": 2.0 + i}, arm="u", seed=i, adam=500, **TINY)
+                    for i in range(4)]  # fmt: skip
+        ids = task_store.submit_many(store, requests)  # one transaction: two batches of two, one per trainer
         joined = next(s for s in executor.slots if s.name.startswith("joined-"))
 
         def joined_training() -> list[int]:
-            flight = next((f for f in disp.flights.by_batch.values() if f.slot is joined), None)
+            flight = next((f for f in list(disp.flights.by_batch.values()) if f.slot is joined), None)
             if flight is None:
                 return []
             tasks = [task_store.get_task(store, d.task_id) for d in flight.payload.tasks]
-            return [t.id for t in tasks if (t.progress_iteration or 0) >= 20 and t.state == "running"]
+            return [t.id for t in tasks if t.state == "running"]
 
-        wait_until(lambda: len(joined_training()) == 2)
+        wait_until(lambda: len(joined_training()) == 2)  # a batch of two is in flight on the joined machine
         on_joined = joined_training()
-        os.killpg(machine.pid, signal.SIGKILL)  # the machine dies mid-batch
+        # The machine dies mid-batch: its Ray processes (raylet and the rest, one process group) and
+        # the trainer's own process (Ray gives each worker a process group of its own).
+        _, rows = worker_store.list_workers(store)
+        trainer_pid = next(w.pid for w in rows if w.id == joined.worker_id)
+        os.kill(trainer_pid, signal.SIGKILL)
+        os.killpg(machine.pid, signal.SIGKILL)
         wait_until(lambda: all(task_store.get_task(store, i).state in ("succeeded", "failed") for i in ids))
         disp.wait_idle()
         tasks = {i: task_store.get_task(store, i) for i in ids}

@@ -98,7 +98,7 @@ def test_eight_tasks_sent_within_100_ms_go_out_as_one_batch_on_an_idle_trainer(s
         for i in range(8):  # one transaction each, as eight clients would send them
             ids.append(task_store.submit(store, request(2.0 + i, seed=i))[0].id)
             disp.wake.set()
-            time.sleep(0.012)
+            time.sleep(0.005)
         assert time.monotonic() - start < 0.1 + 0.05
         wait_until(lambda: all(task(store, i).state == "succeeded" for i in ids))
         assert [b.size for b in batches(store)] == [8]

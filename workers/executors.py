@@ -83,7 +83,9 @@ class RayExecutor:
     def _env(self) -> dict:
         return {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("METALIC_")}}
 
-    def _add(self, device: str, joined: bool = False) -> None:
+    def _launch(self, device: str, joined: bool = False) -> tuple[Any, str, str, int]:
+        """Start one trainer actor; returns (its handle, device, kind, batch limit) without waiting
+        for it (a trainer's process takes seconds to import torch: several start side by side)."""
         from workers.actor import TrainerActor
 
         opts: dict[str, Any] = {"max_restarts": 10, "max_task_retries": 0, "num_cpus": 1, "runtime_env": self._env()}
@@ -99,26 +101,26 @@ class RayExecutor:
             limit = self.max_batch or self.settings.max_batch_cpu
         settings = self.settings.model_dump(mode="json")
         actor = self.ray.remote(TrainerActor).options(**opts).remote(self.url, device, threads, settings)
-        info = self.ray.get(actor.info.remote(), timeout=300)
-        name = f"{'joined-' if joined else ''}{device}-{len(self.slots)}"
-        slot = Slot(name, device, limit, actor, info["worker_id"])
-        self.slots.append(slot)
-        log.info("trainer %s ready (pid %s, %s)", slot.name, info["pid"], info["device"])
+        return actor, device, "joined-" if joined else "", limit
 
     def refresh(self) -> None:
         """Actors for the machines that joined the cluster since the last call (GPUs, and CPU
-        machines offering ``metalic_cpu_trainer``)."""
+        machines offering ``metalic_cpu_trainer``), started side by side."""
         resources = self.ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if self.device != "cpu" else 0
+        launched = []
         if gpus == 0 and self.device != "cuda" and not any(s.name.startswith("cpu-") for s in self.slots):
-            for _ in range(self.cpu_workers):
-                self._add("cpu")
-        for _ in range(gpus - sum(s.device == "cuda" for s in self.slots)):
-            self._add("cuda")
+            launched += [self._launch("cpu") for _ in range(self.cpu_workers)]
+        launched += [self._launch("cuda") for _ in range(gpus - sum(s.device == "cuda" for s in self.slots))]
         joined = int(resources.get(JOINED_CPU, 0)) if self.device != "cuda" else 0
         self._drop_lost_machines(joined)
-        for _ in range(joined - sum(s.name.startswith("joined-") for s in self.slots)):
-            self._add("cpu", joined=True)
+        have = sum(s.name.startswith("joined-") for s in self.slots)
+        launched += [self._launch("cpu", joined=True) for _ in range(joined - have)]
+        infos = self.ray.get([actor.info.remote() for actor, *_ in launched], timeout=300)
+        for (actor, device, kind, limit), info in zip(launched, infos, strict=True):
+            slot = Slot(f"{kind}{device}-{len(self.slots)}", device, limit, actor, info["worker_id"])
+            self.slots.append(slot)
+            log.info("trainer %s ready (pid %s, %s)", slot.name, info["pid"], info["device"])
 
     def submit(self, slot: Slot, payload: BatchPayload) -> None:
         ref = slot.handle.run.remote(payload)
