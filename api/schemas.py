@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from metalic.jobs import SolveRequest
 
@@ -52,8 +52,8 @@ class FamilyOut(BaseModel):
 # ---- solving ----------------------------------------------------------------------------------------
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    adam: int = Field(1000, description="Adam iterations")
-    lbfgs: int = Field(1000, description="L-BFGS iterations")
+    adam: int = Field(1000, ge=0, description="Adam iterations")
+    lbfgs: int = Field(1000, ge=0, description="L-BFGS iterations")
 
 
 class Points(BaseModel):
@@ -218,6 +218,21 @@ class CampaignBody(BaseModel):
     budget: Budget = Field(default_factory=lambda: Budget(adam=500, lbfgs=500))
     points: Points = Field(default_factory=Points)
     dtype: Literal["float32", "float64"] = "float32"
+
+    # field by field (pydantic reports every bad field at once), in the words of CampaignConfig
+    @field_validator("warmup", "rounds", "test")
+    @classmethod
+    def _non_negative(cls, value: int, info: ValidationInfo) -> int:
+        if value < 0:
+            raise ValueError(f"{info.field_name}: must be non-negative, got {value}")
+        return value
+
+    @field_validator("batch")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"batch: must be at least 1, got {value}")
+        return value
 
 
 class CampaignOut(BaseModel):

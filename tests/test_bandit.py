@@ -40,7 +40,9 @@ def run_planted(policy: str, horizon: int, seed: int = 0):
         arm = engine.suggest(ctx)[0] if t >= 5 else Arm.from_index(int(torch.randint(512, (1,), generator=noise)))
         mean = planted_mean(ctx, arm)
         regret += 3.0 - mean
-        engine.observe(Observation(ctx, arm, mean + 0.05 * float(torch.randn(1, generator=noise))))
+        # the random policy never reads its GP: condition it without re-estimating hyper-parameters
+        refit = policy != "random"
+        engine.observe(Observation(ctx, arm, mean + 0.05 * float(torch.randn(1, generator=noise))), refit=refit)
     return engine, regret
 
 

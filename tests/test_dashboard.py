@@ -84,9 +84,19 @@ def log_in(page, url: str, token: str) -> None:
     page.wait_for_load_state("load")
 
 
+def wait_until(page, expression: str, seconds: float = 10) -> None:
+    """Poll a JavaScript expression until it is true. (Playwright's wait_for_function evaluates its
+    predicate with eval inside the page, which the dashboard's Content-Security-Policy refuses: the
+    tests run under the real policy.)"""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true after {seconds} s: {expression}"
+        time.sleep(0.05)
+
+
 def charts_ready(page) -> list[dict]:
     """Wait until no chart is loading; return each chart's id, trace count and data points."""
-    page.wait_for_function("document.querySelectorAll('.chart.loading').length === 0", timeout=20_000)
+    wait_until(page, "document.querySelectorAll('.chart.loading').length === 0", 20)
     return page.evaluate(
         """() => Array.from(document.querySelectorAll('.chart')).map(el => ({
             id: el.id,
@@ -142,7 +152,7 @@ def test_every_page_shows_charts_with_data_and_no_console_errors(seeded, browser
         for chart in charts:
             assert not chart["nodata"] and chart["traces"] > 0 and chart["points"] > 0, (name, chart)
         if name == "task":
-            page.wait_for_function("document.getElementById('solution-img').naturalWidth > 0")
+            wait_until(page, "document.getElementById('solution-img').naturalWidth > 0")
         if name == "tasks":
             assert page.locator("table.tasks tbody tr:not(.empty)").count() > 0
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -150,7 +160,7 @@ def test_every_page_shows_charts_with_data_and_no_console_errors(seeded, browser
     page.goto(seeded["url"] + PAGES[3][1].format(**ids))
     charts_ready(page)
     kinds = page.evaluate("document.getElementById('landscape-chart').data.map(t => t.type)")
-    assert kinds == ["heatmap"]
+    assert kinds[0] == "heatmap" and set(kinds[1:]) <= {"scatter"}  # the observed points over it
     assert page.input_value("input[name=fix_c]") == "0.5"
     assert console.errors == []
     context.close()
@@ -241,7 +251,7 @@ def test_starting_a_campaign_from_the_form(seeded, browser):
     with page.expect_response(lambda r: r.request.method == "POST") as sent:
         page.click(".campaign-form button[type=submit]")
     assert sent.value.status == 422
-    assert "rounds" in page.inner_text("[data-error-for=rounds]")
+    assert "rounds: must be non-negative" in page.inner_text("[data-error-for=rounds]")
     assert page.input_value("input[name=rounds]") == "-3"  # the form keeps what was typed
     assert [e for e in console.errors if "422" not in e] == []  # the browser logs the 422 it was sent
     console.errors.clear()
@@ -258,6 +268,8 @@ def test_starting_a_campaign_from_the_form(seeded, browser):
         assert (camp.family, camp.config["rounds"], camp.config["train"]["adam"]) == ("reaction", 3, 50)
         assert camp.config["policies"] == ["ucb", "random"] and camp.owner == "root"
     charts_ready(page)  # no trained round yet: every chart says so instead of loading forever
+    assert page.inner_text("dt:has-text('heuristics') + dd") == "ucb, random (single)"
+    assert page.inner_text("dt:has-text('budget') + dd") == "50 Adam + 5 L-BFGS"
     page.click("text=Cancel the campaign")
     page.wait_for_selector("[data-field='campaign.state']:has-text('cancelled')")
     assert console.errors == []
@@ -287,7 +299,9 @@ def test_csv_downloads_match_the_database(seeded, browser):
             select(ObservationRow).where(ObservationRow.study_id == ids["ucb_study"]).order_by(ObservationRow.id)
         ).all()
     assert [int(r["id"]) for r in rows] == [t.id for t in tasks]
+    assert "params" not in rows[0]  # one column per parameter instead of a JSON string
     for row, task in zip(rows, tasks, strict=True):
+        assert float(row["param_beta"]) == task.request["params"]["beta"]
         assert row["state"] == "succeeded" and float(row["rel_l2"]) == pytest.approx(task.rel_l2, rel=1e-12)
         assert float(row["reward"]) == pytest.approx(task.reward, rel=1e-12)
     # a study's observations, and what a chart shows (built in the browser from the chart's data)
@@ -296,6 +310,7 @@ def test_csv_downloads_match_the_database(seeded, browser):
         page.click("h2 a.csv")
     rows = _read_csv(Path(download.value.path()).read_text())
     assert [(int(r["task_id"]), float(r["reward"])) for r in rows] == [(o.task_id, o.reward) for o in observations]
+    assert [float(r["param_beta"]) for r in rows] == [o.params["beta"] for o in observations]
     charts_ready(page)
     with page.expect_download() as download:
         page.click("button[data-csv-for=terms-chart]")
@@ -354,16 +369,217 @@ def test_a_running_tasks_progress_moves_on_the_open_page(live_serve, browser):
     log_in(page, url, live_serve["token"])
     page.goto(f"{url}/dashboard/tasks/{task_id}")
     page.evaluate("window.__opened = true")  # gone if the page reloads
-    page.wait_for_function("document.getElementById('loss-chart').data !== undefined", timeout=20_000)
+    wait_until(page, "document.getElementById('loss-chart').data !== undefined", 20)
     first = int(page.inner_text("#iteration"))
     points = page.evaluate("document.getElementById('loss-chart').data[0].x.length")
     # zoom the loss chart: the updates must not reset it
     page.evaluate("Plotly.relayout('loss-chart', {'xaxis.range': [0, 5]})")
-    page.wait_for_function(f"Number(document.getElementById('iteration').textContent) > {first}", timeout=30_000)
-    page.wait_for_function(f"document.getElementById('loss-chart').data[0].x.length > {points}", timeout=30_000)
+    wait_until(page, f"Number(document.getElementById('iteration').textContent) > {first}", 30)
+    wait_until(page, f"document.getElementById('loss-chart').data[0].x.length > {points}", 30)
     assert page.evaluate("window.__opened") is True
     assert page.evaluate("document.getElementById('loss-chart').layout.xaxis.range") == [0, 5]
     assert httpx.post(f"{url}/v1/tasks/{task_id}/cancel", headers=h).status_code == 200
     page.wait_for_selector("[data-field='task.state']:has-text('cancelled')", timeout=30_000)
+    assert console.errors == []
+    context.close()
+
+
+# ---- the second pass: values that are not there yet, error pages, keys, ranges and headers ---------
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory):
+    """A store with nothing trained: one queued solve (no arm, no progress) of a study that was never
+    refitted, and no batch in the last 24 h. No trainer: the task stays queued."""
+    import migrations
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings
+    from metalic.store import Store
+    from metalic.store import tasks as task_store
+    from tests.seed import solve_request
+
+    home = tmp_path_factory.mktemp("bare")
+    settings = Settings(home=home, token_cache_seconds=0.0, dashboard_poll_seconds=0.3)
+    store = Store(f"sqlite:///{home / 'metalic.db'}")
+    migrations.upgrade(store)
+    admin, _ = tokens.create(store, "root", "admin")
+    task, _ = task_store.submit(store, solve_request("burgers", {"nu": 0.01}, seed=0), owner="root")
+    with LiveServer(create_app(Service(settings, store))) as server:
+        yield {"url": server.url, "store": store, "admin": admin, "task": task.id, "study": task.study_id}
+    store.dispose()
+
+
+def _polled(page) -> None:
+    """Wait until the page has applied one answer of its data endpoint."""
+    wait_until(page, "/^updated/.test(document.getElementById('live').textContent)", 20)
+
+
+def test_values_that_are_not_there_yet_keep_their_placeholders_after_polling(bare, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    log_in(page, bare["url"], bare["admin"])
+    page.goto(f"{bare['url']}/dashboard/")
+    _polled(page)
+    assert page.inner_text("[data-field='throughput.mean_batch_size']") == "–"
+    # counts of 0 and 1: whole-number ticks only (Plotly's own choice is 0, 0.2, 0.4, ...)
+    charts_ready(page)
+    for chart in ("queue-chart", "throughput-chart"):
+        assert all(float(v).is_integer() for v in _ticks(page, chart, "yaxis")), chart
+    page.goto(f"{bare['url']}/dashboard/studies/{bare['study']}")
+    _polled(page)
+    assert page.inner_text("dt:has-text('last refit') + dd") == "never"
+    page.goto(f"{bare['url']}/dashboard/tasks/{bare['task']}")
+    _polled(page)
+    assert page.inner_text("dt:has-text('arm, Adam phase') + dd") == "not chosen yet"
+    assert page.inner_text("dt:has-text('arm, L-BFGS phase') + dd") == "as Adam"
+    assert page.inner_text("dt:has-text('progress') + dd") == "not started"
+    assert console.errors == []
+    context.close()
+
+
+def test_pages_that_do_not_poll_say_nothing_about_loading(seeded, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, seeded["url"], seeded["admin"])
+    for path in ("/dashboard/tasks", "/dashboard/campaigns"):
+        page.goto(seeded["url"] + path)
+        page.wait_for_load_state("networkidle")
+        assert "loading" not in page.inner_text("header.top"), path
+    page.goto(seeded["url"] + "/dashboard/")
+    _polled(page)  # a live page says when it last updated
+    context.close()
+
+
+def test_errors_are_dashboard_pages_and_data_errors_stay_json(seeded, browser):
+    ids = _ids(seeded["store"])
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, seeded["url"], seeded["admin"])
+    response = page.goto(f"{seeded['url']}/dashboard/studies/{ids['heat_study']}?x=a&y=a")
+    assert response.status == 422
+    assert page.locator("header.top nav a").count() == 3  # the navigation is there
+    assert "y: must be another of" in page.inner_text(".error-list")
+    response = page.goto(f"{seeded['url']}/dashboard/tasks/999999")
+    assert response.status == 404 and "no task 999999" in page.inner_text(".error-list")
+    assert page.locator("header.top nav a").count() == 3
+    page.click("text=Back to the overview")
+    assert page.url.endswith("/dashboard/")
+    context.close()
+    admin = _client_session(seeded["url"], seeded["admin"])
+    r = admin.get("/dashboard/data/tasks/999999")
+    assert r.status_code == 404 and r.json() == {"detail": "no task 999999"}
+    admin.close()
+
+
+def test_every_answer_carries_a_content_security_policy_and_refuses_frames(seeded):
+    client = _client_session(seeded["url"], seeded["admin"])
+    for path in ("/dashboard/", "/dashboard/login", "/dashboard/data/overview", "/dashboard/tasks/999999"):
+        r = client.get(path)
+        assert r.headers["x-frame-options"] == "DENY", path
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp, path
+    client.close()
+
+
+def test_the_campaign_form_reports_every_bad_field_at_once(seeded, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, seeded["url"], seeded["admin"])
+    page.goto(f"{seeded['url']}/dashboard/campaigns")
+    for box in page.locator("input[name=heuristics]").all():
+        box.uncheck()
+    page.fill("input[name=rounds]", "-3")
+    page.fill("input[name=adam]", "-5")
+    page.click(".campaign-form button[type=submit]")
+    shown = {e.get_attribute("data-error-for") for e in page.locator("[data-error-for]").all()}
+    assert shown == {"heuristics", "rounds", "adam"}
+    context.close()
+
+
+def test_the_loss_chart_draws_l_bfgs_after_adam(seeded, browser):
+    ids = _ids(seeded["store"])
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, seeded["url"], seeded["admin"])
+    page.goto(f"{seeded['url']}/dashboard/tasks/{ids['task']}")
+    charts_ready(page)
+    traces = page.evaluate("document.getElementById('loss-chart').data.map(t => ({name: t.name, x: t.x}))")
+    assert [t["name"] for t in traces] == ["adam", "lbfgs"]
+    assert min(traces[1]["x"]) > max(traces[0]["x"])
+    context.close()
+
+
+def _ticks(page, chart: str, axis: str) -> list[float]:
+    return page.evaluate(f"document.getElementById('{chart}')._fullLayout.{axis}._vals.map(v => v.x)")
+
+
+def test_count_axes_colours_and_the_tasks_table_read_at_a_glance(seeded, browser):
+    ids = _ids(seeded["store"])
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    log_in(page, seeded["url"], seeded["admin"])
+    page.goto(f"{seeded['url']}/dashboard/")
+    charts_ready(page)
+    colours = page.evaluate(
+        """() => { const q = document.getElementById('queue-chart').data[0];
+                   const t = document.getElementById('throughput-chart').data;
+                   return {queue: Object.fromEntries(q.x.map((s, i) => [s, q.marker.color[i]])),
+                           failed: t.find(x => x.name === 'failed').marker.color}; }"""
+    )
+    assert colours["queue"]["failed"] == colours["failed"] != colours["queue"]["running"]
+    page.goto(f"{seeded['url']}/dashboard/campaigns/{ids['campaign']}")
+    charts_ready(page)
+    for chart in ("accumulated-chart", "reward-chart"):
+        assert all(float(v).is_integer() for v in _ticks(page, chart, "xaxis")), chart
+    page.goto(f"{seeded['url']}/dashboard/studies/{ids['ucb_study']}")
+    charts_ready(page)
+    assert "per observation" in page.inner_text("figure:has(#rewards-chart) figcaption")
+    right = _ticks(page, "rewards-chart", "yaxis2")
+    assert right[0] == 0 and len(right) <= 7
+    page.goto(f"{seeded['url']}/dashboard/tasks")
+    right = page.evaluate("document.querySelector('table.tasks').getBoundingClientRect().right")
+    assert right <= page.evaluate("document.documentElement.clientWidth")  # no sideways scrolling
+    heights = page.evaluate("Array.from(document.querySelectorAll('table.tasks tbody tr')).map(r => r.offsetHeight)")
+    line = page.evaluate("parseFloat(getComputedStyle(document.querySelector('table.tasks td')).lineHeight)")
+    assert max(heights) < 2.5 * line + 12, (heights, line)  # at most two lines of text per row
+    context.close()
+
+
+def _observed_log10_range(store, study_id: int) -> list[float]:
+    with store.read() as s:
+        rewards = s.scalars(select(ObservationRow.reward).where(ObservationRow.study_id == study_id)).all()
+    return [-max(rewards), -min(rewards)]
+
+
+def test_study_charts_show_observations_keys_and_a_fixed_colour_range(seeded, browser):
+    ids = _ids(seeded["store"])
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    console = Console(page)
+    log_in(page, seeded["url"], seeded["admin"])
+    # lines: the legend stands beside the plot, which keeps most of the chart's height
+    page.goto(f"{seeded['url']}/dashboard/studies/{ids['ucb_study']}")
+    charts_ready(page)
+    size = page.evaluate("(() => { const l = document.getElementById('landscape-chart')._fullLayout; "
+                         "return {plot: l._size.h, height: l.height}; })()")  # fmt: skip
+    assert size["plot"] >= 0.6 * size["height"], size
+    observed = page.evaluate(
+        "document.getElementById('landscape-chart').data"
+        ".filter(t => t.name.startsWith('observed')).map(t => t.x.length)"
+    )
+    with seeded["store"].read() as s:
+        n_obs = s.scalar(select(func.count()).where(ObservationRow.study_id == ids["ucb_study"]))
+    assert sum(observed) == n_obs
+    # heatmap: the recommended arms are named in a key; the error's colours span the observed range
+    page.goto(f"{seeded['url']}/dashboard/studies/{ids['heat_study']}?x=c&y=d&fix_a=-1.5&fix_b=0.5")
+    charts_ready(page)
+    best = page.evaluate(
+        "(() => { const d = document.getElementById('best-chart').data; "
+        "return {codes: new Set(d[0].z.flat()).size, keys: d.slice(1).map(t => t.name)}; })()"
+    )
+    assert best["keys"] and len(best["keys"]) == best["codes"]
+    assert page.evaluate("document.getElementById('best-chart')._fullLayout.showlegend") is True
+    heat = page.evaluate("['zmin', 'zmax'].map(k => document.getElementById('landscape-chart').data[0][k])")
+    assert heat == pytest.approx(_observed_log10_range(seeded["store"], ids["heat_study"]), abs=1e-3)
     assert console.errors == []
     context.close()

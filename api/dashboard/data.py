@@ -366,7 +366,10 @@ def parse_slice(family_name: str, x: str | None, y: str | None, fixed: Mapping[s
 
 
 def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dict[str, Any]:
-    """The posterior over a slice: lines (one parameter) or heatmaps (two); errors = 10^-reward."""
+    """The posterior over a slice: lines (one parameter) or heatmaps (two); errors = 10^-reward.
+    ``observed``: the engine's observations (parameters, error, arm), drawn over the posterior;
+    ``log10_error_range``: the study's observed log10 error range, which fixes the heatmap's
+    colours (so a colour step means what it means in the data, not a rescaled 0.3%)."""
     family = engine.family
     params = {p.name: p for p in family.params}
     px = params[cut["x"]]
@@ -387,7 +390,7 @@ def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dic
             "best": land.best,
             "best_error": (10 ** -land.best_mean.numpy()).tolist(),
             "fixed": cut["fixed"],
-        }
+        } | _observed(engine, cut)
     py = params[cut["y"]]
     ys = np.linspace(py.lo, py.hi, n)
     contexts = [{**cut["fixed"], px.name: float(a), py.name: float(b)} for b in ys for a in xs]
@@ -405,7 +408,28 @@ def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dic
         "best_arms": best_names,
         "best": np.array(land.best, dtype=object).reshape(n, n).tolist(),
         "fixed": cut["fixed"],
+    } | _observed(engine, cut)
+
+
+def error_range(log10_errors: list[float]) -> list[float]:
+    """[low, high] of log10 errors for a colour scale: at least 0.1 decades wide."""
+    lo, hi = (min(log10_errors), max(log10_errors)) if log10_errors else (-3.0, 0.0)
+    if hi - lo < 0.1:  # one value, or nearly: a range of 0.1 decades around it
+        lo, hi = (lo + hi) / 2 - 0.05, (lo + hi) / 2 + 0.05
+    return [round(lo, 4), round(hi, 4)]
+
+
+def _observed(engine: BanditEngine, cut: Mapping[str, Any]) -> dict[str, Any]:
+    obs = engine.observations
+    log10_error = [-o.reward for o in obs]
+    observed = {
+        "x": [o.params[cut["x"]] for o in obs],
+        "error": [round(10**e, 8) for e in log10_error],
+        "arm": [o.arm.label for o in obs],
     }
+    if cut["y"]:
+        observed["y"] = [o.params[cut["y"]] for o in obs]
+    return {"observed": observed, "log10_error_range": error_range(log10_error)}
 
 
 # ---- campaigns -------------------------------------------------------------------------------------
@@ -449,7 +473,7 @@ def campaign_state(store, campaign_id: int) -> dict[str, Any] | None:
     if camp is None:
         return None
     return campaign_row(camp) | {
-        "config": camp.config,
+        "config": CampaignConfig.from_dict(camp.config).to_dict(),  # today's names, also for older rows
         "error": camp.error,
         "tasks": queue(store, campaign_id),
     }

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from pydantic import ValidationError
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -55,6 +56,10 @@ from metalic.store.models import TASK_STATES
 HERE = FilePath(__file__).parent
 PLOTLY_JS = FilePath(plotly.__file__).parent / "package_data" / "plotly.min.js"
 templates = Jinja2Templates(directory=HERE / "templates")
+# an ISO time in UTC as a table shows it: "2026-12-02 05:01:34" (the JSON keeps the full ISO form)
+templates.env.filters["when"] = lambda iso: iso[:19].replace("T", " ") if iso else ""
+# a long arm label may wrap after its commas (<wbr>: the copied text stays the same)
+templates.env.filters["breakable"] = lambda label: Markup(",<wbr>").join(escape(label or "").split(","))
 Admin = Annotated[Principal, Depends(current_admin)]
 PageId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
@@ -87,7 +92,24 @@ def create_dashboard(service: Service) -> FastAPI:
         target = path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{base}/login?next={quote(target)}", status_code=303)
 
-    app.add_exception_handler(RequestValidationError, invalid_request)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if not _is_page(request):
+            return await invalid_request(request, exc)
+        messages = [f"{e['loc'][-1]}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()]
+        return await _error_page(request, 422, messages)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if not _is_page(request):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return await _error_page(request, exc.status_code, [str(exc.detail)])
+
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     for route in ROUTES:
         app.add_api_route(*route[:2], methods=route[2], include_in_schema=False)
@@ -95,6 +117,35 @@ def create_dashboard(service: Service) -> FastAPI:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+# Only the dashboard's own scripts run (no inline script, no eval); Plotly sets inline styles.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def _is_page(request: Request) -> bool:
+    """A browser page (GET, not a data, CSV or asset address): its errors are dashboard pages."""
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    return request.method == "GET" and not path.startswith(("/data/", "/csv/", "/static/", "/vendor/"))
+
+
+async def _error_page(request: Request, status: int, messages: list[str]) -> HTMLResponse:
+    """The error as a dashboard page, with the navigation when an admin is logged in."""
+    try:
+        who = await current_admin(request)
+    except LoginRequired:
+        who = None
+    titles = {404: "Not found", 422: "Not a valid address"}
+    title = titles.get(status, "Error")
+    return render(request, "error.html", status, who=who, code=status, title=title, messages=messages)
+
+
 def _store(request: Request):
     return request.app.state.service.store
 
@@ -138,6 +189,26 @@ def csv_response(name: str, columns: list[str], rows: Iterator[dict]) -> Streami
     return StreamingResponse(
         lines(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}.csv"'}
     )
+
+
+def param_columns(families: list[str]) -> list[str]:
+    """One CSV column per PDE parameter of these families (``param_<name>``; KdV's and Heat's
+    ``c`` share one column, told apart by the family column)."""
+    names = dict.fromkeys(n for f in families for n in get_family(f).param_names)
+    return [f"param_{n}" for n in names]
+
+
+def flat_params(rows: Iterator[dict]) -> Iterator[dict]:
+    """Rows with their ``params`` mapping spread into ``param_<name>`` cells."""
+    for row in rows:
+        params = row.get("params") or {}
+        yield row | {f"param_{k}": v for k, v in params.items()}
+
+
+def with_params(columns: list[str] | tuple[str, ...], families: list[str]) -> list[str]:
+    """``columns`` with ``params`` replaced by one column per parameter."""
+    at = columns.index("params")
+    return [*columns[:at], *param_columns(families), *columns[at + 1 :]]
 
 
 def _cell(value: Any) -> str:
@@ -262,7 +333,8 @@ def tasks_csv(
     campaign: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> StreamingResponse:
     state, family = _state(state), _family(family)
-    return csv_response("tasks", list(data.TASK_COLUMNS), data.iter_tasks(_store(request), state, family, campaign))
+    columns = with_params(list(data.TASK_COLUMNS), [family] if family else list(FAMILIES))
+    return csv_response("tasks", columns, flat_params(data.iter_tasks(_store(request), state, family, campaign)))
 
 
 def _task_or_404(store, task_id: int) -> dict:
@@ -342,6 +414,10 @@ def _study_view(request: Request, study_id: int, charts: bool) -> dict:
     if engine is not None and engine.adam.ready:
         key = (study_id, version, json.dumps(cut, sort_keys=True))
         view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
+        rewards = view["rewards"]
+        if rewards["reward_min"]:  # colours over every observation's error, not only the snapshot's
+            log10_errors = [-min(rewards["reward_min"]), -max(rewards["reward_max"])]
+            view["landscape"] = view["landscape"] | {"log10_error_range": data.error_range(log10_errors)}
     if meta["campaign_id"] is not None:
         view["campaign"] = data.campaign_state(store, meta["campaign_id"])
         view["campaign_charts"] = _campaign_charts(request, view["campaign"])
@@ -383,9 +459,11 @@ def study_data(request: Request, study_id: PageId, who: Admin) -> Response:
 
 def observations_csv(request: Request, study_id: PageId, who: Admin) -> StreamingResponse:
     store = _store(request)
-    if study_store.get_study(store, study_id) is None:
+    study = study_store.get_study(store, study_id)
+    if study is None:
         raise HTTPException(404, f"no study {study_id}")
-    return csv_response(f"study-{study_id}-observations", OBSERVATION_COLUMNS, data.iter_observations(store, study_id))
+    columns = with_params(OBSERVATION_COLUMNS, [study.family])
+    return csv_response(f"study-{study_id}-observations", columns, flat_params(data.iter_observations(store, study_id)))
 
 
 OBSERVATION_COLUMNS = [
@@ -475,24 +553,31 @@ async def start_campaign(request: Request, who: Admin) -> Response:
     if not csrf_ok(request, form.get("csrf")):
         return _campaigns_view(request, who, None, shown, {"form": "the form expired: please send it again"}, 403)
     body = _campaign_body(form)
+    # every bad field at once: the body's own errors and a missing heuristic together
+    errors = {} if body["heuristics"] else {"heuristics": "choose at least one heuristic"}
+    if not body["heuristics"]:
+        body["heuristics"] = ["random"]  # a stand-in, so that the other fields are still checked
     try:
-        if not body["heuristics"]:
-            raise RequestValidationError(
-                [{"loc": ("body", "heuristics"), "msg": "choose at least one heuristic", "type": "value_error"}]
-            )
         parsed = CampaignBody.model_validate(body)
-        service = request.app.state.service
-        camp = await run_in_threadpool(create_campaign, service, parsed, who.name)
+        if not errors:
+            camp = await run_in_threadpool(create_campaign, request.app.state.service, parsed, who.name)
     except (ValidationError, RequestValidationError) as exc:
-        errors = {}
-        for e in exc.errors():
-            loc = tuple(str(p) for p in e["loc"] if p != "body")
-            name = FIELD_OF.get(loc[:2], loc[-1] if loc else "form")
-            if name.isdigit() and loc:  # a list item (heuristics.0)
-                name = loc[0]
-            errors.setdefault(name, str(e["msg"]).removeprefix("Value error, "))
+        errors |= _field_errors(exc.errors())
+    if errors:
         return _campaigns_view(request, who, None, shown, errors, 422)
     return RedirectResponse(f"{request.scope.get('root_path', '')}/campaigns/{camp.id}", status_code=303)
+
+
+def _field_errors(found: list[dict]) -> dict[str, str]:
+    """Validation errors by form field (the first message of each field)."""
+    errors: dict[str, str] = {}
+    for e in found:
+        loc = tuple(str(p) for p in e["loc"] if p != "body")
+        name = FIELD_OF.get(loc[:2], loc[-1] if loc else "form")
+        if name.isdigit() and loc:  # a list item (heuristics.0)
+            name = loc[0]
+        errors.setdefault(name, str(e["msg"]).removeprefix("Value error, "))
+    return errors
 
 
 def _campaign_view(request: Request, campaign_id: int, charts: bool) -> dict:

@@ -12,6 +12,15 @@
   const live = document.getElementById("live");
   const config = { responsive: true, displaylogo: false };
   const palette = ["#1f6feb", "#d1495b", "#2a9d8f", "#e9a23b", "#7b61ff", "#6c757d", "#00a6d6", "#8f5f3f"];
+  // One colour per task state on every chart (and in the badges' CSS): failed is the only red.
+  const stateColors = { queued: "#e9a23b", running: "#1f6feb", succeeded: "#2a9d8f", failed: "#c0392b", cancelled: "#6c757d" };
+
+  // An axis of counts (rounds, trainings): whole-number ticks only.
+  function countAxis(title, max, extra) {
+    const axis = { title: { text: title }, tickformat: "d", rangemode: "tozero" };
+    if (max <= 10) axis.dtick = 1;
+    return Object.assign(axis, extra || {});
+  }
 
   function get(obj, path) {
     return path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
@@ -27,13 +36,21 @@
     return String(value);
   }
 
+  // A null value shows the element's placeholder (data-empty, as the server rendered it), never "".
+  // Elements with data-when are shown only while that field has a value, data-unless only while not.
   function setFields(payload) {
     document.querySelectorAll("[data-field]").forEach((el) => {
       const value = get(payload, el.dataset.field);
       if (value === undefined) return;
-      const text = format(value, el.dataset.format, el.dataset.digits);
+      const text = value === null ? el.dataset.empty || "" : format(value, el.dataset.format, el.dataset.digits);
       if (el.textContent !== text) el.textContent = text;
       if (el.dataset.class) el.className = el.dataset.class + " " + text;
+    });
+    document.querySelectorAll("[data-when], [data-unless]").forEach((el) => {
+      const value = get(payload, el.dataset.when || el.dataset.unless);
+      if (value === undefined) return;
+      const has = value !== null && value !== "";
+      el.hidden = el.dataset.when ? !has : has;
     });
   }
 
@@ -162,33 +179,40 @@
 
   pages.overview = function (d) {
     const states = Object.keys(d.queue);
-    draw("queue-chart", [{ type: "bar", name: "tasks", x: states, y: states.map((s) => d.queue[s]), marker: { color: palette } }], {
-      yaxis: { title: { text: "tasks" } },
+    const counts = states.map((s) => d.queue[s]);
+    draw("queue-chart", [{ type: "bar", name: "tasks", x: states, y: counts, marker: { color: states.map((s) => stateColors[s]) } }], {
+      yaxis: countAxis("tasks", Math.max(0, ...counts)),
     });
     const t = d.throughput;
+    const kinds = ["succeeded", "failed", "cancelled"];
+    const most = Math.max(0, ...t.hours.map((_, i) => kinds.reduce((n, k) => n + t[k][i], 0)));
     draw(
       "throughput-chart",
-      ["succeeded", "failed", "cancelled"].map((k, i) => ({ type: "bar", name: k, x: t.hours, y: t[k], marker: { color: [palette[2], palette[1], palette[5]][i] } })),
-      { barmode: "stack", yaxis: { title: { text: "trainings" } } }
+      kinds.map((k) => ({ type: "bar", name: k, x: t.hours, y: t[k], marker: { color: stateColors[k] } })),
+      { barmode: "stack", yaxis: countAxis("trainings", most) }
     );
   };
 
-  const task = { cursor: 0, phases: {} };
+  // Each phase counts its iterations from 0; a later phase is drawn after the earlier ones (its
+  // x is offset by the last iteration drawn so far), so L-BFGS follows Adam instead of overlaying it.
+  const task = { cursor: 0, phases: {}, end: 0 };
   pages.task = function (d) {
     task.cursor = d.cursor;
     const p = d.points;
     for (let i = 0; i < p.id.length; i++) {
       const ph = p.phase[i];
-      if (!task.phases[ph]) task.phases[ph] = { x: [], y: [] };
-      task.phases[ph].x.push(p.iteration[i]);
+      if (!task.phases[ph]) task.phases[ph] = { x: [], y: [], offset: task.end };
+      const x = task.phases[ph].offset + p.iteration[i];
+      task.phases[ph].x.push(x);
       task.phases[ph].y.push(p.loss[i]);
+      task.end = Math.max(task.end, x);
     }
     const names = Object.keys(task.phases);
     if (names.length) {
       draw(
         "loss-chart",
         names.map((ph, i) => ({ type: "scatter", mode: "lines", name: ph, x: task.phases[ph].x, y: task.phases[ph].y, line: { color: palette[i] } })),
-        { xaxis: { title: { text: "iteration" } }, yaxis: { title: { text: "loss" }, type: "log" } }
+        { xaxis: { title: { text: names.length > 1 ? "iteration (" + names.join(", then ") + ")" : "iteration" }, tickformat: "d" }, yaxis: { title: { text: "loss" }, type: "log" } }
       );
     } else if (["succeeded", "failed", "cancelled"].includes(d.task.state)) {
       empty("loss-chart", "no loss was recorded for this task");
@@ -210,6 +234,30 @@
     ];
   }
 
+  // A short name for an arm in a legend (its full name is in the hover and the legend's tooltip).
+  function short(name) {
+    return name.length > 22 ? name.slice(0, 20) + "…" : name;
+  }
+
+  // Observed trainings over the posterior, one colour per arm (the lines' colours where they match).
+  function observedTraces(O, colorOf, withY) {
+    const arms = Array.from(new Set(O.arm));
+    return arms.map((arm) => {
+      const idx = O.arm.map((a, i) => (a === arm ? i : -1)).filter((i) => i >= 0);
+      return {
+        type: "scatter",
+        mode: "markers",
+        name: "observed: " + short(arm),
+        legendgroup: arm,
+        x: idx.map((i) => O.x[i]),
+        y: idx.map((i) => (withY ? O.y[i] : O.error[i])),
+        text: idx.map((i) => arm + ", rel. L2 " + O.error[i].toExponential(2)),
+        hovertemplate: "%{text}<extra>observed</extra>",
+        marker: { color: colorOf(arm), size: 8, symbol: "circle-open", line: { width: 2 } },
+      };
+    });
+  }
+
   pages.study = function (d) {
     const L = d.landscape;
     if (!L) {
@@ -217,31 +265,47 @@
       empty("best-chart", "no policy snapshot yet");
     } else if (L.kind === "lines") {
       const traces = [];
+      const colorOf = (arm) => (L.arms.indexOf(arm) >= 0 ? palette[L.arms.indexOf(arm) % palette.length] : "#8a94a6");
       L.arms.forEach((arm, i) => {
         const c = palette[i % palette.length];
         traces.push(...band(L.x, L.error_low[i], L.error_high[i], c, arm));
-        traces.push({ type: "scatter", mode: "lines", name: arm, legendgroup: arm, x: L.x, y: L.error[i], line: { color: c, width: 2 } });
+        traces.push({ type: "scatter", mode: "lines", name: short(arm), legendgroup: arm, x: L.x, y: L.error[i], hovertemplate: arm + ": %{y:.2e}<extra></extra>", line: { color: c, width: 2 } });
       });
-      draw("landscape-chart", traces, { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: "predicted rel. L2" }, type: "log" } });
+      traces.push(...observedTraces(L.observed, colorOf, false));
+      // the legend sits to the right in one column: five long arm names no longer squeeze the plot
+      draw("landscape-chart", traces, {
+        xaxis: { title: { text: L.x_name } },
+        yaxis: { title: { text: "predicted rel. L2" }, type: "log" },
+        legend: { orientation: "v", x: 1.02, y: 1, xanchor: "left", font: { size: 11 } },
+        margin: { l: 60, r: 10, t: 10, b: 50 },
+        height: 360,
+      });
       draw(
         "best-chart",
         [{ type: "scatter", mode: "markers", name: "recommended arm", x: L.x, y: L.best, text: L.best_error.map((e) => "predicted error " + e.toExponential(2)), marker: { color: palette[0], size: 7 } }],
         { xaxis: { title: { text: L.x_name } }, yaxis: { type: "category", automargin: true }, margin: { l: 10, r: 20, t: 10, b: 50 } }
       );
     } else {
-      draw(
-        "landscape-chart",
-        [{ type: "heatmap", name: "log10 predicted error of the recommended arm", x: L.x, y: L.y, z: L.log10_best_error, colorscale: "Viridis", colorbar: { title: { text: "log10 err" } } }],
-        { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } } }
-      );
-      const n = Math.max(L.best_arms.length - 1, 1);
+      const [zmin, zmax] = L.log10_error_range;
+      const heat = { type: "heatmap", name: "log10 predicted error of the recommended arm", x: L.x, y: L.y, z: L.log10_best_error, zmin: zmin, zmax: zmax, colorscale: "Viridis" };
+      heat.colorbar = { title: { text: "log10 err" }, x: 1.0 };
+      const colorOf = (arm) => palette[Math.max(L.best_arms.indexOf(arm), 0) % palette.length];
+      const seen = observedTraces(L.observed, () => "#ffffff", true).map((t) => Object.assign(t, { showlegend: false }));
+      draw("landscape-chart", [heat, ...seen], { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } } });
+      // recommended arms: one colour each (a discrete scale) and a legend naming them
+      const n = L.best_arms.length;
+      const scale = [];
+      L.best_arms.forEach((arm, i) => {
+        scale.push([i / n, colorOf(arm)], [(i + 1) / n, colorOf(arm)]);
+      });
+      const keys = L.best_arms.map((arm) => ({ type: "scatter", mode: "markers", name: short(arm), x: [null], y: [null], marker: { color: colorOf(arm), size: 12, symbol: "square" }, hoverinfo: "skip" }));
       draw(
         "best-chart",
-        [{ type: "heatmap", name: "recommended arm", x: L.x, y: L.y, z: L.best_code, text: L.best, hovertemplate: "%{text}<extra></extra>", colorscale: "Portland", zmin: 0, zmax: n, showscale: false }],
-        { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } } }
+        [{ type: "heatmap", name: "recommended arm", x: L.x, y: L.y, z: L.best_code, text: L.best, hovertemplate: "%{text}<extra></extra>", colorscale: scale, zmin: -0.5, zmax: n - 0.5, showscale: false }, ...keys],
+        { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } }, legend: { orientation: "v", x: 1.02, y: 1, xanchor: "left", title: { text: "recommended" } }, margin: { l: 60, r: 10, t: 10, b: 50 } }
       );
       document.getElementById("landscape-title").firstChild.textContent =
-        "Predicted rel. L2 error of the recommended arm (log10; " + L.best_arms.length + " arms recommended somewhere) ";
+        "Predicted rel. L2 error of the recommended arm (log10, colours over the observed range; " + n + " arms recommended somewhere) ";
     }
     const T = d.terms;
     const termTraces = [];
@@ -258,7 +322,14 @@
           { type: "scatter", mode: "lines+markers", name: R.bucket > 1 ? "mean reward per " + R.bucket + " ids" : "reward", x: R.round, y: R.reward, line: { color: palette[0] } },
           { type: "scatter", mode: "lines", name: "accumulated error", x: R.round, y: R.accumulated_error, yaxis: "y2", line: { color: palette[1] } },
         ],
-        { xaxis: { title: { text: "observation" } }, yaxis: { title: { text: "reward (-log10 error)" } }, yaxis2: { title: { text: "accumulated error" }, overlaying: "y", side: "right" }, margin: { l: 60, r: 60, t: 10, b: 50 } }
+        {
+          xaxis: countAxis("observation", R.round[R.round.length - 1]),
+          yaxis: { title: { text: "reward (-log10 error)" } },
+          // the right axis: its own ticks (not synced to the left grid, which gave values like 0.376),
+          // from zero, 3 significant digits, no second grid
+          yaxis2: { title: { text: "accumulated error" }, overlaying: "y", side: "right", rangemode: "tozero", tickmode: "auto", tickformat: ".3~g", showgrid: false, nticks: 6 },
+          margin: { l: 60, r: 60, t: 10, b: 50 },
+        }
       );
     } else empty("rewards-chart", "no observation yet");
     if (d.campaign_charts) accumulated("campaign-chart", d.campaign_charts);
@@ -266,7 +337,8 @@
 
   function accumulated(id, C) {
     const traces = C.heuristics.map((h, i) => ({ type: "scatter", mode: "lines", name: h, x: C.accumulated[h].round, y: C.accumulated[h].error, line: { color: palette[i % palette.length] } }));
-    if (traces.some((t) => t.x.length)) draw(id, traces, { xaxis: { title: { text: "round" } }, yaxis: { title: { text: "accumulated rel. L2 error" } } });
+    const last = Math.max(0, ...traces.map((t) => (t.x.length ? t.x[t.x.length - 1] : 0)));
+    if (traces.some((t) => t.x.length)) draw(id, traces, { xaxis: countAxis("round", last), yaxis: { title: { text: "accumulated rel. L2 error" } } });
     else empty(id, "no finished round yet");
   }
 
@@ -274,7 +346,8 @@
     const C = d.charts;
     accumulated("accumulated-chart", C);
     const rewards = C.heuristics.map((h, i) => ({ type: "scatter", mode: "markers", name: h, x: C.reward[h].round, y: C.reward[h].reward, marker: { color: palette[i % palette.length], size: 6 } }));
-    if (rewards.some((t) => t.x.length)) draw("reward-chart", rewards, { xaxis: { title: { text: "round" } }, yaxis: { title: { text: "reward (-log10 error)" } } });
+    const last = Math.max(0, ...rewards.map((t) => (t.x.length ? t.x[t.x.length - 1] : 0)));
+    if (rewards.some((t) => t.x.length)) draw("reward-chart", rewards, { xaxis: countAxis("round", last), yaxis: { title: { text: "reward (-log10 error)" } } });
     else empty("reward-chart", "no finished round yet");
     const tests = C.heuristics.filter((h) => C.test[h].length).map((h, i) => ({ type: "box", name: h, y: C.test[h], x: C.test[h].map(() => h), boxpoints: "all", marker: { color: palette[i % palette.length] } }));
     if (tests.length) draw("test-chart", tests, { yaxis: { title: { text: "rel. L2 error" }, type: "log" }, showlegend: false });
