@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     session_hours: float = Field(8.0, gt=0, description="a dashboard login lasts this long")
     cookie_secure: bool = Field(False, description="send the session cookie over HTTPS only (behind TLS)")
     dashboard_poll_seconds: float = Field(2.0, gt=0, description="open dashboard pages ask for changes this often")
+    dashboard_cache_seconds: float = Field(
+        10.0, ge=0, description="the overview's and a study's chart data may be this old (shared by open tabs)"
+    )
 
     def reference_cache_dir(self) -> Path | None:
         if self.reference_cache.strip().lower() == "off":

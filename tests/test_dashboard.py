@@ -102,16 +102,17 @@ def charts_ready(page) -> list[dict]:
             id: el.id,
             nodata: el.classList.contains('nodata'),
             traces: (el.data || []).length,
-            points: (el.data || []).reduce((n, t) => n + (t.z ? t.z.flat().length : (t.y || t.x || []).length), 0),
+            points: (el.data || []).reduce((n, t) => n + (t.z ? t.z.flat().length
+                : t.dimensions ? t.dimensions[0].values.length : (t.y || t.x || []).length), 0),
         }))"""
     )
 
 
 PAGES = [
-    ("overview", "/dashboard/", 2),
-    ("study", "/dashboard/studies/{service_study}", 4),
-    ("study-campaign", "/dashboard/studies/{ucb_study}", 5),
-    ("study-heat-heatmap", "/dashboard/studies/{heat_study}?x=a&y=b&fix_c=0.5", 5),
+    ("overview", "/dashboard/", 3),
+    ("study", "/dashboard/studies/{service_study}", 8),
+    ("study-campaign", "/dashboard/studies/{ucb_study}", 9),
+    ("study-heat-heatmap", "/dashboard/studies/{heat_study}?x=a&y=b&fix_c=0.5", 9),
     ("tasks", "/dashboard/tasks?state=succeeded", 0),
     ("task", "/dashboard/tasks/{task}", 1),
     ("campaigns", "/dashboard/campaigns", 0),
@@ -582,4 +583,44 @@ def test_study_charts_show_observations_keys_and_a_fixed_colour_range(seeded, br
     heat = page.evaluate("['zmin', 'zmax'].map(k => document.getElementById('landscape-chart').data[0][k])")
     assert heat == pytest.approx(_observed_log10_range(seeded["store"], ids["heat_study"]), abs=1e-3)
     assert console.errors == []
+    context.close()
+
+
+def test_the_analysis_views_show_what_the_database_holds(seeded, browser):
+    import numpy as np
+
+    from metalic.store.models import BatchRow
+
+    ids, store = _ids(seeded["store"]), seeded["store"]
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    log_in(page, seeded["url"], seeded["admin"])
+    page.goto(f"{seeded['url']}/dashboard/studies/{ids['heat_study']}")
+    charts_ready(page)
+    with store.read() as s:
+        rows = s.execute(
+            select(ObservationRow.reward, ObservationRow.params)
+            .where(ObservationRow.study_id == ids["heat_study"])
+            .order_by(ObservationRow.id)
+        ).all()
+    error = 10.0 ** -np.array([r.reward for r in rows])
+    history = page.evaluate("document.getElementById('history-chart').data.map(t => [t.name, t.y])")
+    assert [name for name, _ in history] == ["rel. L2", "best so far", "running median"]
+    assert history[0][1] == pytest.approx(error.tolist(), rel=1e-4)
+    assert history[1][1] == pytest.approx(np.minimum.accumulate(error).tolist(), rel=1e-4)
+    # one slice per parameter (Heat: a, b, c, d), every observation once
+    slices = page.evaluate("document.getElementById('slices-chart').data.map(t => [t.xaxis, t.x.length])")
+    assert sorted({axis for axis, _ in slices}) == ["x", "x2", "x3", "x4"]
+    assert all(sum(n for axis, n in slices if axis == a) == len(rows) for a in ("x", "x2", "x3", "x4"))
+    dims = page.evaluate("document.getElementById('parcoords-chart').data[0].dimensions.map(d => [d.label, d.values])")
+    assert [label for label, _ in dims] == ["a", "b", "c", "d", "arm", "log10 rel. L2"]
+    assert dims[0][1] == pytest.approx([r.params["a"] for r in rows])
+    share = page.evaluate("document.getElementById('importance-chart').data[0].y")
+    assert len(share) == 4 and sum(share) == pytest.approx(1, abs=1e-3) and min(share) > 0
+    # the overview's timeline: one bar per batch, on the trainer that ran it
+    page.goto(f"{seeded['url']}/dashboard/")
+    charts_ready(page)
+    bars = page.evaluate("document.getElementById('timeline-chart').data.reduce((n, t) => n + t.x.length, 0)")
+    with store.read() as s:
+        assert bars == min(300, s.scalar(select(func.count()).select_from(BatchRow)))
     context.close()

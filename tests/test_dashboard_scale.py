@@ -63,7 +63,8 @@ def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
     from api.app import create_app
     from api.service import Service
 
-    settings = Settings(home=tmp_path, token_cache_seconds=60.0)
+    # no cache of page data here: what is counted is what one build of each page costs
+    settings = Settings(home=tmp_path, token_cache_seconds=60.0, dashboard_cache_seconds=0.0)
     admin, _ = tokens.create(store, "root", "admin")
     study_id = bulk_seed(store, 20, seed=1)
     client = TestClient(create_app(Service(settings, store)))
@@ -83,4 +84,31 @@ def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
         assert queries == small[path][0], (path, small[path], big[path])  # no query per row
         assert queries <= 12, (path, queries)
         assert size < 200_000, (path, size)
+    client.close()
+
+
+def test_polling_inside_the_cache_period_costs_no_query(sqlite_store, tmp_path):
+    """Open tabs polling the overview or a study share one build per ``dashboard_cache_seconds``:
+    a poll inside the period reads nothing from the database (a 304 when the tab has it)."""
+    from api.app import create_app
+    from api.service import Service
+
+    settings = Settings(home=tmp_path, token_cache_seconds=60.0, dashboard_cache_seconds=60.0)
+    admin, _ = tokens.create(sqlite_store, "root", "admin")
+    study_id = bulk_seed(sqlite_store, 20, seed=1)
+    client = TestClient(create_app(Service(settings, sqlite_store)))
+    form = client.get("/dashboard/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    client.post("/dashboard/login", data={"token": admin, "csrf": csrf}, follow_redirects=False)
+    for path in ("/dashboard/data/overview", f"/dashboard/data/studies/{study_id}"):
+        first = client.get(path)
+        assert first.status_code == 200
+        counter = QueryCounter(sqlite_store.engine)
+        try:
+            again = client.get(path)
+            unchanged = client.get(path, headers={"If-None-Match": first.headers["etag"]})
+        finally:
+            counter.close()
+        assert again.content == first.content and unchanged.status_code == 304, path
+        assert counter.count == 0, (path, counter.count)  # (the session is in its own cache too)
     client.close()

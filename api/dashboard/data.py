@@ -30,6 +30,9 @@ PAGE = 50  # rows of a table page
 SERIES = 300  # points of a per-round series (longer series are averaged in buckets)
 PROGRESS = 2000  # loss points sent at most per request
 LINE_POINTS = 60  # parameter points along one parameter
+TIMELINE = 300  # batches on the overview's timeline
+ANALYSIS = 2000  # latest observations behind a study's history, slices and parallel coordinates
+MEDIAN_WINDOW = 15  # observations in the history's running median
 GRID_POINTS = 24  # parameter points per axis of a two-parameter heatmap
 
 
@@ -120,6 +123,21 @@ def overview(store, stale_seconds: float) -> dict[str, Any]:
             {"id": i, "family": f, "state": st, "step": a, "steps": b, "created_at": _iso(t)}
             for i, f, st, a, b, t in day.campaigns
         ],
+        "timeline": timeline(store, day.now),
+    }
+
+
+def timeline(store, now: datetime) -> dict[str, list]:
+    """The latest batches on their trainers (a Gantt chart of trainer use): one bar per batch from
+    its start to its end (to now while it runs)."""
+    rows = reports.batch_timeline(store, TIMELINE)
+    return {
+        "worker": [w or "?" for w, *_ in rows],
+        "start": [_iso(start) for _, start, *_ in rows],
+        "ms": [round(((end or now) - start).total_seconds() * 1000) for _, start, end, *_ in rows],
+        "runs": [size for *_, size, _, _ in rows],
+        "family": [family for *_, family, _ in rows],
+        "state": [state for *_, state in rows],
     }
 
 
@@ -265,6 +283,41 @@ def hyperparameters(engine: BanditEngine) -> list[dict]:
         )
         out.extend({"phase": label, "name": n, "value": v} for n, v in rows)
     return out
+
+
+def analysis(store, study_id: int, family_name: str) -> dict[str, Any]:
+    """The study's latest ``ANALYSIS`` observations, oldest first, for its analysis views: the
+    error per observation (10^-reward, the capped error the bandit saw) with the best so far and
+    a running median over ``MEDIAN_WINDOW``; each parameter's values (slice plots, parallel
+    coordinates); the arm of each."""
+    rows, _ = reports.observation_page(store, study_id, None, ANALYSIS)
+    rows = rows[::-1]
+    error = np.array([10.0**-o.reward for o in rows])
+    half = MEDIAN_WINDOW // 2
+    median = [float(np.median(error[max(0, i - half) : i + half + 1])) for i in range(len(error))]
+    names = get_family(family_name).param_names
+    return {
+        "id": [o.id for o in rows],
+        "error": _sig(error),
+        "best": _sig(np.minimum.accumulate(error)) if len(error) else [],
+        "median": _sig(np.array(median)),
+        "arm": [_label(o.arm_adam) for o in rows],
+        "params": {n: [o.params.get(n) for o in rows] for n in names},
+    }
+
+
+def importance(engine: BanditEngine) -> dict[str, Any] | None:
+    """Parameter importance from the fitted GP: 1 / length-scale of each PDE parameter (unit-cube
+    units; a short length-scale means the reward changes fast along it), normalised to sum 1."""
+    fitted = engine.adam.gp.fitted_values() if engine.adam.ready else None
+    if fitted is None:
+        return None
+    inverse = 1.0 / np.array(fitted["lengthscales"][-len(engine.family.param_names) :])
+    return {"names": list(engine.family.param_names), "importance": _sig(inverse / inverse.sum())}
+
+
+def _sig(values: np.ndarray) -> list[float]:
+    return [float(f"{v:.5g}") for v in values]
 
 
 def term_frequency(store, study_id: int) -> dict[str, Any]:

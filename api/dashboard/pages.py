@@ -12,7 +12,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -45,7 +45,7 @@ from api.errors import invalid_request
 from api.routes.admin import create_campaign
 from api.routes.tasks import plot_png
 from api.schemas import MAX_ID, CampaignBody
-from api.service import LRU, Service
+from api.service import LRU, Service, TTLCache
 from metalic.bandit.policies import POLICIES, FixedArm
 from metalic.families import FAMILIES, get_family
 from metalic.store import campaigns as campaign_store
@@ -71,6 +71,7 @@ def create_dashboard(service: Service) -> FastAPI:
     app.state.service = service
     app.state.landscapes = LRU(64)  # (study, snapshot version, slice) -> posterior over the slice
     app.state.campaign_charts = LRU(32)  # (campaign, succeeded tasks) -> its figures' data
+    app.state.views = TTLCache(service.settings.dashboard_cache_seconds)  # page data -> (JSON, ETag)
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(service.settings),
@@ -163,8 +164,23 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 
 def etag_json(request: Request, payload: Any) -> Response:
     """JSON with an ETag; 304 when the client already has this exact payload."""
+    return _answer(request, *_encoded(payload))
+
+
+def _encoded(payload: Any) -> tuple[bytes, str]:
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str).encode()
-    tag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    return body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def cached_json(request: Request, key: tuple, build: Callable[[], Any]) -> Response:
+    """``etag_json`` of a payload that may be ``dashboard_cache_seconds`` old: open tabs polling
+    the same page share one build (and its queries) per period, and a poll inside the period
+    costs a dictionary lookup (a 304 when the tab has it already)."""
+    body, tag = request.app.state.views.get(key, lambda: _encoded(build()))
+    return _answer(request, body, tag)
+
+
+def _answer(request: Request, body: bytes, tag: str) -> Response:
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if request.headers.get("if-none-match") == tag:
         return Response(status_code=304, headers=headers)
@@ -287,7 +303,7 @@ def overview_page(request: Request, who: Admin) -> HTMLResponse:
 
 
 def overview_data(request: Request, who: Admin) -> Response:
-    return etag_json(request, data.overview(_store(request), _stale(request)))
+    return cached_json(request, ("overview",), lambda: data.overview(_store(request), _stale(request)))
 
 
 WORKER_COLUMNS = [
@@ -394,8 +410,9 @@ def _slice(request: Request, family: str) -> dict:
 
 
 def _study_view(request: Request, study_id: int, charts: bool) -> dict:
-    """The study's facts and hyper-parameters; with ``charts``, the data of its charts too (the
-    page's JSON twin: the HTML page itself draws no chart)."""
+    """The study's facts; with ``charts``, its hyper-parameters and the data of its charts too
+    (the page's JSON twin). The HTML page neither restores the engine nor draws a chart, so it
+    answers at once even when the engine of a new snapshot is still to be restored."""
     service = request.app.state.service
     store = service.store
     meta = data.study_meta(store, study_id)
@@ -403,13 +420,15 @@ def _study_view(request: Request, study_id: int, charts: bool) -> dict:
         raise HTTPException(404, f"no study {study_id}")
     cut = _slice(request, meta["family"])
     view: dict[str, Any] = {"study": meta, "slice": cut, "landscape": None, "hyperparameters": []}
+    if not charts:
+        return view
     engine = None
     if meta["snapshot_version"]:
         version, engine = service.engines.get(study_id, meta["snapshot_version"])
         view["hyperparameters"] = data.hyperparameters(engine)
-    if not charts:
-        return view
     view["terms"] = data.term_frequency(store, study_id)
+    view["analysis"] = data.analysis(store, study_id, meta["family"])
+    view["importance"] = None if engine is None else data.importance(engine)
     view["rewards"] = data.reward_series(store, study_id)
     if engine is not None and engine.adam.ready:
         key = (study_id, version, json.dumps(cut, sort_keys=True))
@@ -454,7 +473,8 @@ def study_page(
 
 
 def study_data(request: Request, study_id: PageId, who: Admin) -> Response:
-    return etag_json(request, _study_view(request, study_id, charts=True))
+    key = ("study", study_id, str(request.url.query))
+    return cached_json(request, key, lambda: _study_view(request, study_id, charts=True))
 
 
 def observations_csv(request: Request, study_id: PageId, who: Admin) -> StreamingResponse:

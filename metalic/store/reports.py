@@ -130,6 +130,17 @@ def overview(store, studies: int = 100) -> Overview:
                     [tuple(r) for r in failed], [tuple(r) for r in campaigns], summaries, workers)  # fmt: skip
 
 
+def batch_timeline(store, limit: int = 300) -> list[tuple]:
+    """The latest ``limit`` batches, oldest first: (worker id, started, finished or None, runs,
+    family, state). One keyset read on the primary key, whatever the table's size."""
+    with store.read() as s:
+        rows = s.execute(
+            select(BatchRow.worker_id, BatchRow.created_at, BatchRow.finished_at, BatchRow.size, BatchRow.family,
+                   BatchRow.state).order_by(BatchRow.id.desc()).limit(limit)
+        ).all()  # fmt: skip
+    return [tuple(r) for r in reversed(rows)]
+
+
 def workers_with_batches(store) -> tuple[datetime, list[tuple[WorkerRecord, int | None]]]:
     """(the database's now, trainers then dispatchers seen in the last hour and not stopped, at most
     200, each with the size of the batch it trains)."""

@@ -116,7 +116,7 @@
     if (!el) return;
     Plotly.react(el, traces, layout(id, extra), config);
     el.classList.remove("loading");
-    el.dataset.points = String(traces.reduce((n, t) => n + (t.x ? t.x.length : 0) + (t.z ? t.z.length : 0), 0));
+    el.dataset.points = String(traces.reduce((n, t) => n + (t.x ? t.x.length : 0) + (t.z ? t.z.length : 0) + (t.dimensions ? t.dimensions[0].values.length : 0), 0));
   }
 
   function empty(id, message) {
@@ -191,6 +191,22 @@
       kinds.map((k) => ({ type: "bar", name: k, x: t.hours, y: t[k], marker: { color: stateColors[k] } })),
       { barmode: "stack", yaxis: countAxis("trainings", most) }
     );
+    const T = d.timeline;
+    if (T.start.length) {
+      const families = Array.from(new Set(T.family));
+      draw(
+        "timeline-chart",
+        families.map((f, i) => {
+          const idx = T.family.map((g, j) => (g === f ? j : -1)).filter((j) => j >= 0);
+          return {
+            type: "bar", orientation: "h", name: f, y: idx.map((j) => T.worker[j]), x: idx.map((j) => T.ms[j]), base: idx.map((j) => T.start[j]),
+            text: idx.map((j) => T.runs[j] + " runs, " + T.state[j]), hovertemplate: "%{text}<br>%{base|%H:%M:%S}, %{x} ms<extra>" + f + "</extra>",
+            marker: { color: palette[i % palette.length] },
+          };
+        }),
+        { barmode: "overlay", xaxis: { type: "date", title: { text: "time (UTC)" } }, yaxis: { title: { text: "trainer" }, automargin: true, type: "category" } }
+      );
+    } else empty("timeline-chart", "no batch has run yet");
   };
 
   // Each phase counts its iterations from 0; a later phase is drawn after the earlier ones (its
@@ -333,7 +349,72 @@
       );
     } else empty("rewards-chart", "no observation yet");
     if (d.campaign_charts) accumulated("campaign-chart", d.campaign_charts);
+    analysis(d.analysis, d.importance, d.study.observations);
   };
+
+  // ---- a study's analysis views (its latest observations) ---------------------------------------------
+  function analysis(A, I, total) {
+    if (!A.id.length) {
+      ["history-chart", "slices-chart", "parcoords-chart"].forEach((id) => empty(id, "no observation yet"));
+    } else {
+      const first = total - A.id.length + 1; // the views show the latest observations
+      const x = A.id.map((_, i) => first + i);
+      draw(
+        "history-chart",
+        [
+          { type: "scatter", mode: "markers", name: "rel. L2", x: x, y: A.error, text: A.arm, hovertemplate: "%{text}: %{y:.2e}<extra></extra>", marker: { color: palette[0], size: 5, opacity: 0.6 } },
+          { type: "scatter", mode: "lines", name: "best so far", x: x, y: A.best, line: { color: palette[2], width: 2, shape: "hv" } },
+          { type: "scatter", mode: "lines", name: "running median", x: x, y: A.median, line: { color: palette[1], width: 2 } },
+        ],
+        { xaxis: countAxis("observation", total), yaxis: { title: { text: "rel. L2 error" }, type: "log" } }
+      );
+      // arms by how often they were chosen: the eight most frequent get colours, the rest one grey
+      const counts = {};
+      A.arm.forEach((a) => (counts[a] = (counts[a] || 0) + 1));
+      const top = Object.keys(counts).sort((a, b) => counts[b] - counts[a]).slice(0, 8);
+      const group = (a) => (top.includes(a) ? a : "other arms");
+      const groups = [...top, ...(A.arm.some((a) => !top.includes(a)) ? ["other arms"] : [])];
+      const colorOf = (g) => (g === "other arms" ? "#b8c0cc" : palette[top.indexOf(g) % palette.length]);
+      const names = Object.keys(A.params);
+      const traces = [];
+      const layoutExtra = { grid: { rows: 1, columns: names.length, pattern: "coupled" }, yaxis: { title: { text: "rel. L2 error" }, type: "log" } };
+      names.forEach((name, k) => {
+        const axis = k === 0 ? "" : String(k + 1);
+        layoutExtra["xaxis" + axis] = { title: { text: name } };
+        groups.forEach((g) => {
+          const idx = A.arm.map((a, i) => (group(a) === g ? i : -1)).filter((i) => i >= 0);
+          traces.push({
+            type: "scatter", mode: "markers", name: short(g), legendgroup: g, showlegend: k === 0, xaxis: "x" + axis, yaxis: "y",
+            x: idx.map((i) => A.params[name][i]), y: idx.map((i) => A.error[i]), text: idx.map((i) => A.arm[i]),
+            hovertemplate: "%{text}<br>" + name + " = %{x:.4g}: %{y:.2e}<extra></extra>", marker: { color: colorOf(g), size: 6, opacity: 0.75 },
+          });
+        });
+      });
+      draw("slices-chart", traces, layoutExtra);
+      const code = A.arm.map((a) => groups.indexOf(group(a)));
+      const logError = A.error.map((e) => Math.log10(e));
+      draw(
+        "parcoords-chart",
+        [{
+          type: "parcoords",
+          line: { color: logError, colorscale: "Viridis", showscale: true, colorbar: { title: { text: "log10 err" } } },
+          dimensions: [
+            ...names.map((name) => ({ label: name, values: A.params[name] })),
+            { label: "arm", values: code, tickvals: groups.map((_, i) => i), ticktext: groups.map(short) },
+            { label: "log10 rel. L2", values: logError },
+          ],
+        }],
+        { margin: { l: 60, r: 60, t: 40, b: 30 } }
+      );
+    }
+    if (I) {
+      draw(
+        "importance-chart",
+        [{ type: "bar", name: "importance", x: I.names, y: I.importance, marker: { color: palette[4] } }],
+        { yaxis: { title: { text: "share of 1 / length-scale" }, range: [0, 1] } }
+      );
+    } else empty("importance-chart", "no fitted surrogate yet");
+  }
 
   function accumulated(id, C) {
     const traces = C.heuristics.map((h, i) => ({ type: "scatter", mode: "lines", name: h, x: C.accumulated[h].round, y: C.accumulated[h].error, line: { color: palette[i % palette.length] } }));
