@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from metalic.arms import Arm
 from metalic.store import tokens
 from metalic.store.models import CampaignRow, ObservationRow, StudyRow, TaskRow
 from tests.conftest import ROOT, LiveServer, free_port
@@ -614,7 +615,7 @@ def test_the_analysis_views_show_what_the_database_holds(seeded, browser):
     assert all(sum(n for axis, n in slices if axis == a) == len(rows) for a in ("x", "x2", "x3", "x4"))
     dims = page.evaluate("document.getElementById('parcoords-chart').data[0].dimensions.map(d => [d.label, d.values])")
     assert [label for label, _ in dims] == ["a", "b", "c", "d", "arm", "log10 rel. L2"]
-    assert dims[0][1] == pytest.approx([r.params["a"] for r in rows])
+    assert dims[0][1] == pytest.approx([r.params["a"] for r in rows], rel=1e-4)  # 5 significant digits
     share = page.evaluate("document.getElementById('importance-chart').data[0].y")
     assert len(share) == 4 and sum(share) == pytest.approx(1, abs=1e-3) and min(share) > 0
     # the overview's timeline: one bar per batch, on the trainer that ran it
@@ -624,3 +625,50 @@ def test_the_analysis_views_show_what_the_database_holds(seeded, browser):
     with store.read() as s:
         assert bars == min(300, s.scalar(select(func.count()).select_from(BatchRow)))
     context.close()
+
+
+def _listed(html: str, kind: str) -> list[int]:
+    return [int(i) for i in re.findall(rf'<td><a href="[^"]*/{kind}/(\d+)">', html)]
+
+
+def test_tables_filter_and_sort_by_error_arm_parameter_and_owner(seeded):
+    store = seeded["store"]
+    client = _client_session(seeded["url"], seeded["admin"])
+    with store.read() as s:
+        tasks = s.scalars(select(TaskRow).where(TaskRow.state == "succeeded")).all()
+    by_error = sorted(tasks, key=lambda t: (t.rel_l2, -t.id))
+    page = client.get("/dashboard/tasks", params={"state": "succeeded", "sort": "error"}).text
+    assert _listed(page, "tasks") == [t.id for t in by_error][:50]
+    arm = Arm.from_index(tasks[0].arm_adam)
+    wanted = {t.id for t in tasks if t.arm_adam == arm.index}
+    assert (
+        set(_listed(client.get("/dashboard/tasks", params={"state": "succeeded", "arm": arm.label}).text, "tasks"))
+        == wanted
+    )
+    # a parameter's range (read from the stored request's JSON) and a rel. L2 range together
+    in_range = [t for t in tasks if t.family == "advection" and 5 <= t.request["params"]["beta"] <= 20]
+    cut = sorted(t.rel_l2 for t in in_range)[len(in_range) // 2]  # the median: some in, some out
+    query = {"family": "advection", "param": "beta", "param_min": 5, "param_max": 20, "error_max": cut}
+    wanted = {t.id for t in in_range if t.rel_l2 <= cut}
+    assert 0 < len(wanted) < len(in_range)
+    assert set(_listed(client.get("/dashboard/tasks", params=query).text, "tasks")) == wanted
+    listed = client.get("/dashboard/csv/tasks", params=query).text
+    assert {int(r["id"]) for r in _read_csv(listed)} == wanted
+    owners = {t.owner for t in tasks}
+    assert set(_listed(client.get("/dashboard/tasks", params={"owner": "nobody"}).text, "tasks")) == set()
+    for owner in owners - {None}:
+        assert set(_listed(client.get("/dashboard/tasks", params={"owner": owner, "state": "succeeded"}).text,
+                           "tasks")) == {t.id for t in tasks if t.owner == owner}  # fmt: skip
+    # a study's observations, largest error first
+    study = _ids(store)["ucb_study"]
+    with store.read() as s:
+        obs = s.scalars(select(ObservationRow).where(ObservationRow.study_id == study)).all()
+    page = client.get(f"/dashboard/studies/{study}", params={"sort": "-error"}).text
+    shown = [int(i) for i in re.findall(r'<td><a href="[^"]*/tasks/(\d+)">', page.split('id="observations"')[1])]
+    assert shown == [o.task_id for o in sorted(obs, key=lambda o: (-o.rel_l2, -o.id))][:50]
+    # bad filters name their field and show a page
+    r = client.get("/dashboard/tasks", params={"arm": "flux,nonsense"})
+    assert r.status_code == 422 and "arm" in r.text
+    r = client.get("/dashboard/tasks", params={"param": "zeta", "param_min": 1})
+    assert r.status_code == 422 and "param" in r.text
+    client.close()

@@ -30,7 +30,6 @@ PAGE = 50  # rows of a table page
 SERIES = 300  # points of a per-round series (longer series are averaged in buckets)
 PROGRESS = 2000  # loss points sent at most per request
 LINE_POINTS = 60  # parameter points along one parameter
-TIMELINE = 300  # batches on the overview's timeline
 ANALYSIS = 2000  # latest observations behind a study's history, slices and parallel coordinates
 MEDIAN_WINDOW = 15  # observations in the history's running median
 GRID_POINTS = 24  # parameter points per axis of a two-parameter heatmap
@@ -123,14 +122,13 @@ def overview(store, stale_seconds: float) -> dict[str, Any]:
             {"id": i, "family": f, "state": st, "step": a, "steps": b, "created_at": _iso(t)}
             for i, f, st, a, b, t in day.campaigns
         ],
-        "timeline": timeline(store, day.now),
+        "timeline": timeline(day.timeline, day.now),
     }
 
 
-def timeline(store, now: datetime) -> dict[str, list]:
+def timeline(rows: list[tuple], now: datetime) -> dict[str, list]:
     """The latest batches on their trainers (a Gantt chart of trainer use): one bar per batch from
     its start to its end (to now while it runs)."""
-    rows = reports.batch_timeline(store, TIMELINE)
     return {
         "worker": [w or "?" for w, *_ in rows],
         "start": [_iso(start) for _, start, *_ in rows],
@@ -184,19 +182,24 @@ def task_row(t: TaskRecord) -> dict[str, Any]:
     }
 
 
-def task_page(store, state: str | None, family: str | None, campaign_id: int | None, before: int | None) -> dict:
-    """One page of tasks, newest first (keyset on id), and the count of each state."""
-    rows, next_before, counts = reports.task_page(store, state, family, campaign_id, before, PAGE)
+def task_page(
+    store, state: str | None, family: str | None, campaign_id: int | None, before: int | None,
+    rows: reports.RowFilter = reports.ALL_ROWS, offset: int = 0,
+) -> dict:  # fmt: skip
+    """One page of tasks (newest first, or by error), the next page's start and each state's count."""
+    found, following, counts = reports.task_page(store, state, family, campaign_id, before, PAGE, rows, offset)
     return {
-        "rows": [task_row(t) for t in rows],
-        "next_before": next_before,
+        "rows": [task_row(t) for t in found],
+        "next_before": following,
         "queue": {st: counts.get(st, 0) for st in TASK_STATES},
     }
 
 
-def iter_tasks(store, state: str | None, family: str | None, campaign_id: int | None) -> Iterator[dict]:
+def iter_tasks(
+    store, state: str | None, family: str | None, campaign_id: int | None, rows: reports.RowFilter = reports.ALL_ROWS
+) -> Iterator[dict]:
     """Every task of a filter, newest first, streamed (CSV downloads)."""
-    return (task_row(t) for t in reports.iter_tasks(store, state, family, campaign_id))
+    return (task_row(t) for t in reports.iter_tasks(store, state, family, campaign_id, rows))
 
 
 def task_detail(store, task_id: int, since: int = 0) -> dict[str, Any] | None:
@@ -296,13 +299,17 @@ def analysis(store, study_id: int, family_name: str) -> dict[str, Any]:
     half = MEDIAN_WINDOW // 2
     median = [float(np.median(error[max(0, i - half) : i + half + 1])) for i in range(len(error))]
     names = get_family(family_name).param_names
+    labels = [_label(o.arm_adam) for o in rows]
+    arms = list(dict.fromkeys(labels))  # each arm's label once; observations carry its position
+    position = {a: i for i, a in enumerate(arms)}
     return {
-        "id": [o.id for o in rows],
+        "count": len(rows),
         "error": _sig(error),
         "best": _sig(np.minimum.accumulate(error)) if len(error) else [],
         "median": _sig(np.array(median)),
-        "arm": [_label(o.arm_adam) for o in rows],
-        "params": {n: [o.params.get(n) for o in rows] for n in names},
+        "arms": arms,
+        "arm_code": [position[a] for a in labels],
+        "params": {n: _sig(np.array([o.params.get(n) for o in rows], dtype=float)) for n in names},
     }
 
 
@@ -317,6 +324,7 @@ def importance(engine: BanditEngine) -> dict[str, Any] | None:
 
 
 def _sig(values: np.ndarray) -> list[float]:
+    """Five significant digits (a chart's resolution; keeps the JSON small)."""
     return [float(f"{v:.5g}") for v in values]
 
 
@@ -357,9 +365,11 @@ def reward_series(store, study_id: int) -> dict[str, Any]:
     }
 
 
-def observations_page(store, study_id: int, before: int | None) -> dict[str, Any]:
-    rows, next_before = reports.observation_page(store, study_id, before, PAGE)
-    return {"rows": [observation_row(o) for o in rows], "next_before": next_before}
+def observations_page(
+    store, study_id: int, before: int | None, rows: reports.RowFilter = reports.ALL_ROWS, offset: int = 0
+) -> dict[str, Any]:
+    found, following = reports.observation_page(store, study_id, before, PAGE, rows, offset)
+    return {"rows": [observation_row(o) for o in found], "next_before": following}
 
 
 def observation_row(o: ObservationRecord) -> dict[str, Any]:
@@ -420,9 +430,8 @@ def parse_slice(family_name: str, x: str | None, y: str | None, fixed: Mapping[s
 
 def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dict[str, Any]:
     """The posterior over a slice: lines (one parameter) or heatmaps (two); errors = 10^-reward.
-    ``observed``: the engine's observations (parameters, error, arm), drawn over the posterior;
-    ``log10_error_range``: the study's observed log10 error range, which fixes the heatmap's
-    colours (so a colour step means what it means in the data, not a rescaled 0.3%)."""
+    ``log10_error_range``: the observed log10 error range, which fixes the heatmap's colours (so a
+    colour step means what it means in the data, not a rescaled 0.3%)."""
     family = engine.family
     params = {p.name: p for p in family.params}
     px = params[cut["x"]]
@@ -473,16 +482,9 @@ def error_range(log10_errors: list[float]) -> list[float]:
 
 
 def _observed(engine: BanditEngine, cut: Mapping[str, Any]) -> dict[str, Any]:
-    obs = engine.observations
-    log10_error = [-o.reward for o in obs]
-    observed = {
-        "x": [o.params[cut["x"]] for o in obs],
-        "error": [round(10**e, 8) for e in log10_error],
-        "arm": [o.arm.label for o in obs],
-    }
-    if cut["y"]:
-        observed["y"] = [o.params[cut["y"]] for o in obs]
-    return {"observed": observed, "log10_error_range": error_range(log10_error)}
+    """The colour range of the engine's observations (the page draws the points themselves from
+    the study's ``analysis``, which holds the same latest observations)."""
+    return {"log10_error_range": error_range([-o.reward for o in engine.observations])}
 
 
 # ---- campaigns -------------------------------------------------------------------------------------

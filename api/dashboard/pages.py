@@ -14,8 +14,8 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path as FilePath
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
 
 import plotly
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -46,9 +46,11 @@ from api.routes.admin import create_campaign
 from api.routes.tasks import plot_png
 from api.schemas import MAX_ID, CampaignBody
 from api.service import LRU, Service, TTLCache
+from metalic.arms import Arm
 from metalic.bandit.policies import POLICIES, FixedArm
 from metalic.families import FAMILIES, get_family
 from metalic.store import campaigns as campaign_store
+from metalic.store import reports
 from metalic.store import studies as study_store
 from metalic.store import tasks as task_store
 from metalic.store.models import TASK_STATES
@@ -317,18 +319,59 @@ def workers_csv(request: Request, who: Admin) -> StreamingResponse:
     return csv_response("workers", WORKER_COLUMNS, iter(rows))
 
 
+# ---- table filters ----------------------------------------------------------------------------------
+ALL_PARAMS = list(dict.fromkeys(n for f in FAMILIES for n in get_family(f).param_names))
+Bound = Annotated[float | None, Query(ge=-1e12, le=1e12)]
+
+
+def row_filter(
+    owner: Annotated[str | None, Query(max_length=100)] = None,
+    arm: Annotated[str | None, Query(max_length=200)] = None,
+    error_min: Annotated[float | None, Query(ge=0)] = None,
+    error_max: Annotated[float | None, Query(ge=0)] = None,
+    param: Annotated[str | None, Query(max_length=40)] = None,
+    param_min: Bound = None,
+    param_max: Bound = None,
+    sort: Literal["newest", "error", "-error"] = "newest",
+) -> reports.RowFilter:
+    """The task and observation tables' filters from the query (422 naming a bad one)."""
+    arm_index = None
+    if arm not in (None, ""):
+        try:
+            arm_index = Arm.parse(arm, "arm").index
+        except ValueError as exc:
+            raise RequestValidationError([{"loc": ("query", "arm"), "msg": str(exc), "type": "value_error"}]) from None
+    if param not in (None, "") and param not in ALL_PARAMS:
+        msg = f"must be one of {', '.join(ALL_PARAMS)}"
+        raise RequestValidationError([{"loc": ("query", "param"), "msg": msg, "type": "value_error"}])
+    return reports.RowFilter(owner or None, arm_index, error_min, error_max, param or None, param_min, param_max, sort)
+
+
+Rows = Annotated[reports.RowFilter, Depends(row_filter)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+FILTER_KEYS = ("owner", "arm", "error_min", "error_max", "param", "param_min", "param_max", "sort")
+
+
+def _kept(request: Request, keys: tuple[str, ...]) -> dict[str, str]:
+    """The query's values of ``keys`` that are set (for the form and the next page's link)."""
+    return {k: request.query_params[k] for k in keys if request.query_params.get(k)}
+
+
 # ---- tasks ------------------------------------------------------------------------------------------
 def tasks_page(
     request: Request,
     who: Admin,
+    rows: Rows,
     state: str | None = None,
     family: str | None = None,
     campaign: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    offset: Offset = 0,
 ) -> HTMLResponse:
     state, family = _state(state), _family(family)
-    page = data.task_page(_store(request), state, family, campaign, before)
+    page = data.task_page(_store(request), state, family, campaign, before, rows, offset)
     filters = {"state": state or "", "family": family or "", "campaign": campaign or ""}
+    filters |= _kept(request, FILTER_KEYS)
     return render(
         request,
         "tasks.html",
@@ -337,20 +380,24 @@ def tasks_page(
         filters=filters,
         states=TASK_STATES,
         families=list(FAMILIES),
-        query="&".join(f"{k}={v}" for k, v in filters.items() if v),
+        params=get_family(family).param_names if family else ALL_PARAMS,
+        query=urlencode({k: v for k, v in filters.items() if v}),
+        next_key="before" if rows.sort == "newest" else "offset",
     )
 
 
 def tasks_csv(
     request: Request,
     who: Admin,
+    rows: Rows,
     state: str | None = None,
     family: str | None = None,
     campaign: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> StreamingResponse:
     state, family = _state(state), _family(family)
     columns = with_params(list(data.TASK_COLUMNS), [family] if family else list(FAMILIES))
-    return csv_response("tasks", columns, flat_params(data.iter_tasks(_store(request), state, family, campaign)))
+    found = data.iter_tasks(_store(request), state, family, campaign, rows)
+    return csv_response("tasks", columns, flat_params(found))
 
 
 def _task_or_404(store, task_id: int) -> dict:
@@ -455,11 +502,17 @@ def _campaign_charts(request: Request, campaign: dict) -> dict:
 
 
 def study_page(
-    request: Request, study_id: PageId, who: Admin, before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+    request: Request,
+    study_id: PageId,
+    who: Admin,
+    rows: Rows,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    offset: Offset = 0,
 ) -> HTMLResponse:
     view = _study_view(request, study_id, charts=False)
-    observations = data.observations_page(_store(request), study_id, before)
+    observations = data.observations_page(_store(request), study_id, before, rows, offset)
     family = get_family(view["study"]["family"])
+    kept = _kept(request, (*FILTER_KEYS, "x", "y", *(f"fix_{n}" for n in family.param_names)))
     return render(
         request,
         "study.html",
@@ -468,7 +521,10 @@ def study_page(
         study=view["study"],
         family=family,
         observations=observations,
-        data_query=request.url.query,
+        filters=kept,
+        query=urlencode(kept),
+        next_key="before" if rows.sort == "newest" else "offset",
+        data_query=urlencode({k: v for k, v in kept.items() if k not in FILTER_KEYS}),
     )
 
 

@@ -25,6 +25,7 @@ from metalic.store.studies import StudySummary, study_summaries
 from metalic.store.tasks import state_counts
 
 CHUNK = 1000  # rows per query of a streamed download
+TIMELINE = 300  # batches on the overview's timeline
 
 
 class hour_of(FunctionElement):
@@ -91,6 +92,7 @@ class Overview:
     campaigns: list[tuple]
     studies: list[StudySummary]
     workers: list[tuple[WorkerRecord, int | None]]
+    timeline: list[tuple]  # the latest batches (``_batch_timeline``)
 
 
 def overview(store, studies: int = 100) -> Overview:
@@ -125,20 +127,21 @@ def overview(store, studies: int = 100) -> Overview:
                    CampaignRow.created_at).order_by(CampaignRow.id.desc()).limit(10)
         ).all()  # fmt: skip
         queue, summaries, workers = state_counts(s), study_summaries(s, limit=studies), _workers(s, now)
+        timeline = _batch_timeline(s, TIMELINE)
     mean = None if mean_size is None else float(mean_size)
+    failed, campaigns = [tuple(r) for r in failed], [tuple(r) for r in campaigns]
     return Overview(utc(now), queue, hours, per_hour, int(n_batches or 0), mean, busy, int(last_hour or 0),
-                    [tuple(r) for r in failed], [tuple(r) for r in campaigns], summaries, workers)  # fmt: skip
+                    failed, campaigns, summaries, workers, timeline)  # fmt: skip
 
 
-def batch_timeline(store, limit: int = 300) -> list[tuple]:
+def _batch_timeline(s: Session, limit: int) -> list[tuple]:
     """The latest ``limit`` batches, oldest first: (worker id, started, finished or None, runs,
-    family, state). One keyset read on the primary key, whatever the table's size."""
-    with store.read() as s:
-        rows = s.execute(
-            select(BatchRow.worker_id, BatchRow.created_at, BatchRow.finished_at, BatchRow.size, BatchRow.family,
-                   BatchRow.state).order_by(BatchRow.id.desc()).limit(limit)
-        ).all()  # fmt: skip
-    return [tuple(r) for r in reversed(rows)]
+    family, state), times in UTC. One read down the primary key, whatever the table's size."""
+    rows = s.execute(
+        select(BatchRow.worker_id, BatchRow.created_at, BatchRow.finished_at, BatchRow.size, BatchRow.family,
+               BatchRow.state).order_by(BatchRow.id.desc()).limit(limit)
+    ).all()  # fmt: skip
+    return [(w, utc(start), utc(end), *rest) for w, start, end, *rest in reversed(rows)]
 
 
 def workers_with_batches(store) -> tuple[datetime, list[tuple[WorkerRecord, int | None]]]:
@@ -164,8 +167,56 @@ def _workers(session: Session, now: datetime, limit: int = 200) -> list[tuple[Wo
 
 
 # ---- tasks ------------------------------------------------------------------------------------------
-def _task_filter(state: str | None, family: str | None, campaign_id: int | None) -> list:
-    where = []
+SORTS = ("newest", "error", "-error")  # id descending; rel. L2 ascending; rel. L2 descending
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """What a task or observation table shows: exact owner and arm (``Arm.index``), a rel. L2
+    range, a range of one PDE parameter, and the order (``SORTS``). Empty fields filter nothing."""
+
+    owner: str | None = None
+    arm: int | None = None
+    error_min: float | None = None
+    error_max: float | None = None
+    param: str | None = None
+    param_min: float | None = None
+    param_max: float | None = None
+    sort: str = "newest"
+
+    def where(self, row) -> list:
+        """Conditions on ``TaskRow`` or ``ObservationRow`` (an observation's owner is its task's)."""
+        out = []
+        if self.owner:
+            owned = TaskRow.owner == self.owner
+            out.append(owned if row is TaskRow else row.task_id.in_(select(TaskRow.id).where(owned)))
+        if self.arm is not None:
+            out.append(row.arm_adam == self.arm)
+        if self.error_min is not None:
+            out.append(row.rel_l2 >= self.error_min)
+        if self.error_max is not None:
+            out.append(row.rel_l2 <= self.error_max)
+        if self.param and (self.param_min is not None or self.param_max is not None):
+            value = (row.request["params"] if row is TaskRow else row.params)[self.param].as_float()
+            if self.param_min is not None:
+                out.append(value >= self.param_min)
+            if self.param_max is not None:
+                out.append(value <= self.param_max)
+        return out
+
+    def order(self, row) -> list:
+        if self.sort == "error":
+            return [row.rel_l2.is_(None), row.rel_l2.asc(), row.id.desc()]
+        if self.sort == "-error":
+            return [row.rel_l2.is_(None), row.rel_l2.desc(), row.id.desc()]
+        return [row.id.desc()]
+
+
+ALL_ROWS = RowFilter()  # no filter, newest first
+
+
+def _task_filter(state: str | None, family: str | None, campaign_id: int | None, rows: RowFilter) -> list:
+    where = rows.where(TaskRow)
     if state:
         where.append(TaskRow.state == state)
     if family:
@@ -175,26 +226,37 @@ def _task_filter(state: str | None, family: str | None, campaign_id: int | None)
     return where
 
 
+def _page(s: Session, q, row, rows: RowFilter, before: int | None, offset: int, size: int) -> tuple[list, int | None]:
+    """One page of ``q``: newest first with a keyset on id (``before``), or sorted by error with an
+    ``offset``. Returns (rows, the next page's ``before`` or offset, None at the end)."""
+    q = q.order_by(*rows.order(row)).limit(size + 1)
+    if rows.sort == "newest":
+        found = s.scalars(q if before is None else q.where(row.id < before)).all()
+        return found[:size], found[size - 1].id if len(found) > size else None
+    found = s.scalars(q.offset(offset)).all()
+    return found[:size], offset + size if len(found) > size else None
+
+
 def task_page(
-    store, state: str | None, family: str | None, campaign_id: int | None, before: int | None, size: int
-) -> tuple[list[TaskRecord], int | None, dict[str, int]]:
-    """One page of tasks, newest first (keyset on id): (tasks, the next page's ``before``, tasks by
-    state)."""
-    q = select(TaskRow).where(*_task_filter(state, family, campaign_id)).order_by(TaskRow.id.desc()).limit(size + 1)
-    if before is not None:
-        q = q.where(TaskRow.id < before)
+    store, state: str | None, family: str | None, campaign_id: int | None, before: int | None, size: int,
+    rows: RowFilter = ALL_ROWS, offset: int = 0,
+) -> tuple[list[TaskRecord], int | None, dict[str, int]]:  # fmt: skip
+    """One page of tasks, newest first (keyset on id) or by error (offset): (tasks, the next
+    page's ``before`` or offset, tasks by state)."""
+    q = select(TaskRow).where(*_task_filter(state, family, campaign_id, rows))
     with store.read() as s:
-        rows = s.scalars(q).all()
-        page = [record(TaskRecord, t) for t in rows[:size]]
-        return page, rows[size - 1].id if len(rows) > size else None, state_counts(s)
+        found, following = _page(s, q, TaskRow, rows, before, offset, size)
+        return [record(TaskRecord, t) for t in found], following, state_counts(s)
 
 
-def iter_tasks(store, state: str | None, family: str | None, campaign_id: int | None) -> Iterator[TaskRecord]:
+def iter_tasks(
+    store, state: str | None, family: str | None, campaign_id: int | None, rows: RowFilter = ALL_ROWS
+) -> Iterator[TaskRecord]:
     """Every task of a filter, newest first, streamed in keyset chunks (CSV downloads)."""
     before = None
     with store.read() as s:
         while True:
-            q = select(TaskRow).where(*_task_filter(state, family, campaign_id)).order_by(TaskRow.id.desc())
+            q = select(TaskRow).where(*_task_filter(state, family, campaign_id, rows)).order_by(TaskRow.id.desc())
             if before is not None:
                 q = q.where(TaskRow.id < before)
             rows = s.scalars(q.limit(CHUNK)).all()
@@ -284,19 +346,15 @@ def reward_buckets(store, study_id: int, points: int) -> tuple[list[RewardBucket
     return buckets, width
 
 
-def observation_page(store, study_id: int, before: int | None, size: int) -> tuple[list[ObservationRecord], int | None]:
-    """One page of a study's observations, newest first: (observations, the next page's ``before``)."""
-    q = (
-        select(ObservationRow)
-        .where(ObservationRow.study_id == study_id)
-        .order_by(ObservationRow.id.desc())
-        .limit(size + 1)
-    )
-    if before is not None:
-        q = q.where(ObservationRow.id < before)
+def observation_page(
+    store, study_id: int, before: int | None, size: int, rows: RowFilter = ALL_ROWS, offset: int = 0
+) -> tuple[list[ObservationRecord], int | None]:
+    """One page of a study's observations, newest first (keyset) or by error (offset):
+    (observations, the next page's ``before`` or offset)."""
+    q = select(ObservationRow).where(ObservationRow.study_id == study_id, *rows.where(ObservationRow))
     with store.read() as s:
-        rows = s.scalars(q).all()
-        return [record(ObservationRecord, o) for o in rows[:size]], rows[size - 1].id if len(rows) > size else None
+        found, following = _page(s, q, ObservationRow, rows, before, offset, size)
+        return [record(ObservationRecord, o) for o in found], following
 
 
 def iter_observations(store, study_id: int) -> Iterator[ObservationRecord]:

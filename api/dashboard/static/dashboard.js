@@ -256,26 +256,31 @@
   }
 
   // Observed trainings over the posterior, one colour per arm (the lines' colours where they match).
-  function observedTraces(O, colorOf, withY) {
-    const arms = Array.from(new Set(O.arm));
-    return arms.map((arm) => {
-      const idx = O.arm.map((a, i) => (a === arm ? i : -1)).filter((i) => i >= 0);
+  // Observed trainings over the posterior. O: the study's analysis (its latest observations); the
+  // arms in `known` get a trace (and colour) each, the others one grey trace; x and y name the
+  // parameters of the axes (no y: the error is on the y axis).
+  function observedTraces(O, known, colorOf, xName, yName) {
+    const group = (a) => (known.includes(a) ? a : "other arms");
+    const groups = Array.from(new Set(O.arm.map(group)));
+    return groups.map((g) => {
+      const idx = O.arm.map((a, i) => (group(a) === g ? i : -1)).filter((i) => i >= 0);
       return {
         type: "scatter",
         mode: "markers",
-        name: "observed: " + short(arm),
-        legendgroup: arm,
-        x: idx.map((i) => O.x[i]),
-        y: idx.map((i) => (withY ? O.y[i] : O.error[i])),
-        text: idx.map((i) => arm + ", rel. L2 " + O.error[i].toExponential(2)),
+        name: "observed: " + short(g),
+        legendgroup: g,
+        x: idx.map((i) => O.params[xName][i]),
+        y: idx.map((i) => (yName ? O.params[yName][i] : O.error[i])),
+        text: idx.map((i) => O.arm[i] + ", rel. L2 " + O.error[i].toExponential(2)),
         hovertemplate: "%{text}<extra>observed</extra>",
-        marker: { color: colorOf(arm), size: 8, symbol: "circle-open", line: { width: 2 } },
+        marker: { color: g === "other arms" ? "#8a94a6" : colorOf(g), size: 8, symbol: "circle-open", line: { width: 2 } },
       };
     });
   }
 
   pages.study = function (d) {
     const L = d.landscape;
+    d.analysis.arm = d.analysis.arm_code.map((c) => d.analysis.arms[c]);
     if (!L) {
       empty("landscape-chart", "no policy snapshot yet (at least two observations and a refit)");
       empty("best-chart", "no policy snapshot yet");
@@ -287,7 +292,7 @@
         traces.push(...band(L.x, L.error_low[i], L.error_high[i], c, arm));
         traces.push({ type: "scatter", mode: "lines", name: short(arm), legendgroup: arm, x: L.x, y: L.error[i], hovertemplate: arm + ": %{y:.2e}<extra></extra>", line: { color: c, width: 2 } });
       });
-      traces.push(...observedTraces(L.observed, colorOf, false));
+      traces.push(...observedTraces(d.analysis, L.arms, colorOf, L.x_name, null));
       // the legend sits to the right in one column: five long arm names no longer squeeze the plot
       draw("landscape-chart", traces, {
         xaxis: { title: { text: L.x_name } },
@@ -306,7 +311,7 @@
       const heat = { type: "heatmap", name: "log10 predicted error of the recommended arm", x: L.x, y: L.y, z: L.log10_best_error, zmin: zmin, zmax: zmax, colorscale: "Viridis" };
       heat.colorbar = { title: { text: "log10 err" }, x: 1.0 };
       const colorOf = (arm) => palette[Math.max(L.best_arms.indexOf(arm), 0) % palette.length];
-      const seen = observedTraces(L.observed, () => "#ffffff", true).map((t) => Object.assign(t, { showlegend: false }));
+      const seen = observedTraces(d.analysis, [], () => "#ffffff", L.x_name, L.y_name).map((t) => Object.assign(t, { showlegend: false }));
       draw("landscape-chart", [heat, ...seen], { xaxis: { title: { text: L.x_name } }, yaxis: { title: { text: L.y_name } } });
       // recommended arms: one colour each (a discrete scale) and a legend naming them
       const n = L.best_arms.length;
@@ -354,11 +359,11 @@
 
   // ---- a study's analysis views (its latest observations) ---------------------------------------------
   function analysis(A, I, total) {
-    if (!A.id.length) {
+    if (!A.count) {
       ["history-chart", "slices-chart", "parcoords-chart"].forEach((id) => empty(id, "no observation yet"));
     } else {
-      const first = total - A.id.length + 1; // the views show the latest observations
-      const x = A.id.map((_, i) => first + i);
+      const first = total - A.count + 1; // the views show the latest observations
+      const x = A.error.map((_, i) => first + i);
       draw(
         "history-chart",
         [
