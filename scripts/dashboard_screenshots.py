@@ -69,7 +69,12 @@ def main() -> None:
         page.wait_for_load_state("load")
         for name, path in shots.items():
             page.goto(server.url + path)
-            page.wait_for_function("document.querySelectorAll('.chart.loading').length === 0", timeout=30_000)
+            page.wait_for_function(  # lazy charts are drawn when scrolled near: scroll each into view
+                "(document.querySelector('.chart.loading[data-lazy]') || document.body).scrollIntoView(), "
+                "document.querySelectorAll('.chart.loading').length === 0",
+                timeout=30_000,
+            )
+            page.evaluate("window.scrollTo(0, 0)")
             page.wait_for_timeout(300)
             page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
             print(args.out / f"{name}.png")

@@ -97,7 +97,9 @@ def wait_until(page, expression: str, seconds: float = 10) -> None:
 
 def charts_ready(page) -> list[dict]:
     """Wait until no chart is loading; return each chart's id, trace count and data points."""
-    wait_until(page, "document.querySelectorAll('.chart.loading').length === 0", 20)
+    # charts marked data-lazy are drawn when scrolled near: bring each one into view in turn
+    wait_until(page, "(document.querySelector('.chart.loading[data-lazy]') || document.body).scrollIntoView(), "
+                     "document.querySelectorAll('.chart.loading').length === 0", 20)  # fmt: skip
     return page.evaluate(
         """() => Array.from(document.querySelectorAll('.chart')).map(el => ({
             id: el.id,

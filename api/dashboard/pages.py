@@ -74,6 +74,7 @@ def create_dashboard(service: Service) -> FastAPI:
     app.state.landscapes = LRU(64)  # (study, snapshot version, slice) -> posterior over the slice
     app.state.campaign_charts = LRU(32)  # (campaign, succeeded tasks) -> its figures' data
     app.state.views = TTLCache(service.settings.dashboard_cache_seconds)  # page data -> (JSON, ETag)
+    app.state.overview = TTLCache(service.settings.dashboard_cache_seconds)  # the overview's data
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(service.settings),
@@ -299,13 +300,17 @@ def _stale(request: Request) -> float:
     return 3 * request.app.state.service.settings.heartbeat_seconds + 5
 
 
+def _overview(request: Request) -> dict:
+    """The overview's data, at most ``dashboard_cache_seconds`` old (the page and its polls)."""
+    return request.app.state.overview.get("overview", lambda: data.overview(_store(request), _stale(request)))
+
+
 def overview_page(request: Request, who: Admin) -> HTMLResponse:
-    view = data.overview(_store(request), _stale(request))
-    return render(request, "overview.html", who=who, view=view)
+    return render(request, "overview.html", who=who, view=_overview(request))
 
 
 def overview_data(request: Request, who: Admin) -> Response:
-    return cached_json(request, ("overview",), lambda: data.overview(_store(request), _stale(request)))
+    return etag_json(request, _overview(request))
 
 
 WORKER_COLUMNS = [

@@ -111,9 +111,36 @@
     );
   }
 
+  // Charts marked data-lazy (the study's analysis views, below the fold) are drawn when they come
+  // within 300 px of the viewport: a new Plotly figure costs 20-60 ms (parallel coordinates, WebGL,
+  // several hundred), and the charts in view should not wait for them. Updates while still off
+  // screen replace the pending figure.
+  const pending = new Map();
+  const watcher =
+    "IntersectionObserver" in window
+      ? new IntersectionObserver(
+          (entries) =>
+            entries.forEach((e) => {
+              if (!e.isIntersecting || !pending.has(e.target.id)) return;
+              const [traces, extra] = pending.get(e.target.id);
+              pending.delete(e.target.id);
+              watcher.unobserve(e.target);
+              draw(e.target.id, traces, extra);
+            }),
+          { rootMargin: "300px" }
+        )
+      : null;
+
   function draw(id, traces, extra) {
     const el = document.getElementById(id);
     if (!el) return;
+    if (watcher && el.dataset.lazy !== undefined && el.classList.contains("loading")) {
+      if (!pending.has(id)) watcher.observe(el);
+      pending.set(id, [traces, extra]);
+      if (el.getBoundingClientRect().top > window.innerHeight + 300) return;
+      pending.delete(id);
+      watcher.unobserve(el);
+    }
     Plotly.react(el, traces, layout(id, extra), config);
     el.classList.remove("loading");
     el.dataset.points = String(traces.reduce((n, t) => n + (t.x ? t.x.length : 0) + (t.z ? t.z.length : 0) + (t.dimensions ? t.dimensions[0].values.length : 0), 0));
@@ -122,6 +149,7 @@
   function empty(id, message) {
     const el = document.getElementById(id);
     if (!el) return;
+    if (pending.delete(id) && watcher) watcher.unobserve(el);
     el.classList.remove("loading");
     el.classList.add("nodata");
     el.textContent = message;
