@@ -42,7 +42,8 @@ def main() -> None:
     settings = Settings(home=home, poll_seconds=0.05, heartbeat_seconds=0.5, progress_seconds=0.05)
     train = TrainConfig(adam=args.adam, lbfgs=args.lbfgs)
     points = PinnConfig(n_collocation=args.collocation, n_boundary=100)
-    store = seed_store(f"sqlite:///{home / 'metalic.db'}", settings, 1800, train, points, args.rounds)
+    url = f"sqlite:///{home / 'metalic.db'}"
+    store = seed_store(url, settings, 3600, train, points, args.rounds, extra=("burgers",))
     admin, _ = tokens.create(store, "admin", "admin")
     found = study_store.list_studies(store, campaigns_too=True)
     studies = {(st.study.family, st.study.heuristic): st.study.id for st in found}
@@ -52,6 +53,7 @@ def main() -> None:
         "dashboard-overview": "/dashboard/",
         "dashboard-study": f"/dashboard/studies/{studies[('advection', 'ucb')]}",
         "dashboard-study-heat": f"/dashboard/studies/{studies[('heat', 'ucb')]}?x=a&y=b",
+        "dashboard-study-burgers": f"/dashboard/studies/{studies[('burgers', 'ucb')]}",
         "dashboard-tasks": "/dashboard/tasks",
         "dashboard-task": f"/dashboard/tasks/{task}",
         "dashboard-campaigns": "/dashboard/campaigns",

@@ -72,7 +72,9 @@ def seed_store(
     train: TrainConfig = TINY_TRAIN,
     points: PinnConfig = TINY_POINTS,
     rounds: int = 4,
+    extra: tuple[str, ...] = (),
 ) -> Store:
+    """``extra``: more families, each with a campaign of UCB and two fixed arms (screenshots)."""
     store = Store(url)
     migrations.upgrade(store)
     executor = InlineExecutor(store, settings, "cpu", max_batch=8)
@@ -81,6 +83,9 @@ def seed_store(
         heuristics = ("ucb", "random", "fixed:u,flux")
         campaigns.create(store, tiny_campaign("advection", heuristics, 2, rounds, 2, train, points))
         campaigns.create(store, tiny_campaign("heat", ("ucb",), 3, max(2, rounds // 2), 1, train, points))
+        for family in extra:
+            policies = ("ucb", "fixed:u,flux", "fixed:all")
+            campaigns.create(store, tiny_campaign(family, policies, 2, rounds, 1, train, points))
         for i, beta in enumerate((2.0, 8.0, 15.0, 25.0)):
             task_store.submit(store, solve_request("advection", {"beta": beta}, i, train, points), owner="alice")
         dispatcher.wake.set()

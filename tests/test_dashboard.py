@@ -573,7 +573,7 @@ def test_study_charts_show_observations_keys_and_a_fixed_colour_range(seeded, br
     )
     with seeded["store"].read() as s:
         n_obs = s.scalar(select(func.count()).where(ObservationRow.study_id == ids["ucb_study"]))
-    assert sum(observed) == n_obs
+    assert sum(observed) == min(n_obs, 300)  # the latest 300 over the posterior
     # heatmap: the recommended arms are named in a key; the error's colours span the observed range
     page.goto(f"{seeded['url']}/dashboard/studies/{ids['heat_study']}?x=c&y=d&fix_a=-1.5&fix_b=0.5")
     charts_ready(page)

@@ -114,3 +114,34 @@ def test_polling_inside_the_cache_period_costs_no_query(sqlite_store, tmp_path):
         assert again.content == first.content and unchanged.status_code == 304, path
         assert counter.count == 0, (path, counter.count)  # (the session is in its own cache too)
     client.close()
+
+
+def test_the_hourly_counts_read_settled_hours_once_and_the_latest_two_each_time(store):
+    """The overview's trainings per hour, kept incrementally, equal a full read; an hour that ended
+    more than an hour ago is not read again (a row written there afterwards, which the service
+    never does, is seen by a full read only)."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from metalic.store import reports
+    from metalic.store.models import utc_now
+
+    bulk_seed(store, 500, seed=3)
+    hourly = reports.HourlyCounts()
+    assert reports.overview(store, hourly=hourly).per_hour == reports.overview(store).per_hour
+    with store.read() as s:
+        now = s.execute(select(utc_now())).scalar_one()
+        newest = s.scalar(select(func.max(TaskRow.id)))
+        row = s.get(TaskRow, newest)
+        template = {c.name: getattr(row, c.name) for c in TaskRow.__table__.columns if c.name != "id"}
+    with store.write() as s:  # a task finishing now, and one written into a settled hour
+        s.execute(insert(TaskRow).values(**{**template, "finished_at": now, "idempotency_key": None}))
+        s.execute(
+            insert(TaskRow).values(**{**template, "finished_at": now - timedelta(hours=5), "idempotency_key": None})
+        )
+    kept, full = reports.overview(store, hourly=hourly).per_hour, reports.overview(store).per_hour
+    current = max(full)
+    assert kept[current] == full[current]  # the latest hours are read each time
+    assert kept != full  # the settled hour five hours ago was not read again
+    assert sum(sum(c.values()) for c in kept.values()) == sum(sum(c.values()) for c in full.values()) - 1

@@ -96,8 +96,8 @@ def worker_rows(now: datetime, rows: list, stale_seconds: float) -> list[dict]:
     ]
 
 
-def overview(store, stale_seconds: float) -> dict[str, Any]:
-    day = reports.overview(store)
+def overview(store, stale_seconds: float, hourly: reports.HourlyCounts | None = None) -> dict[str, Any]:
+    day = reports.overview(store, hourly=hourly)
     hours, per_hour = day.hours, day.per_hour
     return {
         "now": _iso(day.now),

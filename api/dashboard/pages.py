@@ -75,6 +75,7 @@ def create_dashboard(service: Service) -> FastAPI:
     app.state.campaign_charts = LRU(32)  # (campaign, succeeded tasks) -> its figures' data
     app.state.views = TTLCache(service.settings.dashboard_cache_seconds)  # page data -> (JSON, ETag)
     app.state.overview = TTLCache(service.settings.dashboard_cache_seconds)  # the overview's data
+    app.state.hourly = reports.HourlyCounts()  # settled hours of the overview's throughput chart
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(service.settings),
@@ -302,7 +303,8 @@ def _stale(request: Request) -> float:
 
 def _overview(request: Request) -> dict:
     """The overview's data, at most ``dashboard_cache_seconds`` old (the page and its polls)."""
-    return request.app.state.overview.get("overview", lambda: data.overview(_store(request), _stale(request)))
+    hourly = request.app.state.hourly
+    return request.app.state.overview.get("overview", lambda: data.overview(_store(request), _stale(request), hourly))
 
 
 def overview_page(request: Request, who: Admin) -> HTMLResponse:

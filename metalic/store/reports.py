@@ -7,6 +7,7 @@ values; how they look on a page is ``api/dashboard``'s business.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,21 +96,52 @@ class Overview:
     timeline: list[tuple]  # the latest batches (``_batch_timeline``)
 
 
-def overview(store, studies: int = 100) -> Overview:
-    with store.read() as s:
-        now = s.execute(select(utc_now())).scalar_one()
-        day = now - timedelta(hours=24)
+class HourlyCounts:
+    """Finished tasks per clock hour and state over the last 24 hours, kept up incrementally: a
+    task's ``finished_at`` is written once, so an hour that ended more than an hour ago no longer
+    changes. Such hours are read once and kept; each later read covers only the latest two hours
+    (a few thousand rows instead of a day's, about 10x less work at 100,000 tasks)."""
+
+    def __init__(self) -> None:
+        self._settled: dict[str, Counter] = {}
+        self._lock = threading.Lock()
+
+    def read(self, s: Session, now: datetime) -> tuple[list[str], dict[str, Counter]]:
+        """(the 24 hours as 'YYYY-MM-DD HH:00', oldest first; their counts by state)."""
         hours = [(now - timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(23, -1, -1)]
-        per_hour: dict[str, Counter] = {h: Counter() for h in hours}
+        with self._lock:
+            known = {h: c for h, c in self._settled.items() if h in hours}
+        missing = [i for i, h in enumerate(hours[:-2]) if h not in known]
+        back = 23 - missing[0] if missing else 1  # hours back to the first hour to read
+        since = (
+            now - timedelta(hours=24)
+            if back == 23
+            else (now - timedelta(hours=back)).replace(minute=0, second=0, microsecond=0)
+        )
         bucket = hour_of(TaskRow.finished_at)
         rows = s.execute(
             select(bucket, TaskRow.state, func.count())
-            .where(TaskRow.finished_at >= day)
+            .where(TaskRow.finished_at >= since)
             .group_by(bucket, TaskRow.state)
         ).all()
+        per_hour: dict[str, Counter] = {h: Counter() for h in hours}
         for hour, state, n in rows:
             if hour in per_hour:
                 per_hour[hour][state] += int(n)
+        for h in hours[:-2]:
+            if h in known:
+                per_hour[h] = known[h]
+        with self._lock:
+            self._settled = {h: per_hour[h] for h in hours[:-2]}
+        return hours, per_hour
+
+
+def overview(store, studies: int = 100, hourly: HourlyCounts | None = None) -> Overview:
+    """The overview in one read transaction (``hourly``: keep the settled hours' counts there)."""
+    with store.read() as s:
+        now = s.execute(select(utc_now())).scalar_one()
+        day = now - timedelta(hours=24)
+        hours, per_hour = (hourly or HourlyCounts()).read(s, now)
         n_batches, mean_size, busy = s.execute(
             select(func.count(), func.avg(BatchRow.size), func.sum(BatchRow.seconds)).where(BatchRow.created_at >= day)
         ).one()

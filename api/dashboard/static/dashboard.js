@@ -287,11 +287,15 @@
   // Observed trainings over the posterior. O: the study's analysis (its latest observations); the
   // arms in `known` get a trace (and colour) each, the others one grey trace; x and y name the
   // parameters of the axes (no y: the error is on the y axis).
+  // Only the latest OBSERVED_OVER_POSTERIOR are drawn there (the analysis views show them all):
+  // thousands of SVG markers would slow the chart the page opens with.
+  const OBSERVED_OVER_POSTERIOR = 300;
   function observedTraces(O, known, colorOf, xName, yName) {
     const group = (a) => (known.includes(a) ? a : "other arms");
-    const groups = Array.from(new Set(O.arm.map(group)));
+    const from = Math.max(0, O.arm.length - OBSERVED_OVER_POSTERIOR);
+    const groups = Array.from(new Set(O.arm.slice(from).map(group)));
     return groups.map((g) => {
-      const idx = O.arm.map((a, i) => (group(a) === g ? i : -1)).filter((i) => i >= 0);
+      const idx = O.arm.map((a, i) => (i >= from && group(a) === g ? i : -1)).filter((i) => i >= 0);
       return {
         type: "scatter",
         mode: "markers",
