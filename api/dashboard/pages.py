@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
@@ -76,6 +77,7 @@ def create_dashboard(service: Service) -> FastAPI:
     app.state.views = TTLCache(service.settings.dashboard_cache_seconds)  # page data -> (JSON, ETag)
     app.state.overview = TTLCache(service.settings.dashboard_cache_seconds)  # the overview's data
     app.state.hourly = reports.HourlyCounts()  # settled hours of the overview's throughput chart
+    app.state.prefetch = ThreadPoolExecutor(1, thread_name_prefix="engine-prefetch")  # see study_page
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret_key(service.settings),
@@ -517,6 +519,9 @@ def study_page(
     offset: Offset = 0,
 ) -> HTMLResponse:
     view = _study_view(request, study_id, charts=False)
+    if view["study"]["snapshot_version"]:  # restore the engine while the browser loads the page
+        service = request.app.state.service
+        request.app.state.prefetch.submit(service.engines.get, study_id, view["study"]["snapshot_version"])
     observations = data.observations_page(_store(request), study_id, before, rows, offset)
     family = get_family(view["study"]["family"])
     kept = _kept(request, (*FILTER_KEYS, "x", "y", *(f"fix_{n}" for n in family.param_names)))

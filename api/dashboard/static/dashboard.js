@@ -336,7 +336,8 @@
       draw(
         "best-chart",
         [{ type: "scatter", mode: "markers", name: "recommended arm", x: L.x, y: L.best, text: L.best_error.map((e) => "predicted error " + e.toExponential(2)), marker: { color: palette[0], size: 7 } }],
-        { xaxis: { title: { text: L.x_name } }, yaxis: { type: "category", automargin: true }, margin: { l: 10, r: 20, t: 10, b: 50 } }
+        // the left margin from the longest arm name (automargin would cost Plotly a second layout pass)
+        { xaxis: { title: { text: L.x_name } }, yaxis: { type: "category" }, margin: { l: 12 + 7 * Math.max(...L.best.map((b) => b.length)), r: 20, t: 10, b: 50 } }
       );
     } else {
       const [zmin, zmax] = L.log10_error_range;
