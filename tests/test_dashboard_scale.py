@@ -61,12 +61,13 @@ def measure(client: TestClient, store, study_id: int) -> dict[str, tuple[int, in
     return out
 
 
-def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
+def logged_in(store, tmp_path, cache_seconds: float) -> tuple[TestClient, int]:
+    """A dashboard client with an admin session, on a store with 20 bulk-seeded tasks (and the
+    seeded study's id)."""
     from api.app import create_app
     from api.service import Service
 
-    # no cache of page data here: what is counted is what one build of each page costs
-    settings = Settings(home=tmp_path, token_cache_seconds=60.0, dashboard_cache_seconds=0.0)
+    settings = Settings(home=tmp_path, token_cache_seconds=60.0, dashboard_cache_seconds=cache_seconds)
     admin, _ = tokens.create(store, "root", "admin")
     study_id = bulk_seed(store, 20, seed=1)
     client = TestClient(create_app(Service(settings, store)))
@@ -74,6 +75,12 @@ def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
     csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
     login = client.post("/dashboard/login", data={"token": admin, "csrf": csrf}, follow_redirects=False)
     assert login.status_code == 303
+    return client, study_id
+
+
+def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
+    # no cache of page data here: what is counted is what one build of each page costs
+    client, study_id = logged_in(store, tmp_path, cache_seconds=0.0)
 
     small = measure(client, store, study_id)
     bulk_seed(store, BIG - 20, seed=2)
@@ -92,16 +99,7 @@ def test_pages_cost_bounded_queries_and_bytes_at_100k_rows(store, tmp_path):
 def test_polling_inside_the_cache_period_costs_no_query(sqlite_store, tmp_path):
     """Open tabs polling the overview or a study share one build per ``dashboard_cache_seconds``:
     a poll inside the period reads nothing from the database (a 304 when the tab has it)."""
-    from api.app import create_app
-    from api.service import Service
-
-    settings = Settings(home=tmp_path, token_cache_seconds=60.0, dashboard_cache_seconds=60.0)
-    admin, _ = tokens.create(sqlite_store, "root", "admin")
-    study_id = bulk_seed(sqlite_store, 20, seed=1)
-    client = TestClient(create_app(Service(settings, sqlite_store)))
-    form = client.get("/dashboard/login").text
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-    client.post("/dashboard/login", data={"token": admin, "csrf": csrf}, follow_redirects=False)
+    client, study_id = logged_in(sqlite_store, tmp_path, cache_seconds=60.0)
     for path in ("/dashboard/data/overview", f"/dashboard/data/studies/{study_id}"):
         first = client.get(path)
         assert first.status_code == 200
