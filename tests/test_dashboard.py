@@ -85,6 +85,15 @@ def log_in(page, url: str, token: str) -> None:
     page.wait_for_load_state("load")
 
 
+def admin_page(browser, server: dict, **options):
+    """A fresh browser context (``options``: its viewport, downloads, ...) with an admin logged in
+    to ``server``; returns (context, page)."""
+    context = browser.new_context(**options)
+    page = context.new_page()
+    log_in(page, server["url"], server["admin"])
+    return context, page
+
+
 def wait_until(page, expression: str, seconds: float = 10) -> None:
     """Poll a JavaScript expression until it is true. (Playwright's wait_for_function evaluates its
     predicate with eval inside the page, which the dashboard's Content-Security-Policy refuses: the
@@ -286,9 +295,7 @@ def _read_csv(text: str) -> list[dict]:
 
 def test_csv_downloads_match_the_database(seeded, browser):
     store, ids = seeded["store"], _ids(seeded["store"])
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded, accept_downloads=True)
     page.goto(f"{seeded['url']}/dashboard/tasks?state=succeeded&family=advection")
     with page.expect_download() as download:
         page.click("a.csv")
@@ -442,9 +449,7 @@ def test_values_that_are_not_there_yet_keep_their_placeholders_after_polling(bar
 
 
 def test_pages_that_do_not_poll_say_nothing_about_loading(seeded, browser):
-    context = browser.new_context()
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded)
     for path in ("/dashboard/tasks", "/dashboard/campaigns"):
         page.goto(seeded["url"] + path)
         page.wait_for_load_state("networkidle")
@@ -456,9 +461,7 @@ def test_pages_that_do_not_poll_say_nothing_about_loading(seeded, browser):
 
 def test_errors_are_dashboard_pages_and_data_errors_stay_json(seeded, browser):
     ids = _ids(seeded["store"])
-    context = browser.new_context()
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded)
     response = page.goto(f"{seeded['url']}/dashboard/studies/{ids['heat_study']}?x=a&y=a")
     assert response.status == 422
     assert page.locator("header.top nav a").count() == 3  # the navigation is there
@@ -486,9 +489,7 @@ def test_every_answer_carries_a_content_security_policy_and_refuses_frames(seede
 
 
 def test_the_campaign_form_reports_every_bad_field_at_once(seeded, browser):
-    context = browser.new_context()
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded)
     page.goto(f"{seeded['url']}/dashboard/campaigns")
     for box in page.locator("input[name=heuristics]").all():
         box.uncheck()
@@ -502,9 +503,7 @@ def test_the_campaign_form_reports_every_bad_field_at_once(seeded, browser):
 
 def test_the_loss_chart_draws_l_bfgs_after_adam(seeded, browser):
     ids = _ids(seeded["store"])
-    context = browser.new_context()
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded)
     page.goto(f"{seeded['url']}/dashboard/tasks/{ids['task']}")
     charts_ready(page)
     traces = page.evaluate("document.getElementById('loss-chart').data.map(t => ({name: t.name, x: t.x}))")
@@ -519,9 +518,7 @@ def _ticks(page, chart: str, axis: str) -> list[float]:
 
 def test_count_axes_colours_and_the_tasks_table_read_at_a_glance(seeded, browser):
     ids = _ids(seeded["store"])
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded, viewport={"width": 1400, "height": 900})
     page.goto(f"{seeded['url']}/dashboard/")
     charts_ready(page)
     colours = page.evaluate(
@@ -595,9 +592,7 @@ def test_the_analysis_views_show_what_the_database_holds(seeded, browser):
     from metalic.store.models import BatchRow
 
     ids, store = _ids(seeded["store"]), seeded["store"]
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    log_in(page, seeded["url"], seeded["admin"])
+    context, page = admin_page(browser, seeded, viewport={"width": 1300, "height": 900})
     page.goto(f"{seeded['url']}/dashboard/studies/{ids['heat_study']}")
     charts_ready(page)
     with store.read() as s:

@@ -429,9 +429,7 @@ def parse_slice(family_name: str, x: str | None, y: str | None, fixed: Mapping[s
 
 
 def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dict[str, Any]:
-    """The posterior over a slice: lines (one parameter) or heatmaps (two); errors = 10^-reward.
-    ``log10_error_range``: the observed log10 error range, which fixes the heatmap's colours (so a
-    colour step means what it means in the data, not a rescaled 0.3%)."""
+    """The posterior over a slice: lines (one parameter) or heatmaps (two); errors = 10^-reward."""
     family = engine.family
     params = {p.name: p for p in family.params}
     px = params[cut["x"]]
@@ -452,7 +450,7 @@ def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dic
             "best": land.best,
             "best_error": (10 ** -land.best_mean.numpy()).tolist(),
             "fixed": cut["fixed"],
-        } | _observed(engine, cut)
+        }
     py = params[cut["y"]]
     ys = np.linspace(py.lo, py.hi, n)
     contexts = [{**cut["fixed"], px.name: float(a), py.name: float(b)} for b in ys for a in xs]
@@ -470,21 +468,17 @@ def landscape(engine: BanditEngine, cut: Mapping[str, Any], top: int = 5) -> dic
         "best_arms": best_names,
         "best": np.array(land.best, dtype=object).reshape(n, n).tolist(),
         "fixed": cut["fixed"],
-    } | _observed(engine, cut)
+    }
 
 
 def error_range(log10_errors: list[float]) -> list[float]:
-    """[low, high] of log10 errors for a colour scale: at least 0.1 decades wide."""
+    """[low, high] of log10 errors for a colour scale, at least 0.1 decades wide. The heatmap's
+    colours span the study's observed range, so a colour step means what it means in the data (not
+    a rescaled 0.3%)."""
     lo, hi = (min(log10_errors), max(log10_errors)) if log10_errors else (-3.0, 0.0)
     if hi - lo < 0.1:  # one value, or nearly: a range of 0.1 decades around it
         lo, hi = (lo + hi) / 2 - 0.05, (lo + hi) / 2 + 0.05
     return [round(lo, 4), round(hi, 4)]
-
-
-def _observed(engine: BanditEngine, cut: Mapping[str, Any]) -> dict[str, Any]:
-    """The colour range of the engine's observations (the page draws the points themselves from
-    the study's ``analysis``, which holds the same latest observations)."""
-    return {"log10_error_range": error_range([-o.reward for o in engine.observations])}
 
 
 # ---- campaigns -------------------------------------------------------------------------------------

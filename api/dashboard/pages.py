@@ -341,7 +341,7 @@ def row_filter(
     param: Annotated[str | None, Query(max_length=40)] = None,
     param_min: Bound = None,
     param_max: Bound = None,
-    sort: Literal["newest", "error", "-error"] = "newest",
+    sort: Literal[reports.SORTS] = "newest",
 ) -> reports.RowFilter:
     """The task and observation tables' filters from the query (422 naming a bad one)."""
     arm_index = None
@@ -488,11 +488,10 @@ def _study_view(request: Request, study_id: int, charts: bool) -> dict:
     view["rewards"] = data.reward_series(store, study_id)
     if engine is not None and engine.adam.ready:
         key = (study_id, version, json.dumps(cut, sort_keys=True))
-        view["landscape"] = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
-        rewards = view["rewards"]
-        if rewards["reward_min"]:  # colours over every observation's error, not only the snapshot's
-            log10_errors = [-min(rewards["reward_min"]), -max(rewards["reward_max"])]
-            view["landscape"] = view["landscape"] | {"log10_error_range": data.error_range(log10_errors)}
+        landscape = request.app.state.landscapes.get(key, lambda: data.landscape(engine, cut))
+        rewards = view["rewards"]  # colours over every observation's error, not only the snapshot's
+        observed = [-min(rewards["reward_min"]), -max(rewards["reward_max"])] if rewards["reward_min"] else []
+        view["landscape"] = landscape | {"log10_error_range": data.error_range(observed)}
     if meta["campaign_id"] is not None:
         view["campaign"] = data.campaign_state(store, meta["campaign_id"])
         view["campaign_charts"] = _campaign_charts(request, view["campaign"])

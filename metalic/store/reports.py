@@ -113,11 +113,7 @@ class HourlyCounts:
             known = {h: c for h, c in self._settled.items() if h in hours}
         missing = [i for i, h in enumerate(hours[:-2]) if h not in known]
         back = 23 - missing[0] if missing else 1  # hours back to the first hour to read
-        since = (
-            now - timedelta(hours=24)
-            if back == 23
-            else (now - timedelta(hours=back)).replace(minute=0, second=0, microsecond=0)
-        )
+        since = (now - timedelta(hours=back)).replace(minute=0, second=0, microsecond=0)
         bucket = hour_of(TaskRow.finished_at)
         rows = s.execute(
             select(bucket, TaskRow.state, func.count())
@@ -286,16 +282,14 @@ def iter_tasks(
 ) -> Iterator[TaskRecord]:
     """Every task of a filter, newest first, streamed in keyset chunks (CSV downloads)."""
     before = None
+    query = select(TaskRow).where(*_task_filter(state, family, campaign_id, rows)).order_by(TaskRow.id.desc())
     with store.read() as s:
         while True:
-            q = select(TaskRow).where(*_task_filter(state, family, campaign_id, rows)).order_by(TaskRow.id.desc())
-            if before is not None:
-                q = q.where(TaskRow.id < before)
-            rows = s.scalars(q.limit(CHUNK)).all()
-            yield from (record(TaskRecord, t) for t in rows)
-            if len(rows) < CHUNK:
+            chunk = s.scalars((query if before is None else query.where(TaskRow.id < before)).limit(CHUNK)).all()
+            yield from (record(TaskRecord, t) for t in chunk)
+            if len(chunk) < CHUNK:
                 return
-            before = rows[-1].id
+            before = chunk[-1].id
             s.expunge_all()
 
 
