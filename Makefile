@@ -18,7 +18,7 @@ test: setup
 	@bash scripts/ensure_postgres.sh
 	@bash scripts/ensure_chromium.sh
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadgroup
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

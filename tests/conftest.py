@@ -10,11 +10,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
-import migrations
+# Under pytest-xdist (``make test`` runs two workers on a 2-core machine) each worker computes on
+# one thread, and idle OpenMP threads sleep instead of spinning: two teams of spinning threads on
+# two cores (plus a Ray trainer's) slowed CPU-bound tests tenfold. Set before torch loads OpenMP;
+# Ray workers and subprocesses inherit it.
+_WORKERS = 2 if os.environ.get("PYTEST_XDIST_WORKER") else 1
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-torch.set_num_threads(2)
+import torch  # noqa: E402
+
+import migrations  # noqa: E402
+
+torch.set_num_threads(2 // _WORKERS)
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_BASE = os.environ.get("METALIC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -49,6 +58,14 @@ def _postgres_ok() -> bool:
         return True
     except Exception:
         return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test`` runs two workers), every test that uses the session's Ray
+    runs on one worker, so that one Ray serves them all (``--dist loadgroup``)."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")
