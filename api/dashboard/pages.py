@@ -18,11 +18,10 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-import plotly
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
@@ -57,8 +56,14 @@ from metalic.store import tasks as task_store
 from metalic.store.models import TASK_STATES
 
 HERE = FilePath(__file__).parent
-PLOTLY_JS = FilePath(plotly.__file__).parent / "package_data" / "plotly.min.js"
 templates = Jinja2Templates(directory=HERE / "templates")
+# Pages link the dashboard's CSS and scripts as ``?v=<content hash>``: a browser keeps them for a day
+# without asking again (a revalidation held up every page's script by 10-20 ms), and a changed file
+# is a new address. Plotly is the project's partial build (scripts/plotly_bundle/build.sh).
+ASSETS = ("dashboard.css", "dashboard.js", "vendor/plotly.min.js")
+templates.env.globals["asset_v"] = hashlib.sha256(
+    b"".join((HERE / "static" / a).read_bytes() for a in ASSETS)
+).hexdigest()[:12]
 # an ISO time in UTC as a table shows it: "2026-12-02 05:01:34" (the JSON keeps the full ISO form)
 templates.env.filters["when"] = lambda iso: iso[:19].replace("T", " ") if iso else ""
 # a long arm label may wrap after its commas (<wbr>: the copied text stays the same)
@@ -88,7 +93,7 @@ def create_dashboard(service: Service) -> FastAPI:
         https_only=service.settings.cookie_secure,
     )
     app.add_middleware(GZipMiddleware, minimum_size=2000)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/static", CachedStaticFiles(directory=HERE / "static"), name="static")
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
@@ -124,6 +129,15 @@ def create_dashboard(service: Service) -> FastAPI:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+class CachedStaticFiles(StaticFiles):
+    """The dashboard's CSS and JS, kept by browsers for a day (pages link them by content hash)."""
+
+    def file_response(self, *args, **kwargs) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "max-age=86400"
+        return response
+
+
 # Only the dashboard's own scripts run (no inline script, no eval); Plotly sets inline styles.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -139,7 +153,7 @@ SECURITY_HEADERS = {
 def _is_page(request: Request) -> bool:
     """A browser page (GET, not a data, CSV or asset address): its errors are dashboard pages."""
     path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-    return request.method == "GET" and not path.startswith(("/data/", "/csv/", "/static/", "/vendor/"))
+    return request.method == "GET" and not path.startswith(("/data/", "/csv/", "/static/"))
 
 
 async def _error_page(request: Request, status: int, messages: list[str]) -> HTMLResponse:
@@ -292,10 +306,6 @@ async def logout(request: Request) -> Response:
         raise HTTPException(403, "CSRF token missing or wrong")
     await run_in_threadpool(log_out, request)
     return RedirectResponse(f"{request.scope.get('root_path', '')}/login", status_code=303)
-
-
-def plotly_js() -> FileResponse:
-    return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
 
 # ---- overview ---------------------------------------------------------------------------------------
@@ -707,7 +717,6 @@ ROUTES = [
     ("/login", login_form, ["GET"]),
     ("/login", login, ["POST"]),
     ("/logout", logout, ["POST"]),
-    ("/vendor/plotly.min.js", plotly_js, ["GET"]),
     ("/", overview_page, ["GET"]),
     ("/data/overview", overview_data, ["GET"]),
     ("/csv/workers", workers_csv, ["GET"]),

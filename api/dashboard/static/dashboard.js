@@ -96,8 +96,10 @@
     });
   }
 
+  // Tick labels may overflow nothing (the margins are set): Plotly's default ("hide past div") measures
+  // every label's box after each draw, a forced page layout per axis (28 ms of the study page's load).
   function layout(id, extra) {
-    return Object.assign(
+    const merged = Object.assign(
       {
         uirevision: id,
         margin: { l: 60, r: 20, t: 10, b: 50 },
@@ -106,15 +108,22 @@
         font: { family: "system-ui, sans-serif", size: 12 },
         paper_bgcolor: "rgba(0,0,0,0)",
         plot_bgcolor: "#fafbfc",
+        xaxis: {},
+        yaxis: {},
       },
       extra || {}
     );
+    Object.keys(merged).forEach((key) => {
+      if (/^[xy]axis\d*$/.test(key)) merged[key] = Object.assign({ ticklabeloverflow: "allow" }, merged[key]);
+    });
+    return merged;
   }
 
   // Charts marked data-lazy (the study's analysis views, below the fold) are drawn when they come
   // within 300 px of the viewport: a new Plotly figure costs 20-60 ms (parallel coordinates, WebGL,
   // several hundred), and the charts in view should not wait for them. Updates while still off
-  // screen replace the pending figure.
+  // screen replace the pending figure. The observer says whether a chart is near the viewport
+  // (asking its position here would force a page layout between the charts in view).
   const pending = new Map();
   const watcher =
     "IntersectionObserver" in window
@@ -125,21 +134,19 @@
               const [traces, extra] = pending.get(e.target.id);
               pending.delete(e.target.id);
               watcher.unobserve(e.target);
-              draw(e.target.id, traces, extra);
+              draw(e.target.id, traces, extra, true);
             }),
           { rootMargin: "300px" }
         )
       : null;
 
-  function draw(id, traces, extra) {
+  function draw(id, traces, extra, inView) {
     const el = document.getElementById(id);
     if (!el) return;
-    if (watcher && el.dataset.lazy !== undefined && el.classList.contains("loading")) {
+    if (watcher && !inView && el.dataset.lazy !== undefined && el.classList.contains("loading")) {
       if (!pending.has(id)) watcher.observe(el);
       pending.set(id, [traces, extra]);
-      if (el.getBoundingClientRect().top > window.innerHeight + 300) return;
-      pending.delete(id);
-      watcher.unobserve(el);
+      return;
     }
     Plotly.react(el, traces, layout(id, extra), config);
     el.classList.remove("loading");
