@@ -221,6 +221,26 @@ def test_binary_hamming_kernel_equals_botorch_categorical_kernel():
     )
 
 
+def test_the_hamming_kernel_of_many_rows_gathers_the_same_numbers():
+    """Over a million pairs without a gradient (an engine's restore) the kernel is computed for the
+    distinct bit patterns and copied out: bitwise what the direct formula gives, row for row."""
+    from botorch.models.kernels.categorical import CategoricalKernel
+
+    from metalic.bandit.surrogate import BinaryHammingKernel
+
+    g = torch.Generator().manual_seed(3)
+    flag = torch.randint(2, (1100, 1), generator=g, dtype=torch.float64)
+    a = torch.cat([ALL_ARMS[torch.randint(512, (1100,), generator=g)], flag], 1)  # 9 term bits + 1
+    b = a[torch.randperm(1100, generator=g)][:1000]
+    kernel, reference = BinaryHammingKernel(), CategoricalKernel()
+    kernel.lengthscale = reference.lengthscale = torch.tensor(0.41)
+    with torch.no_grad():
+        fast = kernel(a, b).to_dense()
+        assert torch.equal(fast, kernel._values(a, b))
+        torch.testing.assert_close(fast, reference(a, b).to_dense().to(torch.float64), rtol=1e-6, atol=1e-7)
+    assert kernel(a[:50], b[:50]).to_dense().requires_grad  # fitting keeps the differentiable formula
+
+
 @pytest.mark.parametrize("kernel", ["rbf", "matern"])
 def test_the_plain_torch_kernel_equals_gpytorchs(kernel):
     gp = RewardGP(n_cont=2, kernel=kernel)

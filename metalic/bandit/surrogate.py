@@ -50,6 +50,17 @@ class BinaryHammingKernel(CategoricalKernel):
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if diag or last_dim_is_batch or self.lengthscale.shape[-1] != 1:
             return super().forward(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch)
+        large = x1.dim() == 2 and x2.dim() == 2 and len(x1) * len(x2) > 1_000_000
+        if large and not (torch.is_grad_enabled() and self.lengthscale.requires_grad):
+            # Without a gradient: the values for the distinct rows (at most 1,024 bit patterns),
+            # then copied out to every pair; the same numbers. Restoring an engine of 2,000
+            # observations builds several 2,000 x 2,000 of these.
+            u1, i1 = torch.unique(x1, dim=0, return_inverse=True)
+            u2, i2 = torch.unique(x2, dim=0, return_inverse=True)
+            return self._values(u1, u2).index_select(0, i1).index_select(1, i2)
+        return self._values(x1, x2)
+
+    def _values(self, x1: Tensor, x2: Tensor) -> Tensor:
         hamming = x1 @ (1 - x2).transpose(-1, -2) + (1 - x1) @ x2.transpose(-1, -2)
         return torch.exp(-(hamming / x1.shape[-1]) / self.lengthscale)
 
