@@ -59,7 +59,7 @@ def seeded(tmp_path_factory):
     admin, _ = tokens.create(store, "root", "admin")
     user, _ = tokens.create(store, "bob", "user")
     with LiveServer(create_app(Service(settings, store))) as server:
-        yield {"url": server.url, "store": store, "admin": admin, "user": user}
+        yield {"url": server.url, "store": store, "admin": admin, "user": user, "settings": settings}
     store.dispose()
 
 
@@ -490,32 +490,37 @@ def test_every_answer_carries_a_content_security_policy_and_refuses_frames(seede
 
 def test_a_second_visit_asks_the_server_only_for_the_page_and_its_data(seeded, browser):
     """The CSS and scripts are linked by content hash and kept by the browser (no revalidation on
-    the next visit); the study page's data is fetched once, by its preload, not again by the script."""
+    the next visit); the study page's data is fetched once, by its preload, not again by the script.
+    (Its own server polls once a minute: no poll falls inside a visit.)"""
+    from api.app import create_app
     from api.dashboard import pages
+    from api.service import Service
 
     ids = _ids(seeded["store"])
-    context, page = admin_page(browser, seeded)
-    path = f"{seeded['url']}/dashboard/studies/{ids['service_study']}"
-    for visit in range(2):
-        page.goto(path)
-        charts_ready(page)
-        entries = page.evaluate(
-            "performance.getEntriesByType('resource')"
-            ".map(e => [new URL(e.name).pathname, e.initiatorType, e.transferSize])"
-        )
-        data = [by for name, by, _ in entries if name.startswith("/dashboard/data/studies/")]
-        assert data == ["link"], entries  # fetched once, by the preload: the script used its response
-        assets = {name: size for name, _, size in entries if name.startswith("/dashboard/static/")}
-        assert set(assets) == {f"/dashboard/static/{a}" for a in pages.ASSETS}
-        if visit:  # from the browser's cache, without a request (a 304 would have a transfer size)
-            assert all(size == 0 for size in assets.values()), assets
-    client = _client_session(seeded["url"], seeded["admin"])
-    html = client.get(path.removeprefix(seeded["url"])).text
-    for asset in re.findall(r'(?:src|href)="(/dashboard/static/[^"]+)"', html):
-        assert re.search(r"\?v=[0-9a-f]{12}$", asset), asset
-        assert client.get(asset).headers["cache-control"] == "max-age=86400", asset
-    client.close()
-    context.close()
+    settings = seeded["settings"].model_copy(update={"dashboard_poll_seconds": 60})
+    with LiveServer(create_app(Service(settings, seeded["store"]))) as server:
+        context, page = admin_page(browser, {"url": server.url, "admin": seeded["admin"]})
+        path = f"{server.url}/dashboard/studies/{ids['service_study']}"
+        for visit in range(2):
+            page.goto(path)
+            charts_ready(page)
+            entries = page.evaluate(
+                "performance.getEntriesByType('resource')"
+                ".map(e => [new URL(e.name).pathname, e.initiatorType, e.transferSize])"
+            )
+            data = [by for name, by, _ in entries if name.startswith("/dashboard/data/studies/")]
+            assert data == ["link"], entries  # fetched once, by the preload: the script used its response
+            assets = {name: size for name, _, size in entries if name.startswith("/dashboard/static/")}
+            assert set(assets) == {f"/dashboard/static/{a}" for a in pages.ASSETS}
+            if visit:  # from the browser's cache, without a request (a 304 would have a transfer size)
+                assert all(size == 0 for size in assets.values()), assets
+        client = _client_session(server.url, seeded["admin"])
+        html = client.get(path.removeprefix(server.url)).text
+        for asset in re.findall(r'(?:src|href)="(/dashboard/static/[^"]+)"', html):
+            assert re.search(r"\?v=[0-9a-f]{12}$", asset), asset
+            assert client.get(asset).headers["cache-control"] == "max-age=86400", asset
+        client.close()
+        context.close()
 
 
 def test_the_campaign_form_reports_every_bad_field_at_once(seeded, browser):

@@ -57,7 +57,7 @@ class BinaryHammingKernel(CategoricalKernel):
             # observations builds several 2,000 x 2,000 of these.
             u1, i1 = torch.unique(x1, dim=0, return_inverse=True)
             u2, i2 = torch.unique(x2, dim=0, return_inverse=True)
-            return self._values(u1, u2).index_select(0, i1).index_select(1, i2)
+            return self._values(u1, u2)[i1][:, i2]
         return self._values(x1, x2)
 
     def _values(self, x1: Tensor, x2: Tensor) -> Tensor:
