@@ -1,10 +1,14 @@
-"""Bandit engine latency: suggestion over all 512 arms, and GP refit, at n = 50, 200, 1000.
+"""Bandit engine latency: suggestion over all 512 arms, and GP refit, at n = 50, 200, 1000; and
+an engine's restore from its snapshot at n = 2000 (what the dashboard and the recommendation route
+do for a new snapshot).
 
-Baseline in the same run: the authors' approach, a GP re-created and refitted from default
-hyper-parameters every round. metalic refits warm-started from the previous round's
-hyper-parameters. Data: a planted reward over (Advection's beta, arm) with noise.
+Baselines in the same run: for the refit, the authors' approach, a GP re-created and refitted from
+default hyper-parameters every round (metalic refits warm-started from the previous round's
+hyper-parameters); for the restore, the Hamming kernel computed pair by pair for every pair
+(``BinaryHammingKernel.GATHER_PAIRS`` raised past n^2) instead of per distinct bit pattern and
+gathered. Data: a planted reward over (Advection's beta, arm) with noise.
 
-    python benchmarks/bandit_speed.py [--n 50 200 1000]
+    python benchmarks/bandit_speed.py [--n 50 200 1000] [--restore 2000]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from machine import describe
 
 from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
-from metalic.bandit.surrogate import RewardGP
+from metalic.bandit.surrogate import BinaryHammingKernel, RewardGP
 
 BEST = ((1, 0, 0, 1, 1, 0, 0, 0, 0), (0, 1, 1, 0, 0, 0, 1, 0, 1))
 
@@ -34,9 +38,8 @@ def observations(n: int, seed: int = 0) -> list[Observation]:
         beta = 1 + 29 * float(torch.rand(1, generator=g))
         arm = Arm.from_index(int(torch.randint(512, (1,), generator=g)))
         best = BEST[beta > 15.5]
-        reward = (
-            3 - 0.4 * sum(a != b for a, b in zip(arm, best, strict=True)) + 0.05 * float(torch.randn(1, generator=g))
-        )
+        wrong = sum(a != b for a, b in zip(arm.term_mask, best, strict=True))
+        reward = 3 - 0.4 * wrong + 0.05 * float(torch.randn(1, generator=g))
         out.append(Observation({"beta": beta}, arm, reward))
     return out
 
@@ -77,9 +80,30 @@ def measure(n: int, repeat: int) -> None:
     )
 
 
+def measure_restore(n: int, repeat: int) -> None:
+    """Median seconds of ``BanditEngine.from_snapshot`` at n observations, gathered and direct."""
+    torch.set_num_threads(1)  # as in the API process, where restores run
+    engine = BanditEngine("advection", policy="ucb", seed=0, max_exact=n)
+    engine.observe(*observations(n))
+    snap = engine.snapshot()
+    gathered = timed(lambda: BanditEngine.from_snapshot(snap), repeat)
+    ctx = {"beta": 7.0}
+    fast = BanditEngine.from_snapshot(snap).recommend(ctx)
+    default = BinaryHammingKernel.GATHER_PAIRS
+    BinaryHammingKernel.GATHER_PAIRS = n * n  # every pair computed directly
+    try:
+        direct = timed(lambda: BanditEngine.from_snapshot(snap), repeat)
+        same = fast == BanditEngine.from_snapshot(snap).recommend(ctx)
+    finally:
+        BinaryHammingKernel.GATHER_PAIRS = default
+    print(f"restore at n = {n} (1 thread): direct {direct:.3f} s, gathered {gathered:.3f} s, "
+          f"{direct / gathered:.2f}x; same recommendations: {same}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--restore", type=int, default=2000, help="observations of the restored engine (0: skip)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
@@ -89,6 +113,8 @@ def main() -> None:
     )
     for n in args.n:
         measure(n, args.repeat)
+    if args.restore:
+        measure_restore(args.restore, args.repeat)
 
 
 if __name__ == "__main__":

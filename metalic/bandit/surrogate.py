@@ -47,10 +47,12 @@ class BinaryHammingKernel(CategoricalKernel):
     512 x 200 on 2 cores. Only valid for one shared lengthscale and inputs that are exactly 0 or 1.
     """
 
+    GATHER_PAIRS = 1_000_000  # above this many pairs (and without a gradient), gather: see forward
+
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if diag or last_dim_is_batch or self.lengthscale.shape[-1] != 1:
             return super().forward(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch)
-        large = x1.dim() == 2 and x2.dim() == 2 and len(x1) * len(x2) > 1_000_000
+        large = x1.dim() == 2 and x2.dim() == 2 and len(x1) * len(x2) > self.GATHER_PAIRS
         if large and not (torch.is_grad_enabled() and self.lengthscale.requires_grad):
             # Without a gradient: the values for the distinct rows (at most 1,024 bit patterns),
             # then copied out to every pair; the same numbers. Restoring an engine of 2,000
