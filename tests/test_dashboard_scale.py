@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -121,6 +122,30 @@ def test_polling_inside_the_cache_period_costs_no_query(sqlite_store, tmp_path):
             counter.close()
         assert again.content == first.content and unchanged.status_code == 304, path
         assert counter.count == 0, (path, counter.count)  # (the session is in its own cache too)
+    client.close()
+
+
+def test_an_idle_study_s_poll_after_the_cache_period_reads_its_source_and_does_not_rebuild(sqlite_store, tmp_path):
+    """When the period ends and the study's observations, snapshot and campaign read as before,
+    the last build serves again (same ETag, a few queries instead of a build's); a new observation
+    makes the next poll after the period rebuild."""
+    client, study_id = logged_in(sqlite_store, tmp_path, cache_seconds=0.2)
+    path = f"/dashboard/data/studies/{study_id}"
+    first = client.get(path)
+    time.sleep(0.3)
+    counter = QueryCounter(sqlite_store.engine)
+    try:
+        idle = client.get(path, headers={"If-None-Match": first.headers["etag"]})
+    finally:
+        counter.close()
+    assert idle.status_code == 304, idle.status_code
+    assert counter.count <= 4, counter.count  # the study's facts and campaign, not the build's queries
+    bulk_seed(sqlite_store, 5, seed=3)  # new observations of the same study
+    time.sleep(0.3)
+    changed = client.get(path, headers={"If-None-Match": first.headers["etag"]})
+    assert (
+        changed.status_code == 200 and changed.json()["study"]["observations"] > first.json()["study"]["observations"]
+    )
     client.close()
 
 
