@@ -168,6 +168,25 @@ def test_snapshot_reload_gives_identical_suggestions(policy, mode):
     assert [r.arm for r in engine.recommend(ctx)] == [r.arm for r in clone.recommend(ctx)]
 
 
+def test_observing_many_at_once_gives_each_gp_the_inputs_of_one_at_a_time():
+    """The batched ``observe`` (a restore conditions on up to 2,000 at once) builds the same GP
+    inputs, in the same order, as one observation per call; one-network arms have no L-BFGS row."""
+    g = torch.Generator().manual_seed(5)
+    observations = []
+    for i in range(12):
+        ctx = {"rho": float(1 + 14 * torch.rand(1, generator=g))}
+        adam = Arm.from_index(512 if i % 4 == 1 else int(torch.randint(512, (1,), generator=g)))
+        lbfgs = adam if adam.single else Arm.from_index(int(torch.randint(512, (1,), generator=g)))
+        observations.append(Observation(ctx, adam, float(torch.randn(1, generator=g)), lbfgs, 0.3 * i))
+    one, many = (BanditEngine("reaction", mode="sequential", seed=1) for _ in range(2))
+    for obs in observations:
+        one.observe(obs, refit=False)
+    many.observe(*observations, refit=False)
+    for a, b in ((one.adam, many.adam), (one.lbfgs, many.lbfgs)):
+        assert torch.equal(torch.stack(a.x), torch.stack(b.x)) and a.y == b.y
+    assert len(many.lbfgs.y) == 9 and many.observations == one.observations
+
+
 def test_bad_input_names_the_field_and_records_nothing():
     engine = BanditEngine("advection", policy="ucb")
     with pytest.raises(ValueError, match="beta"):

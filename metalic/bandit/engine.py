@@ -229,19 +229,20 @@ class BanditEngine:
     def observe(self, *observations: Observation, refit: bool = True) -> None:
         """Record finished trainings (all validated before any is recorded) and refit once."""
         checked = [self._check(o) for o in observations]
-        for obs in checked:
-            unit = self.space.encode(obs.params)
-            features = arm_features([obs.arm])
+        if checked:  # one tensor op per input, not one per observation (a restore conditions on 2,000)
+            units = self.space.encode_valid([o.params for o in checked])  # [n, d]
+            self.adam.x.extend(torch.cat([units, arm_features([o.arm for o in checked])], dim=1).unbind(0))
             if self.lbfgs is None:
-                self.adam.x.append(self._rows(unit, features)[0])
-                self.adam.y.append(obs.reward)
+                self.adam.y.extend(o.reward for o in checked)
             else:
-                self.adam.x.append(self._rows(unit, features)[0])
-                self.adam.y.append((obs.reward_adam + self.gamma * obs.reward) / 2)
-                if not obs.arm.single:
-                    self.lbfgs.x.append(self._rows(unit, arm_features([obs.arm_lbfgs]), obs.reward_adam)[0])
-                    self.lbfgs.y.append(obs.reward)
-            self.observations.append(obs)
+                self.adam.y.extend((o.reward_adam + self.gamma * o.reward) / 2 for o in checked)
+                split = [i for i, o in enumerate(checked) if not o.arm.single]
+                if split:
+                    r_adam = torch.tensor([[checked[i].reward_adam / R_ADAM_SCALE] for i in split], dtype=DTYPE)
+                    features = arm_features([checked[i].arm_lbfgs for i in split])
+                    self.lbfgs.x.extend(torch.cat([r_adam, units[split], features], dim=1).unbind(0))
+                    self.lbfgs.y.extend(checked[i].reward for i in split)
+            self.observations.extend(checked)
         self.refit(refit)
 
     def refit(self, refit: bool = True) -> None:

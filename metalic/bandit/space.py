@@ -6,22 +6,30 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from metalic.arms import N_FEATURES, Arm, all_arms, split_arms
+from metalic.arms import N_BASE, N_FEATURES, RECIPE_FLAGS, Arm, all_arms, split_arms
 from metalic.families.base import Family
 
 DTYPE = torch.float64
 N_ARM_FEATURES = N_FEATURES  # the nine term bits and the single-network bit
 
 
-def arm_features(arms: Sequence[Arm]) -> torch.Tensor:
-    """The GP's arm inputs [m, N_ARM_FEATURES] (``Arm.features``)."""
+def _features(arms: Sequence[Arm]) -> torch.Tensor:
     return torch.tensor([a.features() for a in arms], dtype=DTYPE).reshape(len(arms), N_ARM_FEATURES)
+
+
+# Row i: the features of ``Arm.from_index(i)``, every arm with every recipe [N_BASE * 2^R, F].
+_BY_INDEX = _features([Arm.from_index(i) for i in range(N_BASE * 2 ** len(RECIPE_FLAGS))])
+
+
+def arm_features(arms: Sequence[Arm]) -> torch.Tensor:
+    """The GP's arm inputs [m, N_ARM_FEATURES] (``Arm.features``, looked up by index)."""
+    return _BY_INDEX[[a.index for a in arms]]
 
 
 # Every arm's inputs, row i = ``all_arms()[i]`` (the 512 term subsets, then the single network):
 # [513, 10]; SPLIT_FEATURES: the 512 term subsets [512, 10].
-ALL_FEATURES = arm_features(all_arms())
-SPLIT_FEATURES = arm_features(split_arms())
+ALL_FEATURES = _features(all_arms())
+SPLIT_FEATURES = _features(split_arms())
 
 
 class ParamSpace:
@@ -41,6 +49,12 @@ class ParamSpace:
         """Validated parameters -> [d] in [0, 1]. ValueError names the bad field."""
         values = self.family.validate_params(params)
         x = torch.tensor([values[n] for n in self.family.param_names], dtype=DTYPE)
+        return (x - self.lo) / (self.hi - self.lo)
+
+    def encode_valid(self, params: Sequence[Mapping[str, float]]) -> torch.Tensor:
+        """Already validated (complete) parameter sets -> [n, d] in [0, 1]."""
+        names = self.family.param_names
+        x = torch.tensor([[p[n] for n in names] for p in params], dtype=DTYPE).reshape(len(params), self.dim)
         return (x - self.lo) / (self.hi - self.lo)
 
     def decode(self, unit: torch.Tensor) -> dict[str, float]:

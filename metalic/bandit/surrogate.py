@@ -169,12 +169,12 @@ class RewardGP:
         x = model.train_inputs[0]
         y = model.train_targets
         k = model.covar_module(x).to_dense()
-        k = k + model.likelihood.noise * torch.eye(len(x), dtype=k.dtype)
+        k.diagonal().add_(model.likelihood.noise.reshape(()))  # in place: no [n, n] identity at n = 2,000
         chol = None
         jitter = 0.0
         for _ in range(6):
             try:
-                chol = torch.linalg.cholesky(k + jitter * torch.eye(len(x), dtype=k.dtype))
+                chol = torch.linalg.cholesky(k + jitter * torch.eye(len(x), dtype=k.dtype) if jitter else k)
                 break
             except RuntimeError:
                 jitter = max(jitter * 10, 1e-8)

@@ -249,16 +249,18 @@ def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | 
     if snap.engine.get("observations") is not None:
         return BanditEngine.from_snapshot(snap.engine)
     window = int(snap.engine.get("max_exact", 2000))
-    rows = session.scalars(
-        select(ObservationRow)
-        .where(ObservationRow.study_id == study.id, ObservationRow.id <= (snap.last_observation_id or 0))
-        .order_by(ObservationRow.id.desc())
+    o = ObservationRow  # columns, not ORM objects: a restore reads up to 2,000 rows
+    rows = session.execute(
+        select(o.params, o.arm_adam, o.reward, o.arm_lbfgs, o.reward_adam)
+        .where(o.study_id == study.id, o.id <= (snap.last_observation_id or 0))
+        .order_by(o.id.desc())
         .limit(window)
     ).all()
     return BanditEngine.from_snapshot(snap.engine, [engine_observation(r) for r in reversed(rows)])
 
 
-def engine_observation(row: ObservationRow) -> Observation:
+def engine_observation(row) -> Observation:
+    """An ``ObservationRow`` (or a row of its columns) as the engine's observation."""
     arm_lbfgs = None if row.arm_lbfgs is None else Arm.from_index(row.arm_lbfgs)
     return Observation(dict(row.params), Arm.from_index(row.arm_adam), row.reward, arm_lbfgs, row.reward_adam)
 
