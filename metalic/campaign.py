@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from metalic import priors
 from metalic.arms import NONE, SWITCHES, Arm, all_arms, split_arms
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.policies import FixedArm, Policy, RandomArm, parse_policy
@@ -56,9 +57,14 @@ class CampaignConfig:
     ucb_schedule: str = "constant"
     device: str | None = None
     dtype: str = "float32"
+    prior: str | None = None  # the learning engines stack on this prior (``metalic.priors``), e.g. burgers-single-v1
 
     def validate(self) -> None:
         get_family(self.family)  # ValueError naming the known families
+        if self.prior is not None:
+            prior = priors.load(self.prior)  # ValueError when not installed
+            if (prior.family, prior.mode) != (self.family, self.mode):
+                raise ValueError(f"prior: {self.prior} is not a prior of {self.family} ({self.mode})")
         if self.mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {self.mode!r}")
         for name in ("warmup", "rounds", "test"):
@@ -251,8 +257,11 @@ class CampaignPlan:
     def new_engines(self) -> dict[str, BanditEngine]:
         """A fresh engine per policy that has one (every one but single-domain)."""
         c = self.config
+        prior = priors.load(c.prior) if c.prior else None
         return {
-            name: BanditEngine(c.family, c.mode, p, seed=c.seed) for name, p in self.policies.items() if p.has_engine
+            name: BanditEngine(c.family, c.mode, p, seed=c.seed, prior=prior)
+            for name, p in self.policies.items()
+            if p.has_engine
         }
 
     def runs(self, step: Step, engines: Mapping[str, BanditEngine]) -> list[CampaignRun]:
@@ -285,7 +294,7 @@ class CampaignPlan:
             elif step.stage == "test" and isinstance(policy, RandomArm):
                 a0, a1 = self.test_arms[step.start + j]
             elif step.stage == "test":
-                a0 = engine.recommend(params, top=1)[0].arm
+                a0 = engine.recommend(params, top=1, rank="mean")[0].arm  # the authors' rollout
                 lbfgs_policy = "mean"
             else:
                 a0 = engine.suggest(params, pending=chosen)[0]

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     reference_cache: str = Field(
         "", description="folder of reference grids kept on disk; empty = home/cache/references, 'off' = none"
     )
+    priors: str = Field(
+        "on",
+        description="'on': a new study starts from its family's installed prior (metalic.priors); 'off': from nothing",
+    )
+    prior_path: str = Field(
+        "", description="more folders of prior files (os.pathsep-separated), searched before the installed ones"
+    )
     tune_heap: bool = Field(True, description="keep freed training buffers in the heap (glibc; pinn/heap.py)")
 
     # dispatcher

@@ -16,6 +16,7 @@ from metalic.settings import get_settings
 def register(sub) -> dict:
     """Add this module's parsers to the CLI's subparsers; returns their handlers."""
     _campaign_parser(sub)
+    _prior_parser(sub)
     db = sub.add_parser("db", help="the service's database: schema migrations")
     dbs = db.add_subparsers(dest="db_command", required=True, parser_class=type(db))
     up = dbs.add_parser("upgrade", help="apply the migrations (METALIC_DATABASE_URL, default the embedded SQLite)")
@@ -43,8 +44,8 @@ def register(sub) -> dict:
         "--cpus", type=int, default=None, help="a CPU machine: offer N cores to one CPU trainer (and no GPU)"
     )
     w.add_argument("--check", action="store_true", help="only check that the store is reachable, then exit")
-    return {"campaign": cmd_campaign, "db": cmd_db, "dispatcher": cmd_dispatcher, "token": cmd_token,
-            "worker": cmd_worker}  # fmt: skip
+    return {"campaign": cmd_campaign, "prior": cmd_prior, "db": cmd_db, "dispatcher": cmd_dispatcher,
+            "token": cmd_token, "worker": cmd_worker}  # fmt: skip
 
 
 def _campaign_parser(sub) -> None:
@@ -75,6 +76,99 @@ def _campaign_parser(sub) -> None:
     c.add_argument("--max-batch", type=int, default=None, help="runs per training batch (default: settings)")
     c.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument(
+        "--prior",
+        default=None,
+        help="learning engines start from this prior: its name (burgers-single-v1) or latest",
+    )
+
+
+def _prior_parser(sub) -> None:
+    p = sub.add_parser("prior", help="the priors new studies start from: build one from a campaign, list them")
+    ps = p.add_subparsers(dest="prior_command", required=True, parser_class=type(p))
+    b = ps.add_parser("build", help="run a UCB campaign on the service path and write its prior file")
+    b.add_argument("family")
+    b.add_argument("--mode", default="single", help="single or sequential")
+    b.add_argument("--warmup", type=int, default=8, help="random-arm trainings first")
+    b.add_argument("--rounds", type=int, default=24, help="UCB trainings after the warm-up")
+    b.add_argument("--test", type=int, default=8, help="trainings at the best-predicted arm (observed too)")
+    b.add_argument("--adam", type=int, default=300)
+    b.add_argument("--lbfgs", type=int, default=200)
+    b.add_argument("--batch", type=int, default=8, help="trainings run together (K)")
+    b.add_argument("--collocation", type=int, default=1000)
+    b.add_argument("--boundary", type=int, default=100)
+    b.add_argument("--interface-points", type=int, default=None)
+    b.add_argument("--ucb-schedule", default="constant")
+    b.add_argument("--seed", type=int, default=1000, help="campaign seed (keep the seeds that score priors apart)")
+    b.add_argument("--device", default=None)
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    b.add_argument("--max-batch", type=int, default=None)
+    b.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
+    b.add_argument("--resume", action="store_true", help="continue the build's campaign (same --work folder)")
+    b.add_argument("--work", type=Path, default=None, help="the campaign's folder (default: a new one in home)")
+    b.add_argument(
+        "--into", type=Path, default=None, help="folder of the prior file (default: the package's metalic/priors/data)"
+    )
+    b.add_argument("--quiet", action="store_true")
+    ls = ps.add_parser("list", help="the installed priors and where each came from")
+    ls.add_argument("--family", default=None)
+
+
+def cmd_prior(args: argparse.Namespace) -> int:
+    from metalic import priors
+
+    if args.prior_command == "list":
+        found = priors.installed(args.family)
+        for ref, path in sorted(found.items()):
+            p = priors.read(path)
+            prov = p.provenance
+            made = f"{prov.get('date', '?')}  {prov.get('commit', '?')[:12]}"
+            print(f"{ref:32s} {p.trainings:5d} trainings  {made}  {path}")
+        if not found:
+            print("no priors installed" + (f" for {args.family}" if args.family else ""))
+        return 0
+    return _build_prior(args)
+
+
+def _build_prior(args: argparse.Namespace) -> int:
+    from metalic.priors import PACKAGE_DIR
+    from metalic.priors.build import from_rows
+    from workers import campaigns
+
+    args.heuristic, args.out = (
+        ["ucb"],
+        args.work
+        or get_settings().home
+        / "priors"
+        / (f"{args.family}-{args.mode}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    config = _campaign_config(args)
+    store = open_store()
+    started = time.perf_counter()
+    camp = _open_campaign(store, config, args.out, args.resume)
+    camp = _follow(store, camp, args)
+    if camp.state != "succeeded":
+        print(f"metalic: the prior's campaign {camp.state}: {camp.error}", file=sys.stderr)
+        return 1
+    rows = campaigns.rows(store, camp.id)
+    campaign = {"id": camp.id, "name": str(args.out), "seed": args.seed, "warmup": args.warmup,
+                "rounds": args.rounds, "test": args.test, "heuristic": "ucb"}  # fmt: skip
+    from metalic.jobs import SolveRequest
+
+    profile = SolveRequest(
+        family=args.family, mode=args.mode, adam=args.adam, lbfgs=args.lbfgs, collocation=args.collocation,
+        boundary=args.boundary, interface_points=args.interface_points, dtype=args.dtype,
+    ).profile()  # fmt: skip
+    try:
+        prior = from_rows(
+            args.family, args.mode, rows, folder=args.into or PACKAGE_DIR, profile=profile, campaign=campaign,
+            seconds=time.perf_counter() - started, device=_device_words(args.device),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
+    print(f"{prior.ref}: {prior.trainings} trainings -> {prior.path}")
+    return 0
 
 
 def open_store(create: bool = True):
@@ -154,6 +248,7 @@ def _campaign_config(args: argparse.Namespace):
             ucb_schedule=args.ucb_schedule,
             device=args.device,
             dtype=args.dtype,
+            prior=_prior_ref(args.family, args.mode, getattr(args, "prior", None)),
         )
         config.validate()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
@@ -163,6 +258,31 @@ def _campaign_config(args: argparse.Namespace):
     if not args.out.parent.exists():
         raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     return config
+
+
+def _device_words(name: str | None) -> str:
+    import os
+
+    import torch
+
+    from metalic.settings import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
+
+
+def _prior_ref(family: str, mode: str, asked: str | None) -> str | None:
+    """--prior as the name of an installed prior ('latest': the newest of the family and mode)."""
+    if asked != "latest":
+        return asked
+    from metalic import priors
+
+    found = priors.installed(family, mode)
+    if not found:
+        raise UsageError(f"--prior latest: no prior of {family} ({mode}) is installed")
+    return max(found, key=lambda ref: int(ref.rsplit("-v", 1)[1]))
 
 
 def _open_campaign(store, config, out: Path, resume: bool):

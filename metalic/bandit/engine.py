@@ -31,11 +31,14 @@ import torch
 from torch import Tensor
 
 import metalic
+from metalic import priors
 from metalic.arms import SINGLE, Arm, all_arms, split_arms
 from metalic.bandit.policies import Candidates, Policy, parse_policy, policy_from_json
 from metalic.bandit.space import ALL_FEATURES, DTYPE, SPLIT_FEATURES, ParamSpace, arm_features
 from metalic.bandit.surrogate import RewardGP
+from metalic.bandit.transfer import StackedGP
 from metalic.families import get_family
+from metalic.priors import Prior
 
 SNAPSHOT_FORMAT = "metalic-policy/2"
 READS_FORMATS = ("metalic-policy/1", SNAPSHOT_FORMAT)
@@ -82,6 +85,12 @@ class Recommendation:
     reward_std: float
     predicted_error: float  # 10^-mean
     error_interval: tuple[float, float]  # 95% credible interval of the relative L2 error
+    observations: int = 0  # trainings of this arm (this phase) the engine holds, at any parameters
+    prior_observations: int = 0  # ... and in its prior
+
+
+RANKINGS = ("lcb", "mean")  # recommend(): by the interval's pessimistic end, or by the mean
+Z95 = 1.96
 
 
 @dataclass
@@ -98,20 +107,40 @@ class Landscape:
 
 @dataclass
 class _Phase:
-    """One GP and its training inputs."""
+    """One GP and its training inputs; with a prior (``base``: the prior's GP of this phase, fitted
+    to ``n_base`` observations) the GP learns the residuals from the prior's mean
+    (``metalic.bandit.transfer``)."""
 
     gp: RewardGP
     x: list[Tensor] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
+    base: RewardGP | None = None
+    n_base: int = 0
 
     def refit(self, refit: bool = True) -> bool:
         if len(self.y) < 2:
             return True
-        return self.gp.fit(torch.stack(self.x), torch.tensor(self.y, dtype=DTYPE), refit=refit)
+        x, y = torch.stack(self.x), torch.tensor(self.y, dtype=DTYPE)
+        if self.base is not None:
+            y = y - self.base.mean(x)
+        return self.gp.fit(x, y, refit=refit)
+
+    @property
+    def own_ready(self) -> bool:
+        """The phase's own GP is fitted (two observations or more)."""
+        return self.gp.model is not None and len(self.y) >= 2
 
     @property
     def ready(self) -> bool:
-        return self.gp.model is not None and len(self.y) >= 2
+        """Predictions can be made: the own GP is fitted, or there is a prior."""
+        return self.own_ready or self.base is not None
+
+    @property
+    def predictor(self) -> RewardGP | StackedGP:
+        """What predicts this phase's reward: the own GP, or the prior with the own GP on top."""
+        if self.base is None:
+            return self.gp
+        return StackedGP(self.base, self.n_base, self.gp if self.own_ready else None, len(self.y))
 
 
 class BanditEngine:
@@ -126,6 +155,7 @@ class BanditEngine:
         max_exact: int = 2000,
         ucb_schedule: str = "constant",
         ucb_coef: float = 1.0,
+        prior: Prior | None = None,
     ):
         if mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {mode!r}")
@@ -140,9 +170,23 @@ class BanditEngine:
         d = self.space.dim
         self.adam = _Phase(RewardGP(d, kernel=kernel, max_exact=max_exact))
         self.lbfgs = _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact)) if mode == "sequential" else None
+        self.prior = prior
+        if prior is not None:
+            self._stack_on(prior)
         self.observations: list[Observation] = []
         # Observations made before those held here (a restore from a window of the latest ones).
         self.n_before = 0
+
+    def _stack_on(self, prior: Prior) -> None:
+        """Each phase's GP learns the residuals from the prior's GP of the same phase."""
+        if (prior.family, prior.mode) != (self.family.name, self.mode):
+            raise ValueError(f"prior: {prior.ref} is not a prior of {self.family.name} ({self.mode})")
+        base = prior.engine
+        if base.prior is not None or not base.adam.own_ready:
+            raise ValueError(f"prior: {prior.ref} must be fitted on two or more observations of its own")
+        self.adam.base, self.adam.n_base = base.adam.gp, len(base.adam.y)
+        if self.lbfgs is not None:
+            self.lbfgs.base, self.lbfgs.n_base = base.lbfgs.gp, len(base.lbfgs.y)
 
     # ---- encoding --------------------------------------------------------------------------------
     def _rows(self, unit: Tensor, features: Tensor, reward_adam: float | None = None) -> Tensor:
@@ -217,7 +261,7 @@ class BanditEngine:
         candidates = Candidates(
             arms=arms,
             rows=self._rows(unit, features, reward_adam),
-            gp=phase.gp if phase.ready else None,
+            gp=phase.predictor if phase.ready else None,
             generator=self.generator,
             t=self.n_before + len(phase.y) + 1,
             pending_rows=[self._rows(u, arm_features([a]), r)[0] for u, a, r in pending],
@@ -268,10 +312,15 @@ class BanditEngine:
 
     # ---- recommending ------------------------------------------------------------------------------
     def recommend(
-        self, params: Mapping[str, float], top: int = 5, reward_adam: float | None = None
+        self, params: Mapping[str, float], top: int = 5, reward_adam: float | None = None, rank: str = "lcb"
     ) -> list[Recommendation]:
-        """Arms ranked by posterior mean reward (exploitation). With ``reward_adam`` in
-        sequential mode, the ranking is for the L-BFGS phase."""
+        """The ``top`` arms at ``params``, best first. ``rank="lcb"`` (what a user is told) orders
+        by the lower end of the reward's 95% interval, i.e. the upper end of the error's: an arm
+        nobody tried keeps the GP's wide prior there and does not win on its prior mean alone.
+        ``rank="mean"`` orders by posterior mean (the authors' test rollout: pure exploitation).
+        With ``reward_adam`` in sequential mode, the ranking is for the L-BFGS phase."""
+        if rank not in RANKINGS:
+            raise ValueError(f"rank: must be one of {', '.join(RANKINGS)}, got {rank!r}")
         unit = self.space.encode(params)
         phase = self.adam
         if reward_adam is not None:
@@ -284,12 +333,20 @@ class BanditEngine:
         if reward_adam is not None:
             cont = torch.cat([torch.tensor([reward_adam / R_ADAM_SCALE], dtype=DTYPE), unit])
         features = ALL_FEATURES if phase is self.adam else SPLIT_FEATURES
-        order, mean, std = phase.gp.rank_arms(cont, features, top)
+        if rank == "mean":
+            order, mean, std = phase.predictor.rank_arms(cont, features, top)
+        else:  # every arm's interval: [1, A] means and stds
+            means, stds = phase.predictor.band(cont[None], features, torch.arange(len(features)))
+            order = torch.argsort(means[0] - Z95 * stds[0], descending=True)[:top]
+            mean, std = means[0, order], stds[0, order]
+        lbfgs = phase is not self.adam
+        own = _arm_counts(self.observations, lbfgs)
+        prior = _arm_counts(self.prior.engine.observations, lbfgs) if self.prior is not None else {}
         out = []
         for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
             arm = all_arms()[i]
-            interval = (10 ** (-(m + 1.96 * s)), 10 ** (-(m - 1.96 * s)))
-            out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval))
+            interval = (10 ** (-(m + Z95 * s)), 10 ** (-(m - Z95 * s)))
+            out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval, own.get(i, 0), prior.get(i, 0)))
         return out
 
     def landscape(self, points: Sequence[Mapping[str, float]], top: int = 5) -> Landscape:
@@ -300,7 +357,7 @@ class BanditEngine:
         if not self.adam.ready:
             raise ValueError("landscape: the surrogate has fewer than two observations")
         units = torch.stack([self.space.encode(c) for c in points])
-        gp = self.adam.gp
+        gp = self.adam.predictor
         surface = gp.surface(units, ALL_FEATURES)  # [G, 513]
         best_mean, best = surface.max(dim=1)
         wins = torch.bincount(best, minlength=len(ALL_FEATURES))
@@ -335,6 +392,7 @@ class BanditEngine:
             "kernel": self.kernel,
             "gamma": self.gamma,
             "max_exact": self.max_exact,
+            "prior": None if self.prior is None else self.prior.ref,
             "observations": [o.to_json() for o in self.observations] if observations else None,
             "observation_count": self.n_observations,
             "hyperparameters": {
@@ -355,8 +413,16 @@ class BanditEngine:
         if snap.get("format") not in READS_FORMATS:
             raise ValueError("snapshot: not a metalic policy snapshot")
         policy = policy_from_json(snap["policy"])
+        prior = priors.load(snap["prior"]) if snap.get("prior") else None
         engine = cls(
-            snap["family"], snap["mode"], policy, snap["seed"], snap["kernel"], snap["gamma"], snap["max_exact"]
+            snap["family"],
+            snap["mode"],
+            policy,
+            snap["seed"],
+            snap["kernel"],
+            snap["gamma"],
+            snap["max_exact"],
+            prior=prior,
         )
         hyper = snap["hyperparameters"]
         engine.adam.gp.load_hyperparameters(hyper["adam"] if "adam" in hyper else hyper["phase0"])
@@ -376,3 +442,13 @@ class BanditEngine:
         engine.n_before = total - len(observations)
         engine.generator.set_state(torch.tensor(snap["rng_state"], dtype=torch.uint8))
         return engine
+
+
+def _arm_counts(observations: Sequence[Observation], lbfgs: bool) -> dict[int, int]:
+    """Trainings per arm index: the Adam-phase (or whole-training) arm, or the L-BFGS arm."""
+    counts: dict[int, int] = {}
+    for o in observations:
+        arm = o.arm_lbfgs if lbfgs else o.arm
+        if arm is not None and not (lbfgs and arm.single):
+            counts[arm.index] = counts.get(arm.index, 0) + 1
+    return counts

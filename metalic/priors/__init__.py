@@ -1,0 +1,142 @@
+"""Shipped priors: what the project's own campaigns learned of each family, for new studies.
+
+A prior file ``<family>-<mode>-v<version>.json`` holds an engine snapshot with its observations
+(the trainings of the campaign that built it) and its provenance: the command, the commit, the
+budget profile(s), the number of trainings, the seeds and the date. ``metalic prior build``
+writes one (``metalic.priors.build``). A new study records the prior it starts from
+(``StudyRow.prior``, e.g. ``burgers-single-v1``); its engine then stacks its own GP on the
+prior's (``metalic.bandit.transfer``), and a snapshot names the prior, so a restore uses the same
+one even after a newer version is installed.
+
+Files are looked up in ``METALIC_PRIOR_PATH``'s folders, then in this package's ``data/``.
+``METALIC_PRIORS=off`` starts every new study from nothing (studies that recorded a prior keep it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from metalic.bandit.engine import BanditEngine
+
+FORMAT = "metalic-prior/1"
+PACKAGE_DIR = Path(__file__).resolve().parent / "data"
+_NAME = re.compile(r"^(?P<family>[a-z0-9_]+)-(?P<mode>single|sequential)-v(?P<version>[0-9]+)\.json$")
+
+
+@dataclass(frozen=True, eq=False)
+class Prior:
+    """One prior file: ``engine`` (its snapshot, with observations) and ``provenance``."""
+
+    family: str
+    mode: str
+    version: int
+    provenance: dict[str, Any]
+    snapshot: dict[str, Any]
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        """How a study and a snapshot name it: ``burgers-single-v1``."""
+        return f"{self.family}-{self.mode}-v{self.version}"
+
+    @property
+    def trainings(self) -> int:
+        return int(self.snapshot.get("observation_count", len(self.snapshot.get("observations") or [])))
+
+    @cached_property
+    def engine(self) -> BanditEngine:
+        """The prior's engine, conditioned on its observations with its stored hyper-parameters."""
+        from metalic.bandit.engine import BanditEngine
+
+        return BanditEngine.from_snapshot(self.snapshot)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "family": self.family,
+            "mode": self.mode,
+            "version": self.version,
+            "provenance": self.provenance,
+            "engine": self.snapshot,
+        }
+
+
+def enabled() -> bool:
+    from metalic.settings import get_settings
+
+    value = get_settings().priors.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"METALIC_PRIORS: must be 'on' or 'off', got {value!r}")
+    return value == "on"
+
+
+def search_path() -> list[Path]:
+    from metalic.settings import get_settings
+
+    extra = [Path(p) for p in get_settings().prior_path.split(os.pathsep) if p.strip()]
+    return [*extra, PACKAGE_DIR]
+
+
+def read(path: Path) -> Prior:
+    """A prior file; ValueError when it is not one (or its name disagrees with its content)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"prior {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"prior {path}: not a {FORMAT} file")
+    prior = Prior(data["family"], data["mode"], int(data["version"]), data["provenance"], data["engine"], Path(path))
+    if Path(path).name != f"{prior.ref}.json":
+        raise ValueError(f"prior {path}: its content is {prior.ref}, its name must be {prior.ref}.json")
+    return prior
+
+
+_cache: dict[Path, Prior] = {}
+_lock = threading.Lock()
+
+
+def _cached(path: Path) -> Prior:
+    with _lock:
+        if path not in _cache:
+            _cache[path] = read(path)
+        return _cache[path]
+
+
+def installed(family: str | None = None, mode: str | None = None) -> dict[str, Path]:
+    """Prior files found, ref -> path (an earlier folder of the search path wins)."""
+    out: dict[str, Path] = {}
+    for folder in reversed(search_path()):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            m = _NAME.match(path.name)
+            if m and (family is None or m["family"] == family) and (mode is None or m["mode"] == mode):
+                out[path.stem] = path
+    return out
+
+
+def load(ref: str) -> Prior:
+    """The prior a study or snapshot names; ValueError when it is not installed."""
+    path = installed().get(ref)
+    if path is None:
+        raise ValueError(f"prior {ref!r} is not installed (search path: {', '.join(map(str, search_path()))})")
+    return _cached(path)
+
+
+def latest(family: str, mode: str) -> Prior | None:
+    """The newest installed prior of (family, mode), or None (none, or ``METALIC_PRIORS=off``)."""
+    if not enabled():
+        return None
+    found = installed(family, mode)
+    if not found:
+        return None
+    ref = max(found, key=lambda r: int(_NAME.match(f"{r}.json")["version"]))
+    return _cached(found[ref])

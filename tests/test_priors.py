@@ -1,0 +1,134 @@
+"""Priors: a study's GP stacked on its family's prior (metalic.bandit.transfer, metalic.priors),
+and recommendations ranked by the pessimistic end of their interval."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalic import priors
+from metalic.arms import Arm
+from metalic.bandit.engine import BanditEngine, Observation
+from metalic.priors import Prior
+
+A = Arm.parse("u,flux")
+B = Arm.parse("res,uxx")
+
+
+def truth(beta: float, arm: Arm) -> float:
+    """Advection, a planted reward: A is best below beta 15.5, B above; -0.4 per differing bit."""
+    best = A if beta < 15.5 else B
+    return 3.0 - 0.4 * sum(x != y for x, y in zip(arm.term_mask, best.term_mask, strict=True))
+
+
+def prior_of(n: int = 40, seed: int = 0, family: str = "advection", version: int = 1) -> Prior:
+    """A prior fitted to ``n`` planted trainings at random arms and parameters."""
+    engine = BanditEngine(family, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    obs = []
+    for _ in range(n):
+        beta = 1 + 29 * float(torch.rand(1, generator=g))
+        arm = A if len(obs) % 4 == 0 else B if len(obs) % 4 == 1 else Arm(int(torch.randint(512, (1,), generator=g)))
+        obs.append(Observation({"beta": beta}, arm, truth(beta, arm) + 0.05 * float(torch.randn(1, generator=g))))
+    engine.observe(*obs)
+    snapshot = json.loads(json.dumps(engine.snapshot()))
+    return Prior(family, "single", version, {"command": "test"}, snapshot, Path(f"{family}-single-v{version}.json"))
+
+
+@pytest.fixture(scope="module")
+def prior() -> Prior:
+    return prior_of()
+
+
+def test_without_observations_of_its_own_an_engine_predicts_what_its_prior_does(prior):
+    engine = BanditEngine("advection", seed=3, prior=prior)
+    assert engine.adam.ready and not engine.adam.own_ready
+    for beta in (3.0, 12.0, 25.0):
+        got = engine.recommend({"beta": beta}, top=5, rank="mean")
+        want = prior.engine.recommend({"beta": beta}, top=5, rank="mean")
+        assert [r.arm for r in got] == [r.arm for r in want]
+        assert [r.reward_mean for r in got] == pytest.approx([r.reward_mean for r in want], abs=1e-12)
+        assert [r.reward_std for r in got] == pytest.approx([r.reward_std for r in want], abs=1e-12)
+        assert got[0].prior_observations > 0 and got[0].observations == 0
+    # and a policy picks with the prior from the first training (no random arm)
+    assert engine.suggest({"beta": 5.0}, policy="mean") == [A]
+    assert BanditEngine("advection", seed=3).adam.ready is False
+
+
+def test_the_prior_fades_where_the_study_s_own_trainings_disagree_with_it(prior):
+    """A family whose arm A became poor at small beta (a different budget, say): the study's own
+    observations correct the prior's mean there, and the uncertainty becomes the study's own."""
+    engine = BanditEngine("advection", seed=4, prior=prior)
+    g = torch.Generator().manual_seed(9)
+    shares = []
+    for k in range(24):
+        beta = 1 + 9 * float(torch.rand(1, generator=g))
+        arm = A if k % 2 == 0 else B
+        reward = (1.0 if arm == A else 2.5) + 0.05 * float(torch.randn(1, generator=g))
+        engine.observe(Observation({"beta": beta}, arm, reward))
+        shares.append(engine.adam.predictor.alpha)
+    assert shares[0] == 0  # one observation: no GP of its own yet
+    assert all(b > a for a, b in itertools.pairwise(shares)) and 0 < shares[1] < 0.1 < shares[-1] < 1
+    top = engine.recommend({"beta": 5.0}, top=2, rank="mean")
+    assert top[0].arm == B and top[0].reward_mean == pytest.approx(2.5, abs=0.15)
+    assert prior.engine.recommend({"beta": 5.0}, top=1, rank="mean")[0].arm == A  # what the prior alone says
+    # far from the study's data (beta 25) the prior still speaks: B is best there in both
+    assert engine.recommend({"beta": 25.0}, top=1, rank="mean")[0].arm == B
+
+
+def test_a_snapshot_names_its_prior_and_restores_with_it(prior, tmp_path, monkeypatch):
+    path = tmp_path / f"{prior.ref}.json"
+    path.write_text(json.dumps(prior.to_json()))
+    monkeypatch.setenv("METALIC_PRIOR_PATH", str(tmp_path))
+    from metalic.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        engine = BanditEngine("advection", seed=5, prior=priors.load(prior.ref))
+        engine.observe(*(Observation({"beta": b}, A, truth(b, A) - 0.5) for b in (2.0, 4.0, 6.0)))
+        snap = json.loads(json.dumps(engine.snapshot()))
+        assert snap["prior"] == "advection-single-v1"
+        clone = BanditEngine.from_snapshot(snap)
+        assert clone.prior.ref == prior.ref
+        assert [r.arm for r in clone.recommend({"beta": 20.0})] == [r.arm for r in engine.recommend({"beta": 20.0})]
+        assert clone.suggest({"beta": 8.0}) == engine.suggest({"beta": 8.0})
+        # a snapshot naming a prior that is not installed is refused with its name
+        monkeypatch.setenv("METALIC_PRIOR_PATH", str(tmp_path / "elsewhere"))
+        get_settings.cache_clear()
+        with pytest.raises(ValueError, match="advection-single-v1"):
+            BanditEngine.from_snapshot(snap)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_prior_of_another_family_or_mode_is_refused(prior):
+    with pytest.raises(ValueError, match="prior: advection-single-v1 is not a prior of reaction"):
+        BanditEngine("reaction", prior=prior)
+    with pytest.raises(ValueError, match="sequential"):
+        BanditEngine("advection", mode="sequential", prior=prior)
+
+
+def test_an_arm_nobody_tried_is_not_recommended_on_its_prior_mean_alone():
+    """Six trainings of three arms, poor at small nu and good at large nu: at small nu, by
+    posterior mean, an arm never tried (it keeps the GP's prior mean, about the average of what was
+    seen) beats every observed one there; ranked by the pessimistic end of the interval, the best
+    observed arm comes first, with its count."""
+    engine = BanditEngine("burgers", seed=1)
+    arms = [Arm.parse("flux"), Arm.parse("u,flux"), Arm.parse("all")]
+    for nus, rewards in (((0.005, 0.008, 0.012), (-0.4, -0.5, -0.7)), ((0.03, 0.04, 0.045), (1.0, 0.9, 0.7))):
+        for nu, arm, reward in zip(nus, arms, rewards, strict=True):
+            engine.observe(Observation({"nu": nu}, arm, reward))
+    by_mean = engine.recommend({"nu": 0.007}, top=3, rank="mean")
+    assert by_mean[0].observations == 0  # the failure the ranking fixes
+    safe = engine.recommend({"nu": 0.007}, top=3)
+    assert safe[0].arm == arms[0] and safe[0].observations == 2, safe
+    lo, hi = safe[0].error_interval
+    assert all(r.error_interval[1] >= hi for r in safe[1:])  # ordered by the upper end of the error
+    assert math.isclose(lo, 10 ** -(safe[0].reward_mean + 1.96 * safe[0].reward_std))
+    with pytest.raises(ValueError, match="rank"):
+        engine.recommend({"nu": 0.015}, rank="best")
