@@ -81,6 +81,9 @@ class SolveBody(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    prior: bool = Field(
+        True, description="learned arms: from the study on the family's shipped prior (false: a study without one)"
+    )
 
     # SolveRequest field -> location in this body
     LOCATIONS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -110,6 +113,7 @@ class SolveBody(BaseModel):
             seed=self.seed,
             device=self.device,
             dtype=self.dtype,
+            prior=self.prior,
         )
 
 
@@ -189,17 +193,25 @@ class ArmOut(BaseModel):
     error_interval: tuple[float, float] = Field(description="95% credible interval of the relative L2 error")
     reward_mean: float
     reward_std: float
+    observations: int = Field(0, description="trainings of this arm (this phase) the answer learned from")
+    prior_observations: int = Field(0, description="... and those its prior learned from")
 
 
 class RecommendationOut(BaseModel):
     family: str
     mode: str
     context: dict[str, float]
-    study_id: int
-    profile: dict
-    snapshot_version: int
-    observations: int = Field(description="observations behind this snapshot")
-    arms: list[ArmOut] = Field(description="ranked arms (the Adam phase's in sequential mode)")
+    source: Literal["snapshot", "prior", "none"] = Field(
+        description="snapshot: the study's own (it may stand on a prior); prior: a shipped prior alone; none"
+    )
+    prior: str | None = Field(None, description="the prior under the answer (burgers-single-v1)")
+    detail: str = Field(description="the source in words")
+    study_id: int | None = Field(None, description="the study answering (None: no study yet)")
+    profile: dict | None = None
+    snapshot_version: int = Field(description="the study's snapshot (0: none yet)")
+    observations: int = Field(description="the study's observations behind this answer")
+    rank: str = Field("lcb", description="how the arms are ordered (lcb or mean)")
+    arms: list[ArmOut] = Field(description="ranked arms (sequential: the Adam phase's); empty when source is none")
     arms_lbfgs: list[ArmOut] | None = None
     assumed_reward_phase0: float | None = None
 

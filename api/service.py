@@ -55,6 +55,8 @@ class TTLCache:
         if hit is not None and now - hit[0] < self.seconds:
             return hit[1]
         value = make()
+        if value is None:  # "nothing yet" is asked again: a study may appear any moment
+            return value
         if len(self._items) > 1000:
             self._items.clear()
         self._items[key] = (now, value)

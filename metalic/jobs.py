@@ -104,6 +104,11 @@ class SolveRequest(BaseModel):
     seed: int = Field(0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    prior: bool = Field(
+        True,
+        description="a learned arm comes from the study that starts from the family's shipped prior; "
+        "false: from a study of the same budgets that learns from its own trainings only",
+    )
 
     # ---- field checks (in declaration order: a check may read the fields above it) -------------
     @field_validator("family")

@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_BASE = os.environ.get("METALIC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Every process of the session (Ray workers, CLI subprocesses) sees the test families.
 os.environ["METALIC_PLUGINS"] = "tests.plugins.broken_family,tests.plugins.nan_family"
+# New studies start from nothing unless a test installs priors (tests/test_priors.py): the suite's
+# expectations of a cold bandit do not depend on which priors the checkout ships.
+os.environ["METALIC_PRIORS"] = "off"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The session's Ray notices a machine that died within about 1.5 s (the joined-machine test kills

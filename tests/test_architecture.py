@@ -22,7 +22,7 @@ LAYERS = (
     ("metalic.arms", "metalic.conditions", "metalic.domain", "metalic.families", "metalic.settings",
      "metalic.batching", "metalic.plotting", "metalic"),
     ("metalic.pinn",),
-    ("metalic.bandit",),
+    ("metalic.bandit", "metalic.priors"),
     ("metalic.jobs",),
     ("metalic.campaign",),
     ("metalic.store",),

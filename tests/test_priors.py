@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from metalic import priors
 from metalic.arms import Arm
-from metalic.bandit.engine import BanditEngine, Observation
+from metalic.bandit.engine import BanditEngine, Observation, prior_engine
 from metalic.priors import Prior
 
 A = Arm.parse("u,flux")
@@ -50,7 +51,7 @@ def test_without_observations_of_its_own_an_engine_predicts_what_its_prior_does(
     assert engine.adam.ready and not engine.adam.own_ready
     for beta in (3.0, 12.0, 25.0):
         got = engine.recommend({"beta": beta}, top=5, rank="mean")
-        want = prior.engine.recommend({"beta": beta}, top=5, rank="mean")
+        want = prior_engine(prior).recommend({"beta": beta}, top=5, rank="mean")
         assert [r.arm for r in got] == [r.arm for r in want]
         assert [r.reward_mean for r in got] == pytest.approx([r.reward_mean for r in want], abs=1e-12)
         assert [r.reward_std for r in got] == pytest.approx([r.reward_std for r in want], abs=1e-12)
@@ -76,7 +77,7 @@ def test_the_prior_fades_where_the_study_s_own_trainings_disagree_with_it(prior)
     assert all(b > a for a, b in itertools.pairwise(shares)) and 0 < shares[1] < 0.1 < shares[-1] < 1
     top = engine.recommend({"beta": 5.0}, top=2, rank="mean")
     assert top[0].arm == B and top[0].reward_mean == pytest.approx(2.5, abs=0.15)
-    assert prior.engine.recommend({"beta": 5.0}, top=1, rank="mean")[0].arm == A  # what the prior alone says
+    assert prior_engine(prior).recommend({"beta": 5.0}, top=1, rank="mean")[0].arm == A  # what the prior alone says
     # far from the study's data (beta 25) the prior still speaks: B is best there in both
     assert engine.recommend({"beta": 25.0}, top=1, rank="mean")[0].arm == B
 
@@ -132,3 +133,86 @@ def test_an_arm_nobody_tried_is_not_recommended_on_its_prior_mean_alone():
     assert math.isclose(lo, 10 ** -(safe[0].reward_mean + 1.96 * safe[0].reward_std))
     with pytest.raises(ValueError, match="rank"):
         engine.recommend({"nu": 0.015}, rank="best")
+
+
+@pytest.fixture
+def installed_prior(tmp_path, monkeypatch):
+    """advection-single-v1 installed in a folder of METALIC_PRIOR_PATH, priors on."""
+    from metalic.settings import get_settings
+
+    folder = tmp_path / "priors"
+    folder.mkdir()
+    made = prior_of(24, seed=2)
+    (folder / f"{made.ref}.json").write_text(json.dumps(made.to_json()))
+    monkeypatch.setenv("METALIC_PRIORS", "on")
+    monkeypatch.setenv("METALIC_PRIOR_PATH", str(folder))
+    get_settings.cache_clear()
+    yield priors.load(made.ref)
+    get_settings.cache_clear()
+
+
+def test_the_recommendation_answers_from_the_prior_then_from_the_study_that_stands_on_it(store, installed_prior):
+    """Before anything is solved: the prior's answer. Learned solves go to a study that records the
+    prior; once it has a snapshot, the study answers (on the same prior). A solve that asks for no
+    prior goes to a study of its own without one."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings
+    from metalic.store import studies as study_store
+    from metalic.store import tokens as token_store
+    from workers.dispatcher import Dispatcher
+    from workers.executors import InlineExecutor
+
+    settings = Settings(token_cache_seconds=0.0, snapshot_check_seconds=0.0, poll_seconds=0.05)
+    client = TestClient(create_app(Service(settings, store)))
+    token, _ = token_store.create(store, "ann", "admin")
+    auth = {"Authorization": f"Bearer {token}"}
+    url = "/v1/families/advection/recommendation"
+
+    first = client.get(url, params={"beta": 5.0, "top": 3}, headers=auth).json()
+    assert first["source"] == "prior" and first["prior"] == "advection-single-v1" and first["study_id"] is None
+    assert len(first["arms"]) == 3 and first["arms"][0]["prior_observations"] > 0 and first["observations"] == 0
+    assert "24 trainings" in first["detail"]
+    for arm in first["arms"]:
+        lo, hi = arm["error_interval"]
+        assert lo < arm["predicted_error"] < hi
+    assert (
+        client.get("/v1/families/advection/recommendation", params={"mode": "sequential"}, headers=auth).json()[
+            "source"
+        ]
+        == "none"
+    )  # no sequential prior installed: an empty ranking that says so, not a 404
+
+    body = {"budget": {"adam": 20, "lbfgs": 5}, "points": {"collocation": 32, "boundary": 8, "interface": 5}}
+    ids = [
+        client.post("/v1/families/advection/solve", json={**body, "params": {"beta": b}, "seed": i}, headers=auth)
+        .raise_for_status()
+        .json()["id"]
+        for i, b in enumerate((3.0, 9.0, 20.0))
+    ]
+    own = client.post(
+        "/v1/families/advection/solve", json={**body, "params": {"beta": 4.0}, "prior": False}, headers=auth
+    ).json()
+    studies = {s.study.key: s.study for s in study_store.list_studies(store, family="advection")}
+    assert sorted(s.prior or "-" for s in studies.values()) == ["-", "advection-single-v1"]
+    assert next(k for k, s in studies.items() if s.prior is None).endswith("/no-prior")
+    waiting = client.get(url, params={"beta": 5.0}, headers=auth).json()
+    assert waiting["source"] == "prior" and waiting["study_id"] is not None  # the study has no snapshot yet
+
+    dispatcher = Dispatcher(store, InlineExecutor(store, settings, "cpu", max_batch=8), settings, max_batch=8).start()
+    try:
+        dispatcher.wake.set()
+        deadline = time.monotonic() + 120
+        while any(client.get(f"/v1/tasks/{i}", headers=auth).json()["state"] in ("queued", "running") for i in ids):
+            assert time.monotonic() < deadline, "the solves did not finish"
+            time.sleep(0.1)
+        dispatcher.wait_idle(120)
+        states = [client.get(f"/v1/tasks/{i}", headers=auth).json() for i in (*ids, own["id"])]
+        assert all(t["state"] == "succeeded" for t in states), states
+        answer = client.get(url, params={"beta": 5.0, "top": 3}, headers=auth).json()
+        assert answer["source"] == "snapshot" and answer["prior"] == "advection-single-v1"
+        assert answer["snapshot_version"] >= 1 and answer["observations"] == 3
+    finally:
+        dispatcher.stop()

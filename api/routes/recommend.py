@@ -1,8 +1,11 @@
-"""GET /v1/families/{family}/recommendation: ranked arms from the latest policy snapshot.
+"""GET /v1/families/{family}/recommendation: ranked arms, with intervals and where they come from.
 
 The context is given as query parameters named after the family's parameters (``?nu=0.01``);
 missing ones take their defaults. The answer comes from the study's latest snapshot (its engine is
-restored once per version and cached), never from a fit in the request.
+restored once per version and cached), never from a fit in the request. Before a study has a
+snapshot it comes from the prior the study starts from, and before there is a study from the
+family's newest installed prior (``source``: ``prior``); a family with neither answers an empty
+ranking that says so (``source``: ``none``), never a 404.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from api.auth import User
 from api.routes.families import family_or_404
 from api.schemas import MAX_ID, ArmOut, Mode, Problem, RecommendationOut
-from metalic.bandit.engine import R_ADAM_SCALE, BanditEngine, Recommendation
+from metalic import priors
+from metalic.bandit.engine import R_ADAM_SCALE, RANKINGS, BanditEngine, Recommendation, prior_engine
 from metalic.store import studies as study_store
 from metalic.store.records import StudyRecord
 
@@ -33,41 +37,58 @@ def _arm(r: Recommendation) -> ArmOut:
         error_interval=r.error_interval,
         reward_mean=r.reward_mean,
         reward_std=r.reward_std,
+        observations=r.observations,
+        prior_observations=r.prior_observations,
     )
 
 
-def pick_study(store, family: str, mode: str, study_id: int | None) -> StudyRecord:
-    """The study asked for, else the service study of (family, mode) with the most observations."""
+def pick_study(store, family: str, mode: str, study_id: int | None) -> StudyRecord | None:
+    """The study asked for, else the service study of (family, mode) with the most observations
+    (None: nothing of the family and mode has been solved)."""
     if study_id is not None:
         study = study_store.get_study(store, study_id)
         if study is None or study.family != family or study.mode != mode:
             raise HTTPException(404, f"no {mode} study {study_id} of {family}")
         return study
-    study = study_store.pick_study(store, family, mode)
-    if study is None:
-        raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: nothing has been solved")
-    return study
+    return study_store.pick_study(store, family, mode)
 
 
 @dataclass(frozen=True)
 class Policy:
-    """The engine a (family, mode, study) question is answered with, and when that was checked."""
+    """The engine a (family, mode, study) question is answered with, and when that was checked.
+    ``source``: ``snapshot`` (the study's own, ``version``), ``prior`` (``prior`` names it) or
+    ``none``."""
 
     checked: float
-    study: StudyRecord
+    study: StudyRecord | None
     version: int
     engine: BanditEngine
+    source: str
+    prior: str | None
+
+
+_prior_engines: dict[str, BanditEngine] = {}  # prior name -> an engine with only that prior (immutable)
 
 
 def latest_policy(service, family: str, mode: str, study_id: int | None) -> Policy:
-    """The chosen study's latest snapshot, its engine restored once per version (thread pool)."""
+    """The chosen study's latest snapshot, its engine restored once per version (thread pool);
+    before a snapshot, the study's prior; before a study, the family's newest prior."""
     store = service.store
     chosen = service.studies.get((family, mode, study_id), lambda: pick_study(store, family, mode, study_id))
-    version = study_store.latest_version(store, chosen.id)
-    if version == 0:
-        raise HTTPException(404, f"no learned policy for {family} ({mode}) yet: its first refit is pending")
-    _, engine = service.engines.get(chosen.id, version)
-    return Policy(time.monotonic(), chosen, version, engine)
+    version = 0 if chosen is None else study_store.latest_version(store, chosen.id)
+    if version:
+        _, engine = service.engines.get(chosen.id, version)
+        return Policy(time.monotonic(), chosen, version, engine, "snapshot", engine.prior and engine.prior.ref)
+    if chosen is not None:
+        ref = chosen.prior
+    else:
+        latest = priors.latest(family, mode)
+        ref = None if latest is None else latest.ref
+    if ref is None:
+        return Policy(time.monotonic(), chosen, 0, BanditEngine(family, mode), "none", None)
+    if ref not in _prior_engines:
+        _prior_engines[ref] = BanditEngine(family, mode, prior=priors.load(ref))
+    return Policy(time.monotonic(), chosen, 0, _prior_engines[ref], "prior", ref)
 
 
 def _context(fam, request: Request) -> dict[str, float]:
@@ -107,9 +128,14 @@ async def recommendation(
     reward_phase0: Annotated[
         float | None, Query(ge=-2, le=20, description="sequential: the Adam phase's reward, -log10(rel. L2)")
     ] = None,
+    rank: Annotated[
+        Literal[RANKINGS],
+        Query(description="lcb: by the upper end of the error's 95% interval (default); mean: by the predicted error"),
+    ] = "lcb",
 ) -> Response:
-    """Arms ranked by posterior mean reward at the context, with predicted error and 95% interval
-    (per phase in sequential mode). Context: ``?<parameter>=<value>`` for the family's parameters.
+    """Arms ranked at the context by the upper end of their error's 95% interval (an arm tried
+    nowhere near does not win on its prior mean alone), with predicted error, interval and the
+    trainings behind each (per phase in sequential mode). Context: ``?<parameter>=<value>``.
 
     The latest snapshot version is looked up at most every ``snapshot_check_seconds``; between
     lookups, and always for the posterior itself, nothing touches the database."""
@@ -120,26 +146,43 @@ async def recommendation(
     service = request.app.state.service
     policy = await service.policies.get((fam.name, mode, study), lambda: latest_policy(service, fam.name, mode, study))
     engine = policy.engine
-    if engine.n_observations < 2:
-        raise HTTPException(404, f"no learned policy for {fam.name} ({mode}) yet: it needs two observations")
-    arms = [_arm(r) for r in engine.recommend(context, top=top)]
-    arms_lbfgs, r0 = None, None
-    if mode == "sequential":
-        r0 = reward_phase0
-        if r0 is None:  # the median Adam-phase reward seen so far
-            r0 = statistics.median(float(x[0]) * R_ADAM_SCALE for x in engine.lbfgs.x)
-        arms_lbfgs = [_arm(r) for r in engine.recommend(context, top=top, reward_adam=r0)]
+    arms, arms_lbfgs, r0 = [], None, None
+    if engine.adam.ready:
+        arms = [_arm(r) for r in engine.recommend(context, top=top, rank=rank)]
+        if mode == "sequential":
+            r0 = reward_phase0
+            if r0 is None:  # the median Adam-phase reward seen so far (by the study, else by its prior)
+                seen = engine.lbfgs.x or (prior_engine(engine.prior).lbfgs.x if engine.prior else [])
+                r0 = statistics.median(float(x[0]) * R_ADAM_SCALE for x in seen) if seen else 0.0
+            arms_lbfgs = [_arm(r) for r in engine.recommend(context, top=top, reward_adam=r0, rank=rank)]
     out = RecommendationOut(
         family=fam.name,
         mode=mode,
         context=context,
-        study_id=policy.study.id,
-        profile=policy.study.profile,
+        source=policy.source,
+        prior=policy.prior,
+        detail=_detail(policy, engine),
+        study_id=None if policy.study is None else policy.study.id,
+        profile=None if policy.study is None else policy.study.profile,
         snapshot_version=policy.version,
         observations=engine.n_observations,
+        rank=rank,
         arms=arms,
         arms_lbfgs=arms_lbfgs,
         assumed_reward_phase0=r0 if mode == "sequential" and reward_phase0 is None else None,
     )
     # Built and checked once here; FastAPI would validate it a second time against the model.
     return Response(out.model_dump_json(), media_type="application/json")
+
+
+def _detail(policy: Policy, engine: BanditEngine) -> str:
+    if policy.source == "snapshot":
+        on = f", on prior {policy.prior}" if policy.prior else ""
+        return f"study {policy.study.id}'s snapshot v{policy.version} ({engine.n_observations} observations{on})"
+    if policy.source == "prior":
+        p = engine.prior
+        whose = "no study yet" if policy.study is None else f"study {policy.study.id} has no snapshot yet"
+        return f"{whose}: prior {p.ref}, learned from {p.trainings} trainings ({p.provenance.get('date', '?')})"
+    if engine.n_observations:
+        return f"study {policy.study.id} has {engine.n_observations} observation(s) and no prior: it needs two"
+    return "nothing learned yet: no prior is installed for this family and mode, and nothing has been solved"

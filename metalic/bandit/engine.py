@@ -24,6 +24,7 @@ phase is single-network too and teaches the L-BFGS GP nothing.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -181,7 +182,7 @@ class BanditEngine:
         """Each phase's GP learns the residuals from the prior's GP of the same phase."""
         if (prior.family, prior.mode) != (self.family.name, self.mode):
             raise ValueError(f"prior: {prior.ref} is not a prior of {self.family.name} ({self.mode})")
-        base = prior.engine
+        base = prior_engine(prior)
         if base.prior is not None or not base.adam.own_ready:
             raise ValueError(f"prior: {prior.ref} must be fitted on two or more observations of its own")
         self.adam.base, self.adam.n_base = base.adam.gp, len(base.adam.y)
@@ -341,7 +342,7 @@ class BanditEngine:
             mean, std = means[0, order], stds[0, order]
         lbfgs = phase is not self.adam
         own = _arm_counts(self.observations, lbfgs)
-        prior = _arm_counts(self.prior.engine.observations, lbfgs) if self.prior is not None else {}
+        prior = _arm_counts(prior_engine(self.prior).observations, lbfgs) if self.prior is not None else {}
         out = []
         for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
             arm = all_arms()[i]
@@ -452,3 +453,17 @@ def _arm_counts(observations: Sequence[Observation], lbfgs: bool) -> dict[int, i
         if arm is not None and not (lbfgs and arm.single):
             counts[arm.index] = counts.get(arm.index, 0) + 1
     return counts
+
+
+_prior_engines: dict[int, tuple[Prior, BanditEngine]] = {}
+_prior_lock = threading.Lock()
+
+
+def prior_engine(prior: Prior) -> BanditEngine:
+    """The engine of a prior's snapshot, conditioned on its observations with its stored
+    hyper-parameters (no fit); built once per prior object."""
+    with _prior_lock:
+        hit = _prior_engines.get(id(prior))
+        if hit is None or hit[0] is not prior:
+            hit = _prior_engines[id(prior)] = (prior, BanditEngine.from_snapshot(prior.snapshot))
+        return hit[1]

@@ -19,12 +19,8 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from metalic.bandit.engine import BanditEngine
+from typing import Any
 
 FORMAT = "metalic-prior/1"
 PACKAGE_DIR = Path(__file__).resolve().parent / "data"
@@ -33,7 +29,8 @@ _NAME = re.compile(r"^(?P<family>[a-z0-9_]+)-(?P<mode>single|sequential)-v(?P<ve
 
 @dataclass(frozen=True, eq=False)
 class Prior:
-    """One prior file: ``engine`` (its snapshot, with observations) and ``provenance``."""
+    """One prior file: ``snapshot`` (an engine's, with its observations) and ``provenance``.
+    ``metalic.bandit.engine.prior_engine`` conditions an engine on it (once per prior)."""
 
     family: str
     mode: str
@@ -50,13 +47,6 @@ class Prior:
     @property
     def trainings(self) -> int:
         return int(self.snapshot.get("observation_count", len(self.snapshot.get("observations") or [])))
-
-    @cached_property
-    def engine(self) -> BanditEngine:
-        """The prior's engine, conditioned on its observations with its stored hyper-parameters."""
-        from metalic.bandit.engine import BanditEngine
-
-        return BanditEngine.from_snapshot(self.snapshot)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -42,6 +42,7 @@ def create(store, config: CampaignConfig, name: str | None = None, owner: str | 
                 policy=who,
                 campaign_id=camp.id,
                 heuristic=who,
+                prior=config.prior if who in plan.policies and plan.policies[who].has_engine else None,
             )
         return record(CampaignRecord, camp)
 

@@ -105,6 +105,7 @@ class StudyRow(Base):
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
     heuristic: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utc_now())
+    prior: Mapped[str | None] = mapped_column(String(80))  # the prior it started from (metalic.priors)
 
 
 class BatchRow(Base):

@@ -96,6 +96,7 @@ class StudyRecord:
     campaign_id: int | None
     heuristic: str | None
     created_at: datetime
+    prior: str | None = None
 
 
 @dataclass(frozen=True)

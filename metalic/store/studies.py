@@ -18,11 +18,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, load_only
 
+from metalic import priors
 from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.jobs import SolveRequest
 from metalic.store.models import ObservationRow, SnapshotRow, StudyRow
 from metalic.store.records import SnapshotRecord, StudyRecord, record
+
+NO_PRIOR = "/no-prior"  # the key suffix of a service study that never starts from a prior
 
 
 def study_key(family: str, mode: str, profile_key: str) -> str:
@@ -41,10 +44,18 @@ def get_or_create_study(session: Session, *, key: str, **values) -> StudyRow:
 
 
 def study_for_request(session: Session, request: SolveRequest, policy: str = "ucb") -> StudyRow:
-    """The service study that learns from ``request``: its family, mode and budget profile."""
+    """The service study that learns from ``request``: its family, mode and budget profile, and
+    whether it starts from a prior. A new study records the newest installed prior of its family
+    and mode (``metalic.priors.latest``; none with ``METALIC_PRIORS=off``) and keeps it; a request
+    with ``prior: false`` goes to a study of its own that never has one."""
+    key = study_key(request.family, request.mode, request.profile_key()) + ("" if request.prior else NO_PRIOR)
+    found = session.scalar(select(StudyRow).where(StudyRow.key == key))
+    if found is not None:
+        return found
+    prior = priors.latest(request.family, request.mode) if request.prior else None
     return get_or_create_study(
         session,
-        key=study_key(request.family, request.mode, request.profile_key()),
+        key=key,
         family=request.family,
         mode=request.mode,
         profile_key=request.profile_key(),
@@ -52,6 +63,7 @@ def study_for_request(session: Session, request: SolveRequest, policy: str = "uc
         policy=policy,
         campaign_id=None,
         heuristic=None,
+        prior=None if prior is None else prior.ref,
     )
 
 
@@ -239,7 +251,9 @@ def add_snapshot(
 
 
 def new_engine(study: StudyRow | StudyRecord) -> BanditEngine:
-    return BanditEngine(study.family, study.mode, study.policy, seed=study.id)
+    """A study's engine before its first snapshot: no observations, on the study's prior if any."""
+    prior = priors.load(study.prior) if study.prior else None
+    return BanditEngine(study.family, study.mode, study.policy, seed=study.id, prior=prior)
 
 
 def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | None) -> BanditEngine:
