@@ -216,3 +216,33 @@ def test_the_recommendation_answers_from_the_prior_then_from_the_study_that_stan
         assert answer["snapshot_version"] >= 1 and answer["observations"] == 3
     finally:
         dispatcher.stop()
+
+
+def test_metalic_prior_build_writes_a_versioned_file_with_its_provenance(tmp_path, monkeypatch, capsys):
+    """The command a maintainer runs, in this process (a tiny inline campaign): the file is named
+    by its content, records where it came from, and is what the next study starts from."""
+    from metalic.cli import main
+    from metalic.settings import get_settings
+
+    monkeypatch.setenv("METALIC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("METALIC_PRIORS", "on")
+    monkeypatch.setenv("METALIC_PRIOR_PATH", str(tmp_path / "made"))
+    get_settings.cache_clear()
+    tiny = ["--adam", "5", "--lbfgs", "3", "--collocation", "20", "--boundary", "8", "--interface-points", "5"]
+    args = ["prior", "build", "advection", "--warmup", "2", "--rounds", "2", "--test", "1", "--batch", "4"]
+    try:
+        assert main([*args, *tiny, "--seed", "1001", "--inline", "--quiet", "--into", str(tmp_path / "made")]) == 0
+        assert "advection-single-v1: 5 trainings" in capsys.readouterr().out
+        made = priors.read(tmp_path / "made" / "advection-single-v1.json")
+        prov = made.provenance
+        assert made.trainings == 5 and prov["trainings"] == 5 and prov["campaign"]["seed"] == 1001
+        assert prov["profiles"][0]["adam"] == 5 and prov["command"].startswith("metalic prior build advection")
+        assert prov["commit"] and prov["date"].startswith("20") and prov["device"].startswith("cpu")
+        assert priors.latest("advection", "single").ref == "advection-single-v1"
+        assert main(["prior", "list"]) == 0 and "advection-single-v1" in capsys.readouterr().out
+        # bad input: one line, exit 2, nothing written
+        assert main(["prior", "build", "navier", "--into", str(tmp_path / "made"), "--inline"]) == 2
+        assert "unknown family 'navier'" in capsys.readouterr().err
+        assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["advection-single-v1.json"]
+    finally:
+        get_settings.cache_clear()

@@ -163,7 +163,7 @@ def _build_prior(args: argparse.Namespace) -> int:
     try:
         prior = from_rows(
             args.family, args.mode, rows, folder=args.into or PACKAGE_DIR, profile=profile, campaign=campaign,
-            seconds=time.perf_counter() - started, device=_device_words(args.device),
+            seconds=time.perf_counter() - started, device=_device_words(args.device), command=_build_command(args),
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(one_line(exc)) from None
@@ -258,6 +258,17 @@ def _campaign_config(args: argparse.Namespace):
     if not args.out.parent.exists():
         raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     return config
+
+
+def _build_command(args: argparse.Namespace) -> str:
+    """The build as a command line, every option spelled out (what reproduces it)."""
+    words = ["metalic", "prior", "build", args.family]
+    for name in ("mode", "warmup", "rounds", "test", "adam", "lbfgs", "batch", "collocation", "boundary",
+                 "interface_points", "ucb_schedule", "seed", "dtype"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(words)
 
 
 def _device_words(name: str | None) -> str:

@@ -256,6 +256,7 @@ def study_meta(store, study_id: int) -> dict[str, Any] | None:
         "policy": st.policy,
         "heuristic": st.heuristic,
         "campaign_id": st.campaign_id,
+        "prior": st.prior,
         "observations": found[0].observations,
         "snapshot_version": snap.version if snap else 0,
         "snapshot_observations": snap.observation_count if snap else 0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +64,7 @@ def from_rows(
     campaign: dict[str, Any],
     seconds: float,
     device: str,
+    command: str,
     version: int | None = None,
 ) -> Prior:
     """Fit a fresh engine (no prior of its own) to the rows' observations and write
@@ -76,7 +76,7 @@ def from_rows(
     engine.observe(*observations)
     version = version or next_version(folder, family, mode)
     provenance = {
-        "command": " ".join(["metalic", *sys.argv[1:]]),
+        "command": command,
         "commit": commit(),
         "metalic": metalic.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
