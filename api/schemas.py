@@ -230,6 +230,7 @@ class CampaignBody(BaseModel):
     budget: Budget = Field(default_factory=lambda: Budget(adam=500, lbfgs=500))
     points: Points = Field(default_factory=Points)
     dtype: Literal["float32", "float64"] = "float32"
+    prior: str | None = Field(None, description="learning engines start from this installed prior (burgers-single-v1)")
 
     # field by field (pydantic reports every bad field at once), in the words of CampaignConfig
     @field_validator("warmup", "rounds", "test")

@@ -62,7 +62,10 @@ class CampaignConfig:
     def validate(self) -> None:
         get_family(self.family)  # ValueError naming the known families
         if self.prior is not None:
-            prior = priors.load(self.prior)  # ValueError when not installed
+            try:
+                prior = priors.load(self.prior)
+            except ValueError as exc:
+                raise ValueError(f"prior: {exc}") from None
             if (prior.family, prior.mode) != (self.family, self.mode):
                 raise ValueError(f"prior: {self.prior} is not a prior of {self.family} ({self.mode})")
         if self.mode not in ("single", "sequential"):

@@ -83,6 +83,7 @@ def test_the_prior_fades_where_the_study_s_own_trainings_disagree_with_it(prior)
 
 
 def test_a_snapshot_names_its_prior_and_restores_with_it(prior, tmp_path, monkeypatch):
+    prior = Prior("advection", "single", 90, prior.provenance, prior.snapshot, tmp_path)  # a version nobody ships
     path = tmp_path / f"{prior.ref}.json"
     path.write_text(json.dumps(prior.to_json()))
     monkeypatch.setenv("METALIC_PRIOR_PATH", str(tmp_path))
@@ -93,7 +94,7 @@ def test_a_snapshot_names_its_prior_and_restores_with_it(prior, tmp_path, monkey
         engine = BanditEngine("advection", seed=5, prior=priors.load(prior.ref))
         engine.observe(*(Observation({"beta": b}, A, truth(b, A) - 0.5) for b in (2.0, 4.0, 6.0)))
         snap = json.loads(json.dumps(engine.snapshot()))
-        assert snap["prior"] == "advection-single-v1"
+        assert snap["prior"] == "advection-single-v90"
         clone = BanditEngine.from_snapshot(snap)
         assert clone.prior.ref == prior.ref
         assert [r.arm for r in clone.recommend({"beta": 20.0})] == [r.arm for r in engine.recommend({"beta": 20.0})]
@@ -101,7 +102,7 @@ def test_a_snapshot_names_its_prior_and_restores_with_it(prior, tmp_path, monkey
         # a snapshot naming a prior that is not installed is refused with its name
         monkeypatch.setenv("METALIC_PRIOR_PATH", str(tmp_path / "elsewhere"))
         get_settings.cache_clear()
-        with pytest.raises(ValueError, match="advection-single-v1"):
+        with pytest.raises(ValueError, match="advection-single-v90"):
             BanditEngine.from_snapshot(snap)
     finally:
         get_settings.cache_clear()
@@ -246,3 +247,67 @@ def test_metalic_prior_build_writes_a_versioned_file_with_its_provenance(tmp_pat
         assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["advection-single-v1.json"]
     finally:
         get_settings.cache_clear()
+
+
+BUILT_IN = ("poisson", "heat", "advection", "reaction", "burgers", "kdv")
+
+
+def test_every_built_in_family_ships_a_prior_that_says_where_it_came_from():
+    for family in BUILT_IN:
+        found = priors.installed(family, "single")
+        assert found, f"no shipped single-mode prior for {family}"
+        for ref, path in found.items():
+            made = priors.read(path)
+            assert path.parent == priors.PACKAGE_DIR and made.ref == ref and made.snapshot.get("prior") is None
+            prov = made.provenance
+            assert prov["command"].startswith(f"metalic prior build {family}") and prov["trainings"] == made.trainings
+            assert made.trainings >= 30 and prov["campaign"]["seed"] >= 1000  # scored with seeds below 1000
+            assert {"commit", "date", "profiles", "device"} <= set(prov)
+            engine = prior_engine(made)
+            assert engine.adam.own_ready and len(engine.observations) == made.trainings
+
+
+def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_prior(sqlite_store, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings, get_settings
+    from metalic.store import tokens as token_store
+
+    monkeypatch.setenv("METALIC_PRIORS", "on")
+    monkeypatch.delenv("METALIC_PRIOR_PATH", raising=False)
+    get_settings.cache_clear()
+    try:
+        client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
+        token, _ = token_store.create(sqlite_store, "ann", "user")
+        for family in BUILT_IN:
+            r = client.get(f"/v1/families/{family}/recommendation", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["source"] == "prior" and body["prior"] == priors.latest(family, "single").ref
+            assert len(body["arms"]) == 5 and all(a["error_interval"][0] < a["error_interval"][1] for a in body["arms"])
+            uppers = [a["error_interval"][1] for a in body["arms"]]
+            assert uppers == sorted(uppers)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_campaign_on_a_prior_that_is_not_installed_is_refused_at_its_field(sqlite_store):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings
+    from metalic.store import campaigns as campaign_store
+    from metalic.store import tokens as token_store
+
+    client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
+    admin, _ = token_store.create(sqlite_store, "root", "admin")
+    r = client.post(
+        "/v1/campaigns",
+        json={"family": "burgers", "prior": "burgers-single-v99"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prior"], r.text
+    assert "burgers-single-v99" in r.json()["detail"][0]["msg"] and campaign_store.list_campaigns(sqlite_store) == []

@@ -274,7 +274,7 @@ def hyperparameters(engine: BanditEngine) -> list[dict]:
     if engine.lbfgs is not None:
         phases.append(("L-BFGS phase", engine.lbfgs, ["Adam-phase reward"]))
     for label, phase, extra in phases:
-        fitted = phase.gp.fitted_values() if phase.ready else None
+        fitted = phase.predictor.fitted_values() if phase.ready else None
         if fitted is None:
             continue
         names = extra + list(engine.family.param_names)
@@ -317,7 +317,7 @@ def analysis(store, study_id: int, family_name: str) -> dict[str, Any]:
 def importance(engine: BanditEngine) -> dict[str, Any] | None:
     """Parameter importance from the fitted GP: 1 / length-scale of each PDE parameter (unit-cube
     units; a short length-scale means the reward changes fast along it), normalised to sum 1."""
-    fitted = engine.adam.gp.fitted_values() if engine.adam.ready else None
+    fitted = engine.adam.predictor.fitted_values() if engine.adam.ready else None
     if fitted is None:
         return None
     inverse = 1.0 / np.array(fitted["lengthscales"][-len(engine.family.param_names) :])

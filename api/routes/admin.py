@@ -74,6 +74,7 @@ def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
                 n_interface=body.points.interface,
             ),
             dtype=body.dtype,
+            prior=body.prior,
         )
         config.validate()
         if body.warmup + body.rounds + body.test > 10_000:
