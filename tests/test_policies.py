@@ -80,5 +80,5 @@ def test_adding_a_policy_is_one_class(monkeypatch):
     assert "lowest" in learning_policies()
     engine = BanditEngine("advection", policy="lowest", seed=0)
     engine.observe(*[Observation({"beta": 2.0 + i}, Arm(i), float(i)) for i in range(6)])
-    assert engine.suggest({"beta": 3.0})[0] == engine.recommend({"beta": 3.0}, top=513)[-1].arm
+    assert engine.suggest({"beta": 3.0})[0] == engine.recommend({"beta": 3.0}, top=513, rank="mean")[-1].arm
     CampaignConfig(family="advection", policies=("lowest", "ucb")).validate()
