@@ -179,12 +179,8 @@ def test_the_recommendation_answers_from_the_prior_then_from_the_study_that_stan
     for arm in first["arms"]:
         lo, hi = arm["error_interval"]
         assert lo < arm["predicted_error"] < hi
-    assert (
-        client.get("/v1/families/advection/recommendation", params={"mode": "sequential"}, headers=auth).json()[
-            "source"
-        ]
-        == "none"
-    )  # no sequential prior installed: an empty ranking that says so, not a 404
+    nothing = client.get("/v1/families/nan-test/recommendation", headers=auth)  # a plugin family, no prior
+    assert nothing.status_code == 200 and nothing.json()["source"] == "none" and nothing.json()["arms"] == []
 
     body = {"budget": {"adam": 20, "lbfgs": 5}, "points": {"collocation": 32, "boundary": 8, "interface": 5}}
     ids = [
@@ -252,16 +248,18 @@ def test_metalic_prior_build_writes_a_versioned_file_with_its_provenance(tmp_pat
 BUILT_IN = ("poisson", "heat", "advection", "reaction", "burgers", "kdv")
 
 
-def test_every_built_in_family_ships_a_prior_that_says_where_it_came_from():
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_every_built_in_family_ships_a_prior_that_says_where_it_came_from(mode):
     for family in BUILT_IN:
-        found = priors.installed(family, "single")
-        assert found, f"no shipped single-mode prior for {family}"
+        found = priors.installed(family, mode)
+        assert found, f"no shipped {mode} prior for {family}"
         for ref, path in found.items():
             made = priors.read(path)
             assert path.parent == priors.PACKAGE_DIR and made.ref == ref and made.snapshot.get("prior") is None
             prov = made.provenance
             assert prov["command"].startswith(f"metalic prior build {family}") and prov["trainings"] == made.trainings
             assert made.trainings >= 30 and prov["campaign"]["seed"] >= 1000  # scored with seeds below 1000
+            assert made.mode == mode and made.snapshot["mode"] == mode
             assert {"commit", "date", "profiles", "device"} <= set(prov)
             engine = prior_engine(made)
             assert engine.adam.own_ready and len(engine.observations) == made.trainings
@@ -281,14 +279,16 @@ def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_p
     try:
         client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
         token, _ = token_store.create(sqlite_store, "ann", "user")
-        for family in BUILT_IN:
-            r = client.get(f"/v1/families/{family}/recommendation", headers={"Authorization": f"Bearer {token}"})
+        for family, mode in itertools.product(BUILT_IN, ("single", "sequential")):
+            auth = {"Authorization": f"Bearer {token}"}
+            r = client.get(f"/v1/families/{family}/recommendation", params={"mode": mode}, headers=auth)
             assert r.status_code == 200, r.text
             body = r.json()
-            assert body["source"] == "prior" and body["prior"] == priors.latest(family, "single").ref
-            assert len(body["arms"]) == 5 and all(a["error_interval"][0] < a["error_interval"][1] for a in body["arms"])
-            uppers = [a["error_interval"][1] for a in body["arms"]]
-            assert uppers == sorted(uppers)
+            assert body["source"] == "prior" and body["prior"] == priors.latest(family, mode).ref
+            for arms in [body["arms"]] + ([body["arms_lbfgs"]] if mode == "sequential" else []):
+                assert len(arms) == 5 and all(a["error_interval"][0] < a["error_interval"][1] for a in arms)
+                uppers = [a["error_interval"][1] for a in arms]
+                assert uppers == sorted(uppers)
     finally:
         get_settings.cache_clear()
 
