@@ -311,3 +311,33 @@ def test_a_campaign_on_a_prior_that_is_not_installed_is_refused_at_its_field(sql
     )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prior"], r.text
     assert "burgers-single-v99" in r.json()["detail"][0]["msg"] and campaign_store.list_campaigns(sqlite_store) == []
+
+
+def test_the_recommendation_answers_from_the_study_nearest_to_the_budget_asked(store):
+    """Two service studies of one family at different budgets: ?adam=&lbfgs= picks the one nearest
+    in log iterations; without a budget, the one with the most observations (here the first)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.jobs import SolveRequest
+    from metalic.settings import Settings
+    from metalic.store import studies as study_store
+    from metalic.store import tokens as token_store
+
+    made = {}
+    with store.write() as s:
+        for adam, lbfgs in ((300, 200), (1000, 1000)):
+            request = SolveRequest(family="burgers", params={"nu": 0.01}, adam=adam, lbfgs=lbfgs)
+            made[adam] = study_store.study_for_request(s, request).id
+    assert study_store.pick_study(store, "burgers", "single", (800, None)).id == made[1000]
+    assert study_store.pick_study(store, "burgers", "single", (300, 150)).id == made[300]
+    assert study_store.pick_study(store, "burgers", "single").id == made[300]
+    client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), store)))
+    token, _ = token_store.create(store, "ann", "user")
+    auth = {"Authorization": f"Bearer {token}"}
+    url = "/v1/families/burgers/recommendation"
+    assert client.get(url, params={"adam": 2000, "lbfgs": 500}, headers=auth).json()["study_id"] == made[1000]
+    assert client.get(url, params={"lbfgs": 100}, headers=auth).json()["study_id"] == made[300]
+    bad = client.get(url, params={"adam": -1}, headers=auth)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "adam"]

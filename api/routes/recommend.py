@@ -42,15 +42,17 @@ def _arm(r: Recommendation) -> ArmOut:
     )
 
 
-def pick_study(store, family: str, mode: str, study_id: int | None) -> StudyRecord | None:
-    """The study asked for, else the service study of (family, mode) with the most observations
-    (None: nothing of the family and mode has been solved)."""
+def pick_study(
+    store, family: str, mode: str, study_id: int | None, budget: tuple[int | None, int | None] = (None, None)
+) -> StudyRecord | None:
+    """The study asked for, else the service study of (family, mode) nearest to ``budget`` (if
+    given) with the most observations (None: nothing of the family and mode has been solved)."""
     if study_id is not None:
         study = study_store.get_study(store, study_id)
         if study is None or study.family != family or study.mode != mode:
             raise HTTPException(404, f"no {mode} study {study_id} of {family}")
         return study
-    return study_store.pick_study(store, family, mode)
+    return study_store.pick_study(store, family, mode, budget)
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,15 @@ class Policy:
 _prior_engines: dict[str, BanditEngine] = {}  # prior name -> an engine with only that prior (immutable)
 
 
-def latest_policy(service, family: str, mode: str, study_id: int | None) -> Policy:
+def latest_policy(
+    service, family: str, mode: str, study_id: int | None, budget: tuple[int | None, int | None] = (None, None)
+) -> Policy:
     """The chosen study's latest snapshot, its engine restored once per version (thread pool);
     before a snapshot, the study's prior; before a study, the family's newest prior."""
     store = service.store
-    chosen = service.studies.get((family, mode, study_id), lambda: pick_study(store, family, mode, study_id))
+    chosen = service.studies.get(
+        (family, mode, study_id, budget), lambda: pick_study(store, family, mode, study_id, budget)
+    )
     version = 0 if chosen is None else study_store.latest_version(store, chosen.id)
     if version:
         _, engine = service.engines.get(chosen.id, version)
@@ -132,6 +138,10 @@ async def recommendation(
         Literal[RANKINGS],
         Query(description="lcb: by the upper end of the error's 95% interval (default); mean: by the predicted error"),
     ] = "lcb",
+    adam: Annotated[
+        int | None, Query(ge=0, description="the budget asked about: the study nearest to it answers")
+    ] = None,
+    lbfgs: Annotated[int | None, Query(ge=0, description="(with or without adam) L-BFGS iterations")] = None,
 ) -> Response:
     """Arms ranked at the context by the upper end of their error's 95% interval (an arm tried
     nowhere near does not win on its prior mean alone), with predicted error, interval and the
@@ -144,7 +154,10 @@ async def recommendation(
         raise HTTPException(403, "choosing a study needs an admin token")
     context = _context(fam, request)
     service = request.app.state.service
-    policy = await service.policies.get((fam.name, mode, study), lambda: latest_policy(service, fam.name, mode, study))
+    budget = (adam, lbfgs)
+    policy = await service.policies.get(
+        (fam.name, mode, study, budget), lambda: latest_policy(service, fam.name, mode, study, budget)
+    )
     engine = policy.engine
     arms, arms_lbfgs, r0 = [], None, None
     if engine.adam.ready:
@@ -178,7 +191,9 @@ async def recommendation(
 def _detail(policy: Policy, engine: BanditEngine) -> str:
     if policy.source == "snapshot":
         on = f", on prior {policy.prior}" if policy.prior else ""
-        return f"study {policy.study.id}'s snapshot v{policy.version} ({engine.n_observations} observations{on})"
+        p = policy.study.profile
+        study = f"study {policy.study.id} ({p.get('adam')} Adam + {p.get('lbfgs')} L-BFGS)"
+        return f"{study}: snapshot v{policy.version}, {engine.n_observations} observations{on}"
     if policy.source == "prior":
         p = engine.prior
         whose = "no study yet" if policy.study is None else f"study {policy.study.id} has no snapshot yet"

@@ -8,6 +8,7 @@ too (a campaign is small, and its learners also see the shared warm-up).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -119,19 +120,33 @@ def study_summaries(
     return [StudySummary(record(StudyRecord, st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
 
 
-def pick_study(store, family: str, mode: str) -> StudyRecord | None:
-    """The service study of (family, mode) with the most observations (None: nothing solved yet)."""
+def pick_study(
+    store, family: str, mode: str, budget: tuple[int | None, int | None] = (None, None)
+) -> StudyRecord | None:
+    """The service study of (family, mode) with the most observations (None: nothing solved yet).
+
+    ``budget`` (Adam, L-BFGS iterations; either may be None): the study whose profile is nearest
+    to it in log iterations, |log(1 + a) - log(1 + a')| summed over the given phases, then the one
+    with the most observations."""
     counts = (
         select(StudyRow, func.count(ObservationRow.id).label("n"))
         .outerjoin(ObservationRow, ObservationRow.study_id == StudyRow.id)
         .where(StudyRow.family == family, StudyRow.mode == mode, StudyRow.campaign_id.is_(None))
         .group_by(StudyRow.id)
         .order_by(func.count(ObservationRow.id).desc(), StudyRow.id)
-        .limit(1)
     )
     with store.read() as s:
-        row = s.execute(counts).first()
-        return None if row is None else record(StudyRecord, row[0])
+        if budget == (None, None):
+            row = s.execute(counts.limit(1)).first()
+            return None if row is None else record(StudyRecord, row[0])
+        rows = s.execute(counts.limit(1000)).all()  # the service's studies of one family and mode: a few
+
+        def distance(study: StudyRow) -> float:
+            asked = zip(("adam", "lbfgs"), budget, strict=True)
+            return sum(abs(math.log1p(v) - math.log1p(study.profile.get(k, 0))) for k, v in asked if v is not None)
+
+        best = min(rows, key=lambda r: distance(r[0]), default=None)  # min keeps the first: most observations
+        return None if best is None else record(StudyRecord, best[0])
 
 
 def latest_version(store, study_id: int) -> int:
