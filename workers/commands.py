@@ -48,34 +48,39 @@ def register(sub) -> dict:
             "token": cmd_token, "worker": cmd_worker}  # fmt: skip
 
 
+def _campaign_options(p, *, warmup: int, rounds: int, test: int, adam: int, lbfgs: int, batch: int, seed: int) -> None:
+    """The options of a campaign (``metalic campaign``, and the one ``metalic prior build`` runs)."""
+    p.add_argument("family")
+    p.add_argument("--mode", default="single", help="single or sequential")
+    p.add_argument("--warmup", type=int, default=warmup, help="random-arm rounds first")
+    p.add_argument("--rounds", type=int, default=rounds, help="online rounds after the warm-up")
+    p.add_argument("--test", type=int, default=test, help="held-out rounds at the best-predicted arm")
+    p.add_argument("--adam", type=int, default=adam)
+    p.add_argument("--lbfgs", type=int, default=lbfgs)
+    p.add_argument("--batch", type=int, default=batch, help="trainings run together (K)")
+    p.add_argument("--collocation", type=int, default=1000)
+    p.add_argument("--boundary", type=int, default=100)
+    p.add_argument("--interface-points", type=int, default=None)
+    p.add_argument("--ucb-schedule", default="constant", help="constant (mean + std) or gp-ucb")
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--device", default=None, help="(in-process runs) auto, cpu, cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--max-batch", type=int, default=None, help="runs per training batch (default: settings)")
+    p.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
+    p.add_argument("--quiet", action="store_true")
+
+
 def _campaign_parser(sub) -> None:
     c = sub.add_parser("campaign", help="run the METALIC bandit protocol and compare heuristics")
-    c.add_argument("family")
+    _campaign_options(c, warmup=5, rounds=20, test=10, adam=500, lbfgs=500, batch=4, seed=0)
     c.add_argument(
         "--heuristic",
         action="append",
         default=None,
         help="ucb, ts, random, mean, fixed:TERMS or single-domain; repeat to compare (default ucb)",
     )
-    c.add_argument("--mode", default="single", help="single or sequential")
-    c.add_argument("--warmup", type=int, default=5)
-    c.add_argument("--rounds", type=int, default=20)
-    c.add_argument("--test", type=int, default=10)
-    c.add_argument("--adam", type=int, default=500)
-    c.add_argument("--lbfgs", type=int, default=500)
-    c.add_argument("--batch", type=int, default=4, help="trainings run together (K)")
-    c.add_argument("--collocation", type=int, default=1000)
-    c.add_argument("--boundary", type=int, default=100)
-    c.add_argument("--interface-points", type=int, default=None)
-    c.add_argument("--ucb-schedule", default="constant", help="constant (mean + std) or gp-ucb")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default=None, help="(in-process runs) auto, cpu, cuda")
-    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     c.add_argument("--out", type=Path, required=True, help="folder for rounds.csv/json, snapshots, figures")
     c.add_argument("--resume", action="store_true", help="continue the campaign that writes to --out")
-    c.add_argument("--max-batch", type=int, default=None, help="runs per training batch (default: settings)")
-    c.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
-    c.add_argument("--quiet", action="store_true")
     c.add_argument(
         "--prior",
         default=None,
@@ -87,29 +92,13 @@ def _prior_parser(sub) -> None:
     p = sub.add_parser("prior", help="the priors new studies start from: build one from a campaign, list them")
     ps = p.add_subparsers(dest="prior_command", required=True, parser_class=type(p))
     b = ps.add_parser("build", help="run a UCB campaign on the service path and write its prior file")
-    b.add_argument("family")
-    b.add_argument("--mode", default="single", help="single or sequential")
-    b.add_argument("--warmup", type=int, default=8, help="random-arm trainings first")
-    b.add_argument("--rounds", type=int, default=24, help="UCB trainings after the warm-up")
-    b.add_argument("--test", type=int, default=8, help="trainings at the best-predicted arm (observed too)")
-    b.add_argument("--adam", type=int, default=300)
-    b.add_argument("--lbfgs", type=int, default=200)
-    b.add_argument("--batch", type=int, default=8, help="trainings run together (K)")
-    b.add_argument("--collocation", type=int, default=1000)
-    b.add_argument("--boundary", type=int, default=100)
-    b.add_argument("--interface-points", type=int, default=None)
-    b.add_argument("--ucb-schedule", default="constant")
-    b.add_argument("--seed", type=int, default=1000, help="campaign seed (keep the seeds that score priors apart)")
-    b.add_argument("--device", default=None)
-    b.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    b.add_argument("--max-batch", type=int, default=None)
-    b.add_argument("--inline", action="store_true", help="train in this process instead of on Ray actors")
+    # seed 1000 and up: the campaigns that score priors use seeds below it
+    _campaign_options(b, warmup=8, rounds=24, test=8, adam=300, lbfgs=200, batch=8, seed=1000)
     b.add_argument("--resume", action="store_true", help="continue the build's campaign (same --work folder)")
     b.add_argument("--work", type=Path, default=None, help="the campaign's folder (default: a new one in home)")
     b.add_argument(
         "--into", type=Path, default=None, help="folder of the prior file (default: the package's metalic/priors/data)"
     )
-    b.add_argument("--quiet", action="store_true")
     ls = ps.add_parser("list", help="the installed priors and where each came from")
     ls.add_argument("--family", default=None)
 
@@ -290,10 +279,10 @@ def _prior_ref(family: str, mode: str, asked: str | None) -> str | None:
         return asked
     from metalic import priors
 
-    found = priors.installed(family, mode)
-    if not found:
+    ref = priors.newest(family, mode)
+    if ref is None:
         raise UsageError(f"--prior latest: no prior of {family} ({mode}) is installed")
-    return max(found, key=lambda ref: int(ref.rsplit("-v", 1)[1]))
+    return ref
 
 
 def _open_campaign(store, config, out: Path, resume: bool):

@@ -69,9 +69,6 @@ class Policy:
     prior: str | None
 
 
-_prior_engines: dict[str, BanditEngine] = {}  # prior name -> an engine with only that prior (immutable)
-
-
 def latest_policy(
     service, family: str, mode: str, study_id: int | None, budget: tuple[int | None, int | None] = (None, None)
 ) -> Policy:
@@ -92,9 +89,8 @@ def latest_policy(
         ref = None if latest is None else latest.ref
     if ref is None:
         return Policy(time.monotonic(), chosen, 0, BanditEngine(family, mode), "none", None)
-    if ref not in _prior_engines:
-        _prior_engines[ref] = BanditEngine(family, mode, prior=priors.load(ref))
-    return Policy(time.monotonic(), chosen, 0, _prior_engines[ref], "prior", ref)
+    engine = BanditEngine(family, mode, prior=priors.load(ref))  # no fit: the prior's engine is cached
+    return Policy(time.monotonic(), chosen, 0, engine, "prior", ref)
 
 
 def _context(fam, request: Request) -> dict[str, float]:

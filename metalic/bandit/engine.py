@@ -23,8 +23,8 @@ phase is single-network too and teaches the L-BFGS GP nothing.
 
 from __future__ import annotations
 
+import functools
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -455,15 +455,8 @@ def _arm_counts(observations: Sequence[Observation], lbfgs: bool) -> dict[int, i
     return counts
 
 
-_prior_engines: dict[int, tuple[Prior, BanditEngine]] = {}
-_prior_lock = threading.Lock()
-
-
+@functools.cache  # a Prior hashes by identity (eq=False): once per loaded prior
 def prior_engine(prior: Prior) -> BanditEngine:
     """The engine of a prior's snapshot, conditioned on its observations with its stored
-    hyper-parameters (no fit); built once per prior object."""
-    with _prior_lock:
-        hit = _prior_engines.get(id(prior))
-        if hit is None or hit[0] is not prior:
-            hit = _prior_engines[id(prior)] = (prior, BanditEngine.from_snapshot(prior.snapshot))
-        return hit[1]
+    hyper-parameters (no fit)."""
+    return BanditEngine.from_snapshot(prior.snapshot)

@@ -100,10 +100,11 @@ def _cached(path: Path) -> Prior:
         return _cache[path]
 
 
-def installed(family: str | None = None, mode: str | None = None) -> dict[str, Path]:
-    """Prior files found, ref -> path (an earlier folder of the search path wins)."""
+def installed(family: str | None = None, mode: str | None = None, folders: list[Path] | None = None) -> dict[str, Path]:
+    """Prior files found in ``folders`` (default: the search path), ref -> path (an earlier
+    folder wins)."""
     out: dict[str, Path] = {}
-    for folder in reversed(search_path()):
+    for folder in reversed(search_path() if folders is None else folders):
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.json")):
@@ -121,12 +122,13 @@ def load(ref: str) -> Prior:
     return _cached(path)
 
 
+def newest(family: str, mode: str, folders: list[Path] | None = None) -> str | None:
+    """The name of the newest installed prior of (family, mode), whether priors are on or not."""
+    found = installed(family, mode, folders)
+    return max(found, key=lambda ref: int(_NAME.match(f"{ref}.json")["version"]), default=None)
+
+
 def latest(family: str, mode: str) -> Prior | None:
     """The newest installed prior of (family, mode), or None (none, or ``METALIC_PRIORS=off``)."""
-    if not enabled():
-        return None
-    found = installed(family, mode)
-    if not found:
-        return None
-    ref = max(found, key=lambda r: int(_NAME.match(f"{r}.json")["version"]))
-    return _cached(found[ref])
+    ref = newest(family, mode) if enabled() else None
+    return None if ref is None else load(ref)

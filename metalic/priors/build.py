@@ -19,7 +19,7 @@ import metalic
 from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.pinn.evaluate import reward_of
-from metalic.priors import _NAME, Prior
+from metalic.priors import Prior, newest
 
 
 def observations_of(rows: Sequence, sequential: bool) -> list[Observation]:
@@ -38,8 +38,8 @@ def observations_of(rows: Sequence, sequential: bool) -> list[Observation]:
 
 
 def next_version(folder: Path, family: str, mode: str) -> int:
-    found = [int(m["version"]) for p in folder.glob(f"{family}-{mode}-v*.json") if (m := _NAME.match(p.name))]
-    return max(found, default=0) + 1
+    ref = newest(family, mode, [folder])
+    return 1 if ref is None else int(ref.rsplit("-v", 1)[1]) + 1
 
 
 def commit() -> str:
