@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from metalic.jobs import SolveRequest
+from metalic.jobs import Recipe, SolveRequest
 
 Mode = Literal["single", "sequential"]
 MAX_ID = 2**53  # ids and cursors stay exact in JSON numbers
@@ -84,6 +84,7 @@ class SolveBody(BaseModel):
     prior: bool = Field(
         True, description="learned arms: from the study on the family's shipped prior (false: a study without one)"
     )
+    recipe: Recipe = Field(default_factory=Recipe, description="causal training: {causal, eps, chunks}")
 
     # SolveRequest field -> location in this body
     LOCATIONS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -114,6 +115,7 @@ class SolveBody(BaseModel):
             device=self.device,
             dtype=self.dtype,
             prior=self.prior,
+            recipe=self.recipe,
         )
 
 
@@ -122,6 +124,14 @@ class ProgressOut(BaseModel):
     iteration: int | None = None
     total: int | None = None
     loss: float | None = None
+
+
+class ErrorOverTime(BaseModel):
+    """e(t): the RMS error over space at each time t of the reference grid, over the RMS of the
+    whole reference (the overall rel. L2 is the RMS of e over t)."""
+
+    t: list[float]
+    error: list[float | None]
 
 
 class ResultOut(BaseModel):
@@ -138,6 +148,10 @@ class ResultOut(BaseModel):
     seconds: float = Field(description="this task's share of its batch's wall time")
     batch_size: int
     device: str
+    error_over_time: ErrorOverTime | None = Field(
+        None, description="time-dependent family: the error at each time of the reference grid"
+    )
+    causal: dict[str, Any] | None = Field(None, description="a causal training: its last eps, stage, smallest weight")
 
 
 class TaskOut(BaseModel):

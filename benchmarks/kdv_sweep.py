@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from metalic.families import get_family
+from metalic.pinn.causal import CausalSchedule
 from metalic.pinn.evaluate import predict_stitched
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
@@ -39,18 +40,29 @@ def main() -> None:
     parser.add_argument("--lbfgs", type=int, default=500)
     parser.add_argument("--arm", default="u,flux")
     parser.add_argument("--side-data", action="store_true", help="the authors' x-edge data instead")
+    parser.add_argument("--causal", action="store_true", help="causal weights in the Adam phase")
+    parser.add_argument("--eps", default="0.01,0.1,1,10,100", help="the causal eps schedule")
+    parser.add_argument("--chunks", type=int, default=32, help="time chunks of the domain (causal)")
+    parser.add_argument("--march", action="store_true", help="train the time slabs one after another")
+    parser.add_argument("--adam-lr", type=float, default=1e-3)
+    parser.add_argument("--c", type=float, default=6.0)
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
     family = dataclasses.replace(get_family("kdv"), harmonics=args.harmonics)
     layers = tuple(int(w) for w in args.layers.split(","))
-    pinn = PinnConfig(layers=layers, subdomains=args.slabs, n_collocation=args.collocation, side_data=args.side_data)
+    pinn = PinnConfig(layers=layers, subdomains=args.slabs, n_collocation=args.collocation, side_data=args.side_data,
+                      causal_chunks=args.chunks)  # fmt: skip
+    schedule = CausalSchedule(eps=tuple(float(e) for e in args.eps.split(",")))
     print(f"machine: {describe(device)}")
     start = time.perf_counter()
-    train = TrainConfig(adam=args.adam, lbfgs=args.lbfgs, compile=True)
-    batch = train_batch(family, [RunSpec({"c": 6.0}, args.arm, seed=0)], pinn, train, device=device)
+    train = TrainConfig(adam=args.adam, lbfgs=args.lbfgs, adam_lr=args.adam_lr, compile=True, causal=schedule,
+                        march=args.march)  # fmt: skip
+    spec = RunSpec({"c": args.c}, args.arm, seed=0, causal=args.causal)
+    batch = train_batch(family, [spec], pinn, train, device=device, dtype=args.dtype)
     wall = time.perf_counter() - start
-    grid = family.reference_grid({"c": 6.0})
+    grid = family.reference_grid({"c": args.c})
     pred = predict_stitched(batch.net, batch.problem.decomposition, grid.points())[0].reshape(grid.u.shape)
     t = grid.axes[1]
     parts = []
@@ -63,6 +75,7 @@ def main() -> None:
           f" {args.adam} Adam + {args.lbfgs} L-BFGS, side data {args.side_data}: {wall:.0f} s")  # fmt: skip
     print("rel. L2 per time window: " + "; ".join(parts))
     print(f"rel. L2 overall: {total:.3f}; final loss parts: {batch.outcomes[0].loss_parts}")
+    print(f"causal: {args.causal} {batch.outcomes[0].causal}; adam iterations {batch.outcomes[0].adam_iterations}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         action="store_true",
         help="periodic family (kdv): the authors' setup, data on the x-edges from the reference, no periodic network",
     )
+    s.add_argument("--causal", action="store_true", help="causal weights on the residual in the Adam phase")
+    s.add_argument("--causal-eps", default=None, metavar="E1,E2,...", help="causal eps schedule (0.01,0.1,1,10,100)")
+    s.add_argument("--causal-chunks", type=int, default=None, help="time chunks of the domain (causal, 32)")
+    s.add_argument("--march", action="store_true", help="train the time slabs one after another")
     s.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     s.add_argument("--dtype", default=None, choices=["float32", "float64"])
     s.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the loss")
@@ -120,6 +124,21 @@ def check_budgets(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be a non-negative number of iterations, got {value}")
 
 
+def _recipe_fields(args: argparse.Namespace) -> dict:
+    """The request's recipe from --causal, --causal-eps, --causal-chunks."""
+    fields: dict = {"causal": args.causal, "march": args.march}
+    if args.causal_eps is not None:
+        try:
+            fields["eps"] = [float(v) for v in args.causal_eps.split(",")]
+        except ValueError:
+            raise UsageError(f"--causal-eps expects numbers separated by commas, got {args.causal_eps!r}") from None
+    if args.causal_chunks is not None:
+        fields["chunks"] = args.causal_chunks
+    if not args.causal and len(fields) > 2:
+        raise UsageError("--causal-eps and --causal-chunks need --causal")
+    return fields
+
+
 def cmd_families() -> int:
     from metalic.families import FAMILIES
 
@@ -141,6 +160,10 @@ CLI_FLAGS = {
     "side_data": "--side-data",
     "adam_lr": "--adam-lr",
     "lbfgs_lr": "--lbfgs-lr",
+    "recipe.causal": "--causal",
+    "recipe.eps": "--causal-eps",
+    "recipe.chunks": "--causal-chunks",
+    "recipe.march": "--march",
 }
 
 
@@ -154,7 +177,7 @@ def _request(fields: dict) -> SolveRequest:
         return SolveRequest(**fields)
     except ValidationError as exc:
         first = field_errors(exc)[0]
-        name = first["field"].split(".")[0]
+        name = first["field"] if first["field"] in CLI_FLAGS else first["field"].split(".")[0]
         flag = CLI_FLAGS.get(name, "--" + name.replace("_", "-")) if name != "family" else "family"
         raise UsageError(f"{flag}: {first['message']}") from None
 
@@ -207,6 +230,7 @@ def _solve_run(args: argparse.Namespace):
             "side_data": args.side_data,
             "seed": args.seed,
             "dtype": args.dtype or get_settings().dtype,
+            "recipe": _recipe_fields(args),
         }
     )
     try:
@@ -230,7 +254,26 @@ def _print_result(request, result, wall: float, device) -> None:
     print(f"rel L2      {result.rel_l2:.4e}")
     print(f"max error   {result.max_abs:.4e}")
     print(f"reward      {result.reward:.4f}")
+    causal = outcome.get("causal")
+    if causal:
+        finished = f"finished at Adam iteration {causal['finished_at']}" if causal["finished_at"] else "not finished"
+        print(f"causal      eps {causal['eps']:g} (stage {causal['stage']} of {causal['stages']}), "
+              f"smallest weight {causal['min_weight']:.3f}, {finished}")  # fmt: skip
+    over_time = outcome.get("error_over_time")
+    if over_time:
+        print("error(t)    " + _over_time_line(over_time))
     print(f"wall time   {wall:.1f} s on {device}")
+
+
+def _over_time_line(over_time: dict) -> str:
+    """The error over time in (at most) five windows of the reference grid's times."""
+    import numpy as np
+
+    t, e = np.asarray(over_time["t"], float), np.asarray(over_time["error"], float)
+    parts = []
+    for rows in np.array_split(np.arange(len(t)), min(5, len(t))):
+        parts.append(f"t {t[rows[0]]:g}-{t[rows[-1]]:g}: {np.sqrt(np.nanmean(e[rows] ** 2)):.2e}")
+    return "; ".join(parts)
 
 
 def _write_solve_outputs(args: argparse.Namespace, request, result) -> None:

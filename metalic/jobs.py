@@ -36,12 +36,43 @@ from metalic.bandit.policies import learning_policies
 from metalic.batching import Group, batch_key, pad_batches, plan_groups
 from metalic.families import get_family
 from metalic.pinn.artefact import evaluate_batch, models_from_batch
-from metalic.pinn.evaluate import Metrics, reward_of
+from metalic.pinn.causal import DEFAULT_CHUNKS, DEFAULT_EPS, CausalSchedule
+from metalic.pinn.evaluate import Metrics, error_over_time, reward_of
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import Progress, RunSpec, TrainConfig, TrainedBatch, train_batch
 from metalic.settings import get_settings, resolve_device
 
 LEARNED = "learned"
+
+
+class Recipe(BaseModel):
+    """How a training runs beyond its arms. ``causal``: causal weights on the residual in the Adam
+    phase (``metalic.pinn.causal``), with the ``eps`` schedule over ``chunks`` time chunks.
+    ``march``: the time slabs train one after another (``TrainConfig.march``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    causal: bool = False
+    eps: tuple[float, ...] = Field(DEFAULT_EPS, min_length=1, max_length=16, description="the causal eps schedule")
+    chunks: int = Field(DEFAULT_CHUNKS, ge=1, le=1024, description="time chunks of the domain (causal)")
+    march: bool = Field(False, description="train the time slabs one after another (a split along t)")
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        CausalSchedule(eps=value).validate()
+        return value
+
+    @property
+    def plain(self) -> bool:
+        return not (self.causal or self.march)
+
+    def profile(self) -> dict[str, Any] | None:
+        """What a study's profile records of the recipe (None when the training is plain)."""
+        if self.plain:
+            return None
+        causal = {"causal": True, "eps": list(self.eps), "chunks": self.chunks} if self.causal else {}
+        return {**causal, **({"march": True} if self.march else {})}
 
 
 @dataclass(frozen=True)
@@ -109,6 +140,7 @@ class SolveRequest(BaseModel):
         description="a learned arm comes from the study that starts from the family's shipped prior; "
         "false: from a study of the same budgets that learns from its own trainings only",
     )
+    recipe: Recipe = Field(default_factory=Recipe, description="causal training (a time-dependent family)")
 
     # ---- field checks (in declaration order: a check may read the fields above it) -------------
     @field_validator("family")
@@ -178,6 +210,24 @@ class SolveRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _recipe(self) -> SolveRequest:
+        """Causal training and marching need a time axis; marching, a split into time slabs."""
+        recipe, family = self.recipe, get_family(self.family)
+        where = "causal" if recipe.causal else "march"
+        message = None
+        if not recipe.plain and family.time_axis is None:
+            message = f"needs a time-dependent family; {family.name} is steady"
+        elif recipe.march and any(i.axis != family.time_axis for i in family.decomposition(self.subdomains).interfaces):
+            where, axis = "march", family.coords[family.slab_axis]
+            message = f"needs a split into time slabs; {family.name} is split along {axis}"
+        if message is not None:
+            error = InitErrorDetails(
+                type=PydanticCustomError("value_error", message), loc=("recipe", where), input=True
+            )
+            raise ValidationError.from_exception_data("SolveRequest", [error])
+        return self
+
+    @model_validator(mode="after")
     def _cost(self, info: ValidationInfo) -> SolveRequest:
         """The whole request's size under the server's cap (each cap alone does not bound it)."""
         if info.context and info.context.get("trusted"):
@@ -213,6 +263,7 @@ class SolveRequest(BaseModel):
             subdomains=self.subdomains,
             final_time_data=self.final_time_data,
             side_data=self.side_data,
+            causal_chunks=self.recipe.chunks,
         )
 
     def train_config(self, compile: bool | None = None) -> TrainConfig:
@@ -222,6 +273,8 @@ class SolveRequest(BaseModel):
             adam_lr=self.adam_lr,
             lbfgs_lr=self.lbfgs_lr,
             compile=compile,
+            causal=CausalSchedule(eps=self.recipe.eps),
+            march=self.recipe.march,
         )
 
     def profile(self) -> dict[str, Any]:
@@ -239,6 +292,7 @@ class SolveRequest(BaseModel):
             "subdomains": self.subdomains,
             "final_time_data": self.final_time_data,
             **({"side_data": True} if self.side_data else {}),  # absent when off: older studies' keys stay
+            **({"recipe": self.recipe.profile()} if not self.recipe.plain else {}),
             "layers": list(pinn.layers_for(get_family(self.family))),
             "dtype": self.dtype,
         }
@@ -298,7 +352,8 @@ class Run:
 
     def spec(self) -> RunSpec:
         """What the trainer needs of this run."""
-        return RunSpec(self.request.params, self.arm_adam, self.arm_lbfgs, self.request.seed)
+        request = self.request
+        return RunSpec(request.params, self.arm_adam, self.arm_lbfgs, request.seed, request.recipe.causal)
 
 
 class LbfgsChooser(Protocol):
@@ -500,11 +555,14 @@ def _results(batch: TrainedBatch, artefacts: bool) -> list[SolveResult]:
     results = []
     for spec, outcome, m, model in zip(batch.specs, batch.outcomes, metrics, models, strict=True):
         cancelled = outcome.status == "cancelled"
-        solution = None
+        solution = over_time = None
         if artefacts and not cancelled:
             grid = family.reference_grid(spec.params)
             pred = model.predict(grid.points()).reshape(grid.u.shape)
             solution = solution_npz(family.coords, grid.axes, pred, grid.u)
+            if family.time_axis is not None:
+                error = error_over_time(pred, grid.u, family.time_axis)
+                over_time = {"t": _rounded(grid.axes[family.time_axis]), "error": _rounded(error)}
         # The Adam-phase reward is what the between-phases hook saw (and told a chooser).
         rel_l2_adam = outcome.rel_l2_adam
         results.append(
@@ -517,7 +575,7 @@ def _results(batch: TrainedBatch, artefacts: bool) -> list[SolveResult]:
                 reward=None if cancelled else reward_of(math.nan) if outcome.status == "diverged" else m.reward,
                 reward_adam=None if rel_l2_adam is None else reward_of(rel_l2_adam),
                 rel_l2_adam=rel_l2_adam,
-                outcome=asdict(outcome),
+                outcome={**asdict(outcome), **({"error_over_time": over_time} if over_time else {})},
                 seconds=0.0,  # set by run_solve_batch for the whole batch
                 batch_seconds=0.0,
                 batch_size=len(batch.specs),
@@ -527,6 +585,11 @@ def _results(batch: TrainedBatch, artefacts: bool) -> list[SolveResult]:
             )
         )
     return results
+
+
+def _rounded(values) -> list[float | None]:
+    """Four significant digits (JSON-sized); a non-finite value is None."""
+    return [float(f"{v:.4g}") if math.isfinite(v) else None for v in np.asarray(values, float).tolist()]
 
 
 def _padded(k: int, extra: int, hook, progress, should_stop):

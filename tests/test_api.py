@@ -170,6 +170,16 @@ def test_tokens_and_roles(api):
         ("/v1/families/burgers/solve", {"arm_lbfgs": "u"}, 422, ["body", "arm_lbfgs"], "sequential"),
         ("/v1/families/poisson/solve", {"final_time_data": True}, 422, ["body", "final_time_data"], "time-dependent"),
         ("/v1/families/burgers/solve", {"side_data": True}, 422, ["body", "side_data"], "periodic family"),
+        ("/v1/families/poisson/solve", {"recipe": {"causal": True}}, 422, ["body", "recipe", "causal"], "steady"),
+        ("/v1/families/burgers/solve", {"recipe": {"march": True}}, 422, ["body", "recipe", "march"], "along x"),
+        (
+            "/v1/families/kdv/solve",
+            {"recipe": {"causal": True, "eps": [10, 1]}},
+            422,
+            ["body", "recipe", "eps"],
+            "must not decrease",
+        ),
+        ("/v1/families/kdv/solve", {"recipe": {"chunks": 0}}, 422, ["body", "recipe", "chunks"], "greater than"),
         (
             "/v1/families/burgers/solve",
             {"mode": "sequential", "arm": "single-domain", "arm_lbfgs": "u,flux"},

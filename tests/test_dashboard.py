@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -544,6 +545,25 @@ def test_the_loss_chart_draws_l_bfgs_after_adam(seeded, browser):
     traces = page.evaluate("document.getElementById('loss-chart').data.map(t => ({name: t.name, x: t.x}))")
     assert [t["name"] for t in traces] == ["adam", "lbfgs"]
     assert min(traces[1]["x"]) > max(traces[0]["x"])
+    context.close()
+
+
+def test_the_task_page_plots_the_error_over_time(seeded, browser):
+    """A time-dependent family's task shows e(t) over the reference grid's times; the RMS of e(t)
+    is the task's rel. L2 (the same numbers, seen from where in time they come)."""
+    ids = _ids(seeded["store"])
+    with seeded["store"].read() as s:
+        task = s.get(TaskRow, ids["task"])
+        rel_l2, over_time = task.result["rel_l2"], task.result["outcome"]["error_over_time"]
+    context, page = admin_page(browser, seeded)
+    page.goto(f"{seeded['url']}/dashboard/tasks/{ids['task']}")
+    charts_ready(page)
+    wait_until(page, "document.getElementById('time-chart').data !== undefined", 10)
+    trace = page.evaluate("(t => ({x: t.x, y: t.y}))(document.getElementById('time-chart').data[0])")
+    assert trace["x"] == over_time["t"] and trace["y"] == over_time["error"]
+    assert len(trace["x"]) > 10 and trace["x"][0] == 0.0
+    assert float(np.sqrt(np.mean(np.square(trace["y"])))) == pytest.approx(rel_l2, rel=2e-3)
+    assert page.is_visible("#over-time")
     context.close()
 
 

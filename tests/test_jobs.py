@@ -12,6 +12,7 @@ from metalic.arms import Arm
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.jobs import (
     ArmChoice,
+    Recipe,
     Run,
     SolveRequest,
     SolveResult,
@@ -88,6 +89,25 @@ def test_a_batch_gives_one_result_per_request_with_artefacts():
         rel = np.linalg.norm(grid["prediction"] - grid["reference"]) / np.linalg.norm(grid["reference"])
         assert rel == pytest.approx(r.rel_l2, rel=1e-4)
         assert SolveResult.from_summary(r.summary()).reward == r.reward
+        # e(t): the error at each time of the stored grid; its RMS over t is the rel. L2
+        over_time = r.outcome["error_over_time"]
+        assert over_time["t"] == pytest.approx(list(grid["axis1"]), rel=1e-3)
+        assert float(np.sqrt(np.mean(np.square(over_time["error"])))) == pytest.approx(r.rel_l2, rel=2e-3)
+        assert r.outcome["causal"] is None
+
+
+def test_a_recipe_trains_its_requests_causally_and_marching_in_batches_of_their_own():
+    plain = req(params={"beta": 5.0}, arm="u,flux")
+    causal = req(params={"beta": 5.0}, arm="u,flux", recipe={"causal": True, "eps": [0.1, 1.0], "chunks": 8})
+    marched = req(params={"beta": 5.0}, arm="u,flux", subdomains=3, recipe={"march": True})
+    assert len({plain.batch_key(), causal.batch_key(), marched.batch_key()}) == 3
+    assert plain.profile_key() == req(params={"beta": 9.0}, arm="u").profile_key()  # no recipe: the old key
+    assert causal.profile()["recipe"] == {"causal": True, "eps": [0.1, 1.0], "chunks": 8}
+    (a,) = run_solve_batch([Run.explicit(causal)], device="cpu")
+    assert a.status == "ok" and a.outcome["causal"]["stages"] == 2 and 0 < a.outcome["causal"]["min_weight"] <= 1
+    (b,) = run_solve_batch([Run.explicit(marched)], device="cpu")
+    (c,) = run_solve_batch([Run.explicit(marched.model_copy(update={"recipe": Recipe()}))], device="cpu")
+    assert b.status == c.status == "ok" and b.rel_l2 != c.rel_l2
 
 
 def test_a_result_summary_of_an_earlier_version_still_loads():

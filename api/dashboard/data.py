@@ -238,6 +238,8 @@ def task_detail(store, task_id: int, since: int = 0) -> dict[str, Any] | None:
             "loss": [_num(p[3]) for p in points],
         },
         "cursor": points[-1][0] if points else since,
+        "over_time": outcome.get("error_over_time"),
+        "causal": outcome.get("causal"),
     }
 
 

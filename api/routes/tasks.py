@@ -65,6 +65,8 @@ def result_out(summary: dict) -> ResultOut:
         seconds=r.seconds,
         batch_size=r.batch_size,
         device=r.device,
+        error_over_time=o.get("error_over_time"),
+        causal=o.get("causal"),
     )
 
 

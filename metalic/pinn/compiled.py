@@ -58,6 +58,7 @@ def _shape_key(problem: BatchProblem, net: StackedMLP, config: PinnConfig) -> tu
         str(net.theta.device),
         net.theta.dtype,
         tuple(tuple(t.shape) for t in (*tensors, problem.iface_points, problem.iface_axis, net.theta)),
+        None if problem.chunk_of is None else (tuple(problem.chunk_of.shape), problem.chunks),
     )
 
 
@@ -84,6 +85,8 @@ def lease(
     with torch.no_grad():
         for name in _PROBLEM_TENSORS:
             getattr(kept_problem, name).copy_(getattr(problem, name))
+        if problem.chunk_of is not None:
+            kept_problem.chunk_of.copy_(problem.chunk_of)
         for n, t in problem.param_tensors.items():
             kept_problem.param_tensors[n].copy_(t)
         kept_problem.params = list(problem.params)
@@ -102,6 +105,7 @@ def _keep(key: tuple, problem: BatchProblem, net: StackedMLP, config: PinnConfig
     for name in _PROBLEM_TENSORS:
         setattr(kept_problem, name, getattr(problem, name).clone())
     kept_problem.param_tensors = {n: t.clone() for n, t in problem.param_tensors.items()}
+    kept_problem.chunk_of = None if problem.chunk_of is None else problem.chunk_of.clone()
     kept_net = copy.deepcopy(net)
     loss_fn = PinnLoss(kept_problem, kept_net, config, quantities)
     hit = (kept_problem, kept_net, loss_fn, compile_loss(loss_fn))

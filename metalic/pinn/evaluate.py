@@ -71,3 +71,12 @@ def metrics_of(prediction: np.ndarray, reference: np.ndarray) -> Metrics:
         rel = math.nan
     max_abs = float(np.max(np.abs(diff))) if np.all(np.isfinite(diff)) else math.nan
     return Metrics(rel_l2=rel, max_abs=max_abs, reward=reward_of(rel))
+
+
+def error_over_time(prediction: np.ndarray, reference: np.ndarray, time_axis: int) -> np.ndarray:
+    """The error at each time of the reference grid: e(t) = RMS over the other coordinates of
+    (prediction - reference) at t, divided by the RMS of the whole reference. [n_t]; the overall
+    rel. L2 is the RMS of e(t) over t, so e(t) shows where in time the error comes from."""
+    diff = np.moveaxis(np.asarray(prediction, float) - np.asarray(reference, float), time_axis, -1)
+    rows = np.sqrt(np.mean(diff.reshape(-1, diff.shape[-1]) ** 2, axis=0))
+    return rows / max(float(np.sqrt(np.mean(np.asarray(reference, float) ** 2))), 1e-300)

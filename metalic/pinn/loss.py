@@ -16,6 +16,7 @@ from torch import Tensor
 
 from metalic.conditions import N_TERMS, required_derivatives, side_quantities, term_values
 from metalic.families.base import Family, MultiIndex
+from metalic.pinn.causal import weighted_residual
 from metalic.pinn.jets import TanhJet
 from metalic.pinn.network import StackedMLP
 from metalic.pinn.problem import BatchProblem, PinnConfig
@@ -23,12 +24,14 @@ from metalic.pinn.problem import BatchProblem, PinnConfig
 
 @dataclass
 class LossParts:
-    """Per-run loss and its parts: ``total``, ``data``, ``residual`` [K]; ``terms`` [K, 9] (unweighted)."""
+    """Per-run loss and its parts: ``total``, ``data``, ``residual`` [K]; ``terms`` [K, 9] (unweighted);
+    ``min_weight`` [K]: the smallest causal weight (when called with ``eps``)."""
 
     total: Tensor
     data: Tensor
     residual: Tensor
     terms: Tensor
+    min_weight: Tensor | None = None
 
 
 class PinnLoss:
@@ -65,16 +68,28 @@ class PinnLoss:
         return {k: v[:, :n_i] for k, v in out.items()}, {k: v[:, n_i:] for k, v in out.items()}
 
     # ---- the loss -----------------------------------------------------------------------------
-    def __call__(self, weights: Tensor) -> LossParts:
+    def __call__(
+        self, weights: Tensor, eps: Tensor | None = None, sub_on: Tensor | None = None, iface_on: Tensor | None = None
+    ) -> LossParts:
+        """``weights`` [K, 9]: each run's term weights; ``eps`` [K]: each run's causal eps (0: the
+        plain residual, bit for bit; needs a problem built with ``causal``). ``sub_on`` [S] and
+        ``iface_on`` [I] (0 or 1): the subdomains whose residual and data count, and the interfaces
+        whose terms count (time-marching trains one slab at a time); None: all."""
         p, fam, cfg = self.problem, self.family, self.config
         k = p.n_runs
         nc = p.n_collocation
         main = self.net.jet(p.x_main, self.main_jet)
         d = {n: main[fam.multi_index(n)][..., :nc] for n in fam.residual_uses}
         r = fam.residual(d, p.param_tensors, p.x_main[..., :nc, :])
-        residual = (r**2).mean(-1).sum(-1)
+        r2 = r**2 if sub_on is None else r**2 * sub_on[:, None]
+        residual = r2.mean(-1).sum(-1)
+        min_weight = None
+        if eps is not None:
+            causal, min_weight = weighted_residual(r2, p.chunk_of, p.chunks, eps)
+            residual = torch.where(eps > 0, causal, residual)
         err = (main[(0, 0)][..., nc:] - p.g_data) ** 2 * p.m_data
-        data = (err.sum(-1) / p.m_data.sum(-1).clamp_min(1)).sum(-1)
+        data = err.sum(-1) / p.m_data.sum(-1).clamp_min(1)  # [K, S]
+        data = (data if sub_on is None else data * sub_on).sum(-1)
 
         terms = torch.zeros(k, N_TERMS, dtype=residual.dtype, device=residual.device)
         if p.side_a.numel() and self.quantities:
@@ -82,6 +97,7 @@ class PinnLoss:
             jet = self.net.jet(x_if, self.iface_jet)
             flat = {a: v.reshape(k, -1) for a, v in jet.items()}
             side_a, side_b = self._sides(flat)
-            terms = term_values(side_a, side_b).sum(1)  # [K, I, 9] -> [K, 9]
+            values = term_values(side_a, side_b)  # [K, I, 9]
+            terms = (values if iface_on is None else values * iface_on[:, None]).sum(1)  # [K, 9]
         total = cfg.w_data * data + cfg.w_residual * residual + cfg.w_interface * (terms * weights).sum(-1)
-        return LossParts(total=total, data=data, residual=residual, terms=terms)
+        return LossParts(total=total, data=data, residual=residual, terms=terms, min_weight=min_weight)

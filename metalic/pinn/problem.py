@@ -22,6 +22,7 @@ from torch import Tensor
 
 from metalic.domain import Decomposition, boundary_segments, sample_boundary, sample_interior
 from metalic.families.base import Family
+from metalic.pinn.causal import DEFAULT_CHUNKS, chunk_index
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PinnConfig:
     subdomains: int | None = None  # None = the family's default split, N = N slabs (1: single domain)
     final_time_data: bool = False  # the authors' extra supervision with the reference at t = T
     side_data: bool = False  # periodic family: data on its x-edges from the reference, no periodic net
+    causal_chunks: int = DEFAULT_CHUNKS  # time chunks of the domain for causal runs (``causal``)
 
     def layers_for(self, family: Family) -> tuple[int, ...]:
         return tuple(self.layers) if self.layers is not None else family.layers
@@ -53,6 +55,8 @@ class PinnConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_interface is not None and self.n_interface < 2:
             raise ValueError(f"n_interface must be at least 2, got {self.n_interface}")
+        if not 1 <= self.causal_chunks <= 1024:
+            raise ValueError(f"causal_chunks must be 1..1024, got {self.causal_chunks}")
         if self.subdomains is not None and self.subdomains < 1:
             raise ValueError(f"subdomains must be at least 1, got {self.subdomains}")
         if min(self.w_data, self.w_residual, self.w_interface) < 0:
@@ -74,6 +78,8 @@ class BatchProblem:
     iface_points: Tensor
     iface_axis: Tensor  # [I, 1] int
     param_tensors: dict[str, Tensor] = field(default_factory=dict)  # name -> [K, 1, 1]
+    chunk_of: Tensor | None = None  # [K, S, Pc] each collocation point's time chunk (causal runs)
+    chunks: int = 0
 
     @property
     def n_runs(self) -> int:
@@ -88,6 +94,7 @@ class BatchProblem:
             g_data=self.g_data[:k],
             m_data=self.m_data[:k],
             param_tensors={n: t[:k] for n, t in self.param_tensors.items()},
+            chunk_of=None if self.chunk_of is None else self.chunk_of[:k],
         )
 
 
@@ -119,8 +126,10 @@ def build_problem(
     config: PinnConfig,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    causal: bool = False,
 ) -> BatchProblem:
-    """Sample every run's points (seeded per run) and move them to ``device``."""
+    """Sample every run's points (seeded per run) and move them to ``device``. ``causal``: also
+    each collocation point's time chunk (``config.causal_chunks`` over the domain; needs a time axis)."""
     config.validate(family)
     params = [family.validate_params(p) for p in params]
     decomposition = family.decomposition(config.subdomains)
@@ -169,6 +178,15 @@ def build_problem(
     else:
         iface_points = np.zeros((0, n_if, 2))
 
+    chunk_of = None
+    if causal:
+        if family.time_axis is None:
+            raise ValueError(f"causal training needs a time-dependent family; {family.name} is steady")
+        axis = family.time_axis
+        t = np.stack(x_main)[:, :, : config.n_collocation, axis]  # [K, S, Pc]
+        t0, t1 = family.domain.lo[axis], family.domain.hi[axis]
+        chunk_of = torch.as_tensor(chunk_index(t, t0, t1, config.causal_chunks), device=device)
+
     names = family.param_names
     return BatchProblem(
         family=family,
@@ -184,4 +202,6 @@ def build_problem(
         iface_points=torch.as_tensor(iface_points, **kw),
         iface_axis=torch.as_tensor([[i.axis] for i in decomposition.interfaces], device=device).view(-1, 1),
         param_tensors={n: torch.as_tensor([p[n] for p in params], **kw).view(-1, 1, 1) for n in names},
+        chunk_of=chunk_of,
+        chunks=config.causal_chunks if causal else 0,
     )

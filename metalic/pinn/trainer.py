@@ -28,9 +28,10 @@ from metalic.conditions import TERM_NAMES
 from metalic.families.base import Family
 from metalic.pinn import compiled
 from metalic.pinn.adam import FlatAdam
+from metalic.pinn.causal import CausalSchedule, CausalState
 from metalic.pinn.evaluate import Metrics, metrics_of, predict_stitched, reward_of
 from metalic.pinn.heap import keep_freed_memory
-from metalic.pinn.lbfgs import CANCELLED, DIVERGED, LbfgsResult, batched_lbfgs
+from metalic.pinn.lbfgs import CANCELLED, DIVERGED, MAX_ITER, LbfgsResult, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
 from metalic.pinn.problem import BatchProblem, PinnConfig, build_problem
@@ -59,6 +60,14 @@ class TrainConfig:
     # on an accelerator, where each operation is a kernel launch; on a CPU it saved 0.4-0.5 ms per
     # iteration (docs/benchmarks.md) for about 10 s more of a cold compile.
     compile_lbfgs: bool | None = None
+    # Causal training of the runs that ask for it (``RunSpec.causal``): the eps schedule, each value
+    # held until the smallest weight passes the tolerance (``causal``). Adam phase only: L-BFGS
+    # minimises a fixed loss, the plain residual.
+    causal: CausalSchedule = field(default_factory=CausalSchedule)
+    # Time-marching: the subdomains are time slabs trained one after another, each phase's budget
+    # split evenly between them; slab s trains (its residual and data, its interface with the slab
+    # before) while the slabs before it keep their weights. False: the whole domain at once.
+    march: bool = False
 
     def use_compile(self) -> bool:
         if self.compile is not None:
@@ -79,6 +88,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lbfgs_history < 1:
             raise ValueError("lbfgs_history must be at least 1")
+        self.causal.validate()
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class RunSpec:
     arm_adam: Arm
     arm_lbfgs: Arm | None = None
     seed: int = 0
+    causal: bool = False  # causal weights on the residual in the Adam phase (``causal``)
 
     @property
     def arms(self) -> tuple[Arm, Arm]:
@@ -109,6 +120,7 @@ class RunOutcome:
     phase_losses: dict[str, float] = field(default_factory=dict)  # loss at the end of each phase
     diverged_at: str | None = None
     rel_l2_adam: float | None = None  # error after the Adam phase, when measured (sequential bandit)
+    causal: dict | None = None  # a causal run's last eps, stage, smallest weight, finishing iteration
 
 
 @dataclass
@@ -192,7 +204,7 @@ def train_batch(
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
     specs = [
-        RunSpec(s.params, Arm.parse(s.arm_adam), None if s.arm_lbfgs is None else Arm.parse(s.arm_lbfgs), s.seed)
+        replace(s, arm_adam=Arm.parse(s.arm_adam), arm_lbfgs=None if s.arm_lbfgs is None else Arm.parse(s.arm_lbfgs))
         for s in specs
     ]
     start = time.perf_counter()
@@ -237,6 +249,48 @@ class _Batch:
     loss_call: Callable[[Tensor], LossParts]
     weights_adam: Tensor
     weights_lbfgs: Tensor
+    causal: CausalState | None = None  # when a run trains causally
+    march: _March | None = None  # when the slabs train one after another
+
+    def loss_at(self, weights: Tensor, stage: int | None = None, eps: Tensor | None = None) -> LossParts:
+        """The loss with ``weights`` [K, 9]; ``stage``: the slab a marching training is at;
+        ``eps`` [K]: the causal runs' eps."""
+        if stage is None or self.march is None:
+            return self.loss_call(weights) if eps is None else self.loss_call(weights, eps)
+        return self.loss_call(weights, eps, self.march.sub_on[stage], self.march.iface_on[stage])
+
+
+@dataclass
+class _March:
+    """Time-marching over S time slabs, in time order: at stage s, ``sub_on[s]`` [S] marks slab s
+    (its residual and data count), ``iface_on[s]`` [I] its interface with slab s - 1, and
+    ``params_on[s]`` [1, n] its weights (the only ones that move)."""
+
+    sub_on: list[Tensor]
+    iface_on: list[Tensor]
+    params_on: list[Tensor]
+
+    @property
+    def stages(self) -> int:
+        return len(self.sub_on)
+
+    @staticmethod
+    def of(family: Family, problem: BatchProblem, net: StackedMLP) -> _March:
+        dec = problem.decomposition
+        if family.time_axis is None or any(i.axis != family.time_axis for i in dec.interfaces):
+            raise ValueError("time-marching needs a split into time slabs (a time-dependent family split along t)")
+        axis = family.time_axis
+        order = sorted(range(dec.n_subdomains), key=lambda s: min(b.lo[axis] for b in dec.subdomains[s]))
+        like = net.theta
+        sub_on, iface_on, params_on = [], [], []
+        for n, s in enumerate(order):
+            earlier = set(order[:n])
+            on = [t == s for t in range(dec.n_subdomains)]
+            sub_on.append(torch.tensor(on, dtype=like.dtype, device=like.device))
+            links = [(i.a == s and i.b in earlier) or (i.b == s and i.a in earlier) for i in dec.interfaces]
+            iface_on.append(torch.tensor(links, dtype=like.dtype, device=like.device))
+            params_on.append(net.subdomain_mask(on)[None])
+        return _March(sub_on, iface_on, params_on)
 
 
 def _weights(arms: Sequence[Arm], like: Tensor) -> Tensor:
@@ -247,7 +301,10 @@ def _setup(
     family: Family, specs: list[RunSpec], pinn_config: PinnConfig, train_config: TrainConfig, dev, dt, held: list
 ) -> tuple[_Batch, StackedMLP]:
     """The batch's points, network and loss; returns it and the network the caller gets back."""
-    problem = build_problem(family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt)
+    causal = [s.causal for s in specs]
+    problem = build_problem(
+        family, [s.params for s in specs], [s.seed for s in specs], pinn_config, dev, dt, causal=any(causal)
+    )
     boxes = problem.decomposition.bounding_boxes()
     layers, period = pinn_config.layers_for(family), family.network_period(pinn_config.side_data)
     net = StackedMLP(layers, len(specs), boxes, [s.seed for s in specs], dev, dt, period, family.harmonics)
@@ -259,7 +316,10 @@ def _setup(
         loss_call = loss_fn.__call__
     weights_adam = _weights([s.arms[0] for s in specs], net.theta)
     weights_lbfgs = _weights([s.arms[1] for s in specs], net.theta)
-    return _Batch(family, problem, pinn_config, trained, loss_fn, loss_call, weights_adam, weights_lbfgs), net
+    state = CausalState(train_config.causal, torch.tensor(causal, device=dev)) if any(causal) else None
+    march = _March.of(family, problem, trained) if train_config.march else None
+    batch = _Batch(family, problem, pinn_config, trained, loss_fn, loss_call, weights_adam, weights_lbfgs, state, march)
+    return batch, net
 
 
 class _RunState:
@@ -312,15 +372,27 @@ def _adam_phase(
     opt = FlatAdam(theta, lr=config.adam_lr)
     n_adam = config.adam
     bad_at = torch.zeros(state.k, dtype=torch.long, device=state.device)  # the Adam iteration a run went bad at
+    causal, march = batch.causal, batch.march
+    per_slab = math.ceil(n_adam / march.stages) if march is not None else n_adam
+    slab = None
     for it in range(1, n_adam + 1):
         theta.grad = None
-        parts = batch.loss_call(batch.weights_adam)
+        if march is not None and (it - 1) // per_slab != slab:
+            slab = (it - 1) // per_slab
+            if causal is not None:
+                causal.restart()  # each slab runs the eps schedule from its start
+        parts = batch.loss_at(batch.weights_adam, slab, None if causal is None else causal.eps(theta))
         total = parts.total.detach()
         bad = active & (~torch.isfinite(total) | (total.abs() > BLOW_UP))
         bad_at = torch.where(bad, it, bad_at)
         active.logical_and_(~bad)
-        torch.where(active, parts.total, torch.zeros_like(parts.total)).sum().backward()
-        opt.freeze(~active[:, None])
+        training = active
+        if causal is not None:  # a causal run whose last stage finished keeps its weights
+            training = active & ~causal.done
+            causal.update(parts.min_weight, it)
+        torch.where(training, parts.total, torch.zeros_like(parts.total)).sum().backward()
+        frozen = ~training[:, None]
+        opt.freeze(frozen if march is None else frozen | ~march.params_on[slab])
         opt.step()
         if it == 2:
             # Everything alive now (compiled graphs, the problem, the model) lives for the whole
@@ -339,6 +411,10 @@ def _adam_phase(
         if it % 25 == 0 and not bool(active.any()):
             break
     state.read_adam_marks(bad_at)
+    if causal is not None:  # a finished causal run's Adam phase ended with its last stage
+        for j, at in enumerate(causal.done_at.tolist()):
+            if at and state.adam_done[j] is None:
+                state.adam_done[j] = at
     state.adam_done = [n_adam if done is None else done for done in state.adam_done]
 
 
@@ -368,16 +444,61 @@ def _choose_lbfgs_arms(
 def _lbfgs_phase(
     batch: _Batch, state: _RunState, config: TrainConfig, progress: Callable | None, progress_every: int
 ) -> LbfgsResult:
-    """The batched L-BFGS loop over the runs still active after the Adam phase."""
+    """The batched L-BFGS loop over the runs still active after the Adam phase. A marching
+    training runs it once per slab (the budget split evenly, a fresh history each), moving only
+    that slab's weights; a run that diverged or was cancelled in one slab stays stopped."""
     theta = batch.net.theta
+    march = batch.march
+    n_lbfgs = config.lbfgs
+    if march is None:
+        return _lbfgs_run(batch, state, config, progress, progress_every, None, n_lbfgs, 0, state.active)
+    budgets = [n_lbfgs // march.stages + (s < n_lbfgs % march.stages) for s in range(march.stages)]
+    active, done = state.active.clone(), 0
+    iterations, reasons = [0] * state.k, [MAX_ITER] * state.k
+    stopped: dict[int, str] = {}
+    for slab, budget in enumerate(budgets):
+        result = _lbfgs_run(batch, state, config, progress, progress_every, slab, budget, done, active)
+        for j in range(state.k):
+            if j in stopped:
+                continue
+            iterations[j] += result.iterations[j]
+            reasons[j] = result.reasons[j]
+            if result.reasons[j] in (DIVERGED, CANCELLED) and bool(active[j]):
+                stopped[j] = result.reasons[j]
+        active = active & torch.tensor([j not in stopped for j in range(state.k)], device=theta.device)
+        done += budget
+    for j, why in stopped.items():
+        reasons[j] = why
+    for j in range(state.k):
+        if not bool(state.active[j]):
+            reasons[j] = DIVERGED  # as batched_lbfgs reports a run that did not enter the phase
+    return LbfgsResult(iterations, reasons)
+
+
+def _lbfgs_run(
+    batch: _Batch,
+    state: _RunState,
+    config: TrainConfig,
+    progress: Callable | None,
+    progress_every: int,
+    slab: int | None,
+    budget: int,
+    offset: int,
+    active: Tensor,
+) -> LbfgsResult:
+    """One batched L-BFGS call of ``budget`` iterations (progress counted from ``offset``); with a
+    ``slab``, on that slab's loss with the other slabs' gradient zero."""
+    theta = batch.net.theta
+    keep = None if slab is None else batch.march.params_on[slab]
 
     def closure(x: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             theta.grad = None  # the next backward makes a new tensor: this one may be kept
-            total = batch.loss_call(batch.weights_lbfgs).total
+            total = batch.loss_at(batch.weights_lbfgs, slab).total
             torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0).sum().backward()
         loss = torch.where(total.detach().abs() > BLOW_UP, math.nan, total.detach())
-        grad = torch.where(torch.isfinite(loss)[:, None], theta.grad, math.nan)  # no mask: no sync
+        grad = theta.grad if keep is None else theta.grad * keep
+        grad = torch.where(torch.isfinite(loss)[:, None], grad, math.nan)  # no mask: no sync
         return loss, grad
 
     n_lbfgs = config.lbfgs
@@ -385,9 +506,9 @@ def _lbfgs_phase(
     def on_iteration(it: int, loss: Tensor) -> Tensor | None:
         if it == 2:
             gc.freeze()  # as in the Adam loop: the first closure call may have compiled
-        if it % progress_every == 0 or it == n_lbfgs:
+        if (offset + it) % progress_every == 0 or offset + it == n_lbfgs:
             if progress is not None:
-                progress(Progress("lbfgs", it, n_lbfgs, loss.tolist()))
+                progress(Progress("lbfgs", offset + it, n_lbfgs, loss.tolist()))
             return state.stop_requested()
         return None
 
@@ -395,12 +516,12 @@ def _lbfgs_phase(
         return batched_lbfgs(
             closure,
             theta.data,
-            n_lbfgs if state.active.any() else 0,
+            budget if active.any() else 0,
             lr=config.lbfgs_lr,
             history=config.lbfgs_history,
             tolerance_grad=config.tolerance_grad,
             tolerance_change=config.tolerance_change,
-            active=state.active,
+            active=active,
             callback=on_iteration,
             compile_steps=config.use_compile_lbfgs(theta.device),
         )
@@ -434,6 +555,7 @@ def _outcomes(
                 phase_losses={"adam": after_adam[j].item(), "lbfgs": final.total[j].item()},
                 rel_l2_adam=None if adam_metrics is None else adam_metrics[j].rel_l2,
                 diverged_at=state.diverged_at[j],
+                causal=batch.causal.report(j) if batch.causal is not None and specs[j].causal else None,
             )
         )
     return outcomes

@@ -266,6 +266,22 @@
     } else if (["succeeded", "failed", "cancelled"].includes(d.task.state)) {
       empty("loss-chart", "no loss was recorded for this task");
     }
+    const T = d.over_time;
+    const overTime = document.getElementById("over-time");
+    if (T && T.t.length && overTime.hidden) {
+      overTime.hidden = false;
+      draw(
+        "time-chart",
+        [{ type: "scatter", mode: "lines", name: "e(t)", x: T.t, y: T.error, line: { color: palette[0] }, hovertemplate: "t = %{x}<br>e = %{y:.3e}<extra></extra>" }],
+        { xaxis: { title: { text: "t" } }, yaxis: { title: { text: "error at t (of the reference's RMS)" }, type: "log", exponentformat: "power" }, showlegend: false }
+      );
+      const C = d.causal;
+      if (C) {
+        document.getElementById("causal-note").textContent =
+          "· causal training: eps " + C.eps + " (stage " + C.stage + " of " + C.stages + "), smallest weight " + C.min_weight.toFixed(3) +
+          (C.finished_at ? ", finished at Adam iteration " + C.finished_at : ", not finished");
+      }
+    }
     const figure = document.getElementById("solution");
     const img = document.getElementById("solution-img");
     if (d.task.state === "succeeded" && figure.hidden) {

@@ -1,0 +1,146 @@
+"""Causal training (``metalic.pinn.causal``): the weights, their schedule, and the trainer's runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from metalic.families import get_family
+from metalic.pinn.causal import CausalSchedule, CausalState, causal_weights, chunk_index, weighted_residual
+from metalic.pinn.loss import PinnLoss
+from metalic.pinn.network import StackedMLP
+from metalic.pinn.problem import PinnConfig, build_problem
+from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
+
+
+def test_the_weights_are_the_formula_on_a_hand_made_residual_profile():
+    """Four chunks of two points each; w_i = exp(-eps * sum_{j<i} mean r^2 of chunk j)."""
+    r2 = torch.tensor([[[0.5, 1.5, 0.2, 0.2, 3.0, 1.0, 0.0, 4.0]]], dtype=torch.float64)  # [1, 1, 8]
+    chunk_of = torch.tensor([[[0, 0, 1, 1, 2, 2, 3, 3]]])
+    eps = torch.tensor([0.7], dtype=torch.float64)
+    means = [1.0, 0.2, 2.0, 2.0]
+    expected = [math.exp(-0.7 * sum(means[:i])) for i in range(4)]  # 1, e^-0.7, e^-0.84, e^-2.24
+    residual, smallest = weighted_residual(r2, chunk_of, 4, eps)
+    sums = [2.0, 0.4, 4.0, 4.0]
+    assert residual.item() == pytest.approx(sum(w * s for w, s in zip(expected, sums, strict=True)) / 8, rel=1e-12)
+    assert smallest.item() == pytest.approx(expected[-1], rel=1e-12)
+    weights = causal_weights(torch.tensor([means], dtype=torch.float64), eps)
+    np.testing.assert_allclose(weights[0].numpy(), expected, rtol=1e-12)
+    # eps = 0 gives weight 1 everywhere: the plain mean of r^2
+    plain, _ = weighted_residual(r2, chunk_of, 4, torch.zeros(1, dtype=torch.float64))
+    assert plain.item() == pytest.approx(r2.mean().item(), rel=1e-12)
+    # no gradient through the weights: d residual / d r2 = w of the point's chunk / P
+    r2.requires_grad_(True)
+    weighted_residual(r2, chunk_of, 4, eps)[0].backward()
+    np.testing.assert_allclose(r2.grad[0, 0].numpy(), np.repeat(expected, 2) / 8, rtol=1e-12)
+
+
+def test_chunks_split_the_domain_time_range_and_a_later_slab_waits_for_the_earlier_one():
+    assert chunk_index(np.array([0.0, 0.24, 0.25, 0.99, 1.0]), 0.0, 1.0, 4).tolist() == [0, 0, 1, 3, 3]
+    fam = get_family("advection")  # two time slabs by default, t in [0, 1]
+    problem = build_problem(fam, [{"beta": 5.0}], [0], PinnConfig(n_collocation=300, causal_chunks=8), causal=True)
+    t = problem.x_main[0, :, :300, 1].double().numpy()
+    assert problem.chunk_of[0].tolist() == np.clip(np.floor(t * 8), 0, 7).astype(int).tolist()
+    assert set(problem.chunk_of[0, 0].tolist()) == {0, 1, 2, 3} and set(problem.chunk_of[0, 1].tolist()) == {4, 5, 6, 7}
+    # a residual in the first slab's chunks lowers every weight of the second slab
+    r2 = torch.zeros(1, 2, 300, dtype=torch.float64)
+    r2[0, 0] = 1.0
+    residual, smallest = weighted_residual(r2, problem.chunk_of, 8, torch.tensor([1.0], dtype=torch.float64))
+    assert smallest.item() == pytest.approx(math.exp(-4.0))  # chunks 4..7 wait for four chunks of L = 1
+    assert residual.item() < 1.0
+
+
+def test_the_schedule_moves_on_when_every_weight_passes_tol_and_finishes_at_the_last_eps():
+    state = CausalState(CausalSchedule(eps=(1.0, 10.0), tol=0.9), torch.tensor([True, True, False]))
+    assert state.eps(torch.zeros(3)).tolist() == [1.0, 1.0, 0.0]
+    state.update(torch.tensor([0.95, 0.5, 1.0]), 1)
+    assert state.stage.tolist() == [1, 0, 0] and state.done_at.tolist() == [0, 0, 0]
+    state.update(torch.tensor([0.95, 0.95, 1.0]), 2)
+    assert state.stage.tolist() == [1, 1, 0] and state.done_at.tolist() == [2, 0, 0]
+    assert state.eps(torch.zeros(3)).tolist() == [10.0, 10.0, 0.0]
+    with pytest.raises(ValueError, match="must not decrease"):
+        CausalSchedule(eps=(10.0, 1.0)).validate()
+
+
+def test_causal_weights_in_a_batch_give_each_run_what_it_gets_alone():
+    """Three runs, two causal with their own parameters and seeds, one plain: each trains what it
+    trains alone (its eps, stage and weights are its own; the plain run's loss is the plain one)."""
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=96, n_boundary=24, n_interface=9, causal_chunks=8)
+    train = TrainConfig(adam=60, lbfgs=5, compile=False, causal=CausalSchedule(eps=(0.1, 1.0), tol=0.5))
+    specs = [
+        RunSpec({"beta": 4.0}, "u,flux", seed=3, causal=True),
+        RunSpec({"beta": 12.0}, "u", seed=4),
+        RunSpec({"beta": 20.0}, "flux", seed=5, causal=True),
+    ]
+    batch = train_batch(fam, specs, cfg, train, device="cpu", dtype="float64")
+    for j, spec in enumerate(specs):
+        alone = train_batch(fam, [spec], cfg, train, device="cpu", dtype="float64")
+        torch.testing.assert_close(batch.net.theta[j], alone.net.theta[0], rtol=1e-9, atol=1e-11)
+        assert batch.outcomes[j].causal == alone.outcomes[0].causal
+        assert batch.outcomes[j].adam_iterations == alone.outcomes[0].adam_iterations
+    assert batch.outcomes[1].causal is None
+    assert batch.outcomes[0].causal["stages"] == 2
+
+
+def test_a_steady_family_refuses_causal_training():
+    with pytest.raises(ValueError, match="time-dependent"):
+        build_problem(get_family("poisson"), [{}], [0], PinnConfig(n_collocation=10), causal=True)
+
+
+@pytest.mark.slow
+def test_the_compiled_causal_loss_matches_eager():
+    fam = get_family("burgers")
+    cfg = PinnConfig(n_collocation=200, n_boundary=20, n_interface=41, causal_chunks=16)
+    problem = build_problem(fam, [{"nu": 0.01}, {"nu": 0.03}], [0, 1], cfg, causal=True)
+    net = StackedMLP(cfg.layers_for(fam), 2, problem.decomposition.bounding_boxes(), [0, 1])
+    loss = PinnLoss(problem, net, cfg, frozenset({"u"}))
+    weights = torch.zeros(2, 9)
+    weights[:, 0] = 1
+    eps = torch.tensor([10.0, 0.0])
+    eager = loss(weights, eps)
+    (g_eager,) = torch.autograd.grad(eager.total.sum(), net.theta)
+    compiled = torch.compile(loss.__call__)(weights, eps)
+    (g_compiled,) = torch.autograd.grad(compiled.total.sum(), net.theta)
+    torch.testing.assert_close(compiled.total, eager.total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.min_weight, eager.min_weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-5)
+    assert eager.min_weight[0] < 1.0  # the causal run is weighted
+    plain = loss(weights)
+    assert eager.total[1].item() == plain.total[1].item()  # eps = 0: the plain loss, bit for bit
+
+
+def test_marching_trains_each_slab_after_the_one_before():
+    """Three time slabs, marched: the first slab trains alone (no interface term reaches it, so
+    its weights are the same whatever the arm), the later ones through their interface with the
+    slab before (their weights depend on the arm); without marching every slab feels the arm."""
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9, subdomains=3)
+    march = TrainConfig(adam=30, lbfgs=9, compile=False, march=True)
+
+    def trained(arm: str, config: TrainConfig) -> torch.Tensor:
+        batch = train_batch(fam, [RunSpec({"beta": 6.0}, arm, seed=2)], cfg, config, device="cpu", dtype="float64")
+        per_slab = batch.net.n_weights // 3
+        return batch.net.theta.detach()[0], per_slab, batch
+
+    a, n, batch = trained("u", march)
+    b, _, _ = trained("u,flux,ux", march)
+    first = batch.net.subdomain_mask([True, False, False])
+    assert int(first.sum()) == n
+    torch.testing.assert_close(a[first], b[first], rtol=0, atol=0)
+    assert not torch.allclose(a[~first], b[~first])
+    plain_a, _, _ = trained("u", replace(march, march=False))
+    plain_b, _, _ = trained("u,flux,ux", replace(march, march=False))
+    assert not torch.allclose(plain_a[first], plain_b[first])
+    assert batch.outcomes[0].lbfgs_iterations <= 9 and batch.outcomes[0].status == "ok"
+
+
+def test_marching_needs_time_slabs():
+    fam = get_family("burgers")  # split in x
+    with pytest.raises(ValueError, match="time slabs"):
+        train_batch(fam, [RunSpec({"nu": 0.01}, "u", seed=0)], PinnConfig(n_collocation=16, n_boundary=8),
+                    TrainConfig(adam=2, lbfgs=0, compile=False, march=True))  # fmt: skip
