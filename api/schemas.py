@@ -201,8 +201,9 @@ class PredictOut(BaseModel):
 
 # ---- recommendations --------------------------------------------------------------------------------
 class ArmOut(BaseModel):
-    terms: str
-    bits: str
+    terms: str = Field(description="the arm's label: its terms, then +recipe bits (u,flux+causal)")
+    bits: str = Field(description="the nine term bits (ten for single-domain)")
+    recipe: list[str] = Field(default_factory=list, description="the training recipe that goes with these terms")
     predicted_error: float
     error_interval: tuple[float, float] = Field(description="95% credible interval of the relative L2 error")
     reward_mean: float
@@ -245,6 +246,9 @@ class CampaignBody(BaseModel):
     points: Points = Field(default_factory=Points)
     dtype: Literal["float32", "float64"] = "float32"
     prior: str | None = Field(None, description="learning engines start from this installed prior (burgers-single-v1)")
+    subdomains: int | None = Field(None, ge=1, description="N equal slabs instead of the family's split")
+    learns: list[str] = Field(default_factory=list, description="recipe bits the bandit chooses beside terms: causal")
+    recipe: Recipe = Field(default_factory=Recipe, description="eps and chunks of causal runs; march")
 
     # field by field (pydantic reports every bad field at once), in the words of CampaignConfig
     @field_validator("warmup", "rounds", "test")

@@ -14,8 +14,9 @@ it and parsed back into it in this module:
 ``Arm.parse`` reads all of them (and the 9- or 10-tuples that older files and rows hold).
 
 The index space: term subsets are 0..511 (bit i = term i), the single network is 512, and each
-training-recipe bit a later version adds (``RECIPE_FLAGS``, none yet) multiplies the space by two
-above that: ``index = base + 513 * recipe``. Indices of the arms that exist today never change.
+training-recipe bit (``RECIPE_FLAGS``: ``causal``) multiplies the space by two above that:
+``index = base + 513 * recipe``; the label gets ``+causal``. The indices of the arms without recipe
+bits never change. A study learns the recipe bits it is given (``arm_set``), none by default.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ from functools import cache
 from metalic.conditions import N_TERMS, TERM_NAMES, TERMS
 
 SINGLE_NETWORK_LABEL = "single-domain"
-RECIPE_FLAGS: tuple[str, ...] = ()  # training-recipe bits an arm can carry (a bandit may choose them)
+# Training-recipe bits an arm can carry (a bandit may choose them). ``causal``: causal weights on
+# the residual in the Adam phase (``metalic.pinn.causal``; a time-dependent family).
+RECIPE_FLAGS: tuple[str, ...] = ("causal",)
 SWITCHES = (*TERM_NAMES, SINGLE_NETWORK_LABEL, *RECIPE_FLAGS)  # what ``Arm.switches`` says is on
 N_BASE = 2**N_TERMS + 1  # 512 term subsets and the single network
-N_FEATURES = N_TERMS + 1 + len(RECIPE_FLAGS)
+N_BASE_FEATURES = N_TERMS + 1  # the GP's inputs of an arm without recipe bits
+N_FEATURES = N_BASE_FEATURES + len(RECIPE_FLAGS)
 
 
 @dataclass(frozen=True, order=True)
@@ -108,6 +112,12 @@ class Arm:
         """The trainer's weight per interface term [9]."""
         return tuple(float(b) for b in self.term_mask)
 
+    @property
+    def base(self) -> Arm:
+        """The same arm without recipe bits (what an L-BFGS phase takes: the recipe is the Adam
+        phase's)."""
+        return Arm(self.terms, self.single)
+
     def features(self) -> tuple[float, ...]:
         """The GP's inputs for this arm [N_FEATURES]: nine term bits, the single-network bit, then
         the recipe bits."""
@@ -166,15 +176,16 @@ def _parse_text(text: str) -> Arm:
 
 
 def _parse_bits(bits: list) -> Arm:
-    if len(bits) not in (N_TERMS, N_TERMS + 1):
+    if len(bits) not in (N_TERMS, N_TERMS + 1, N_FEATURES):
         raise ValueError(f"an arm has {N_TERMS} bits, got {len(bits)}")
     if any(b not in (0, 1) for b in bits):
         raise ValueError("arm bits must be 0 or 1")
     mask = sum(int(b) << i for i, b in enumerate(bits[:N_TERMS]))
-    single = len(bits) == N_TERMS + 1 and bits[-1] == 1
+    single = len(bits) > N_TERMS and bits[N_TERMS] == 1
     if single and mask:
         raise ValueError(f"the {SINGLE_NETWORK_LABEL} arm has no interface terms")
-    return Arm(mask, single)
+    recipe = sum(int(b) << j for j, b in enumerate(bits[N_TERMS + 1 :]))
+    return Arm(mask, single, recipe)
 
 
 def _recipe(names: list[str]) -> int:
@@ -204,6 +215,15 @@ def needed_quantities(arms: Iterable[Arm]) -> frozenset[str]:
 def all_arms() -> tuple[Arm, ...]:
     """Every arm without recipe bits, in index order: the 512 term subsets, then one network."""
     return tuple(Arm.from_index(i) for i in range(N_BASE))
+
+
+@cache
+def arm_set(recipe_flags: tuple[str, ...] = ()) -> tuple[Arm, ...]:
+    """The arms of a study that learns ``recipe_flags`` (a prefix of ``RECIPE_FLAGS``), in index
+    order: the 513 arms without recipe bits, then each of them with each recipe."""
+    if recipe_flags != RECIPE_FLAGS[: len(recipe_flags)]:
+        raise ValueError(f"recipe bits must be a prefix of {RECIPE_FLAGS}, got {recipe_flags}")
+    return tuple(Arm.from_index(i) for i in range(N_BASE * 2 ** len(recipe_flags)))
 
 
 @cache

@@ -27,13 +27,14 @@ from typing import Any
 import torch
 
 from metalic import priors
-from metalic.arms import NONE, SWITCHES, Arm, all_arms, split_arms
+from metalic.arms import NONE, RECIPE_FLAGS, SWITCHES, Arm, all_arms, arm_set, split_arms
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.policies import FixedArm, Policy, RandomArm, parse_policy
 from metalic.bandit.space import ParamSpace
 from metalic.batching import Queued, plan_all
 from metalic.families import get_family
-from metalic.jobs import Run, SolveRequest, SolveResult, run_solve_batch
+from metalic.jobs import Recipe, Run, SolveRequest, SolveResult, run_solve_batch
+from metalic.pinn.causal import CausalSchedule
 from metalic.pinn.evaluate import outcome_error
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
@@ -58,6 +59,8 @@ class CampaignConfig:
     device: str | None = None
     dtype: str = "float32"
     prior: str | None = None  # the learning engines stack on this prior (``metalic.priors``), e.g. burgers-single-v1
+    # Recipe bits the learning engines choose beside the terms (``arms.RECIPE_FLAGS``: causal).
+    learns: tuple[str, ...] = ()
 
     def validate(self) -> None:
         get_family(self.family)  # ValueError naming the known families
@@ -70,6 +73,13 @@ class CampaignConfig:
                 raise ValueError(f"prior: {self.prior} is not a prior of {self.family} ({self.mode})")
         if self.mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {self.mode!r}")
+        if self.learns:
+            if tuple(self.learns) != RECIPE_FLAGS[: len(self.learns)]:
+                raise ValueError(f"learns: recipe bits are {', '.join(RECIPE_FLAGS)}, got {', '.join(self.learns)}")
+            if get_family(self.family).time_axis is None:
+                raise ValueError(f"learns: {self.family} is steady; causal training needs a time axis")
+            if self.prior is not None:
+                raise ValueError("learns: the shipped priors have no recipe bits; leave out the prior")
         for name in ("warmup", "rounds", "test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be non-negative, got {getattr(self, name)}")
@@ -98,7 +108,11 @@ class CampaignConfig:
         for old, new in (("adam_iters", "adam"), ("lbfgs_iters", "lbfgs")):  # configs stored before the rename
             if old in train:
                 train[new] = train.pop(old)
+        if isinstance(train.get("causal"), Mapping):
+            causal = train["causal"]
+            train["causal"] = CausalSchedule(eps=tuple(causal["eps"]), tol=causal["tol"])
         d["train"] = TrainConfig(**train)
+        d["learns"] = tuple(d.get("learns", ()))
         pinn = dict(d["pinn"])
         pinn["layers"] = None if pinn.get("layers") is None else tuple(pinn["layers"])
         d["pinn"] = PinnConfig(**pinn)
@@ -135,6 +149,7 @@ class CampaignConfig:
             final_time_data=self.pinn.final_time_data,
             seed=seed,
             dtype=self.dtype,
+            recipe=Recipe(eps=self.train.causal.eps, chunks=self.pinn.causal_chunks, march=self.train.march),
         )
 
 
@@ -208,12 +223,14 @@ def points_for(config: CampaignConfig) -> tuple[list[dict], list[dict]]:
     return online, test
 
 
-def _random_arms(n: int, seed: int) -> list[tuple[Arm, Arm]]:
-    """n seeded (Adam, L-BFGS) pairs of random arms; a single-network Adam arm stays one network."""
+def _random_arms(n: int, seed: int, learns: tuple[str, ...] = ()) -> list[tuple[Arm, Arm]]:
+    """n seeded (Adam, L-BFGS) pairs of random arms (the Adam arm with the recipe bits the engines
+    learn); a single-network Adam arm stays one network."""
     gen = torch.Generator().manual_seed(seed)
-    first = torch.randint(len(all_arms()), (n,), generator=gen).tolist()
+    arms = arm_set(learns)
+    first = torch.randint(len(arms), (n,), generator=gen).tolist()
     second = torch.randint(len(split_arms()), (n,), generator=gen).tolist()
-    pairs = [(all_arms()[a], all_arms()[b]) for a, b in zip(first, second, strict=True)]
+    pairs = [(arms[a], all_arms()[b]) for a, b in zip(first, second, strict=True)]
     return [(a, a if a.single else b) for a, b in pairs]
 
 
@@ -225,8 +242,8 @@ class CampaignPlan:
         config.validate()
         self.config = config
         self.online, self.test = points_for(config)
-        self.warm_arms = _random_arms(config.warmup, config.seed + 1)
-        self.test_arms = _random_arms(config.test, config.seed + 2)  # the random policy's test rollout
+        self.warm_arms = _random_arms(config.warmup, config.seed + 1, config.learns)
+        self.test_arms = _random_arms(config.test, config.seed + 2, config.learns)  # the random policy's test rollout
         self.policies: dict[str, Policy] = {p: parse_policy(p, config.ucb_schedule) for p in config.policies}
         self.learning = [name for name, p in self.policies.items() if p.learns]
 
@@ -262,7 +279,7 @@ class CampaignPlan:
         c = self.config
         prior = priors.load(c.prior) if c.prior else None
         return {
-            name: BanditEngine(c.family, c.mode, p, seed=c.seed, prior=prior)
+            name: BanditEngine(c.family, c.mode, p, seed=c.seed, prior=prior, recipe=c.learns)
             for name, p in self.policies.items()
             if p.has_engine
         }
@@ -466,19 +483,25 @@ def plot_campaign(rows: list[RoundRow], out: Path) -> None:
 
 
 def summarise(rows: list[RoundRow]) -> list[dict]:
-    """Per policy: accumulated online error, mean / median test error."""
+    """Per policy: accumulated online error, mean / median test error; when an arm carried a recipe
+    bit, how often each was chosen online and in the test rollout (``recipe_online`` / ``recipe_test``)."""
     import numpy as np
 
     out = []
     for p in dict.fromkeys(r.policy for r in rows):
         online = [outcome_error(r.rel_l2, r.status) for r in rows if r.policy == p and r.stage != "test"]
         test = [outcome_error(r.rel_l2, r.status) for r in rows if r.policy == p and r.stage == "test"]
-        out.append(
-            {
-                "heuristic": p,
-                "online_accumulated_error": float(np.sum(online)),
-                "test_mean_error": float(np.mean(test)) if test else float("nan"),
-                "test_median_error": float(np.median(test)) if test else float("nan"),
-            }
-        )
+        summary = {
+            "heuristic": p,
+            "online_accumulated_error": float(np.sum(online)),
+            "test_mean_error": float(np.mean(test)) if test else float("nan"),
+            "test_median_error": float(np.median(test)) if test else float("nan"),
+        }
+        arms = {stage: [Arm.parse(r.arm) for r in rows if r.policy == p and r.stage == stage] for stage in STAGES}
+        if any(a.recipe for chosen in arms.values() for a in chosen):
+            for stage in ("online", "test"):
+                n = max(len(arms[stage]), 1)
+                share = {f: sum(f in a.recipe_flags for a in arms[stage]) / n for f in RECIPE_FLAGS}
+                summary[f"recipe_{stage}"] = share
+        out.append(summary)
     return out

@@ -67,12 +67,10 @@ class Recipe(BaseModel):
     def plain(self) -> bool:
         return not (self.causal or self.march)
 
-    def profile(self) -> dict[str, Any] | None:
-        """What a study's profile records of the recipe (None when the training is plain)."""
-        if self.plain:
-            return None
-        causal = {"causal": True, "eps": list(self.eps), "chunks": self.chunks} if self.causal else {}
-        return {**causal, **({"march": True} if self.march else {})}
+    def profile(self) -> dict[str, Any]:
+        """What a study's profile records of a recipe other than the default: causal (the eps
+        schedule and chunks also serve arms that carry the causal bit) and marching."""
+        return {"causal": self.causal, "eps": list(self.eps), "chunks": self.chunks, "march": self.march}
 
 
 @dataclass(frozen=True)
@@ -215,6 +213,11 @@ class SolveRequest(BaseModel):
         recipe, family = self.recipe, get_family(self.family)
         where = "causal" if recipe.causal else "march"
         message = None
+        arms = [c.arm for c in (self.arm_choice, self.arm_lbfgs_choice) if c is not None and c.arm is not None]
+        if any(a.recipe for a in arms) and family.time_axis is None:
+            error = InitErrorDetails(type=PydanticCustomError("value_error", f"a recipe bit needs a time-dependent "
+                                     f"family; {family.name} is steady"), loc=("arm",), input=self.arm)  # fmt: skip
+            raise ValidationError.from_exception_data("SolveRequest", [error])
         if not recipe.plain and family.time_axis is None:
             message = f"needs a time-dependent family; {family.name} is steady"
         elif recipe.march and any(i.axis != family.time_axis for i in family.decomposition(self.subdomains).interfaces):
@@ -292,7 +295,7 @@ class SolveRequest(BaseModel):
             "subdomains": self.subdomains,
             "final_time_data": self.final_time_data,
             **({"side_data": True} if self.side_data else {}),  # absent when off: older studies' keys stay
-            **({"recipe": self.recipe.profile()} if not self.recipe.plain else {}),
+            **({"recipe": self.recipe.profile()} if self.recipe != Recipe() else {}),
             "layers": list(pinn.layers_for(get_family(self.family))),
             "dtype": self.dtype,
         }
@@ -353,7 +356,9 @@ class Run:
     def spec(self) -> RunSpec:
         """What the trainer needs of this run."""
         request = self.request
-        return RunSpec(request.params, self.arm_adam, self.arm_lbfgs, request.seed, request.recipe.causal)
+        causal = request.recipe.causal or "causal" in self.arm_adam.recipe_flags
+        lbfgs = None if self.arm_lbfgs is None else self.arm_lbfgs.base  # the recipe is the Adam phase's
+        return RunSpec(request.params, self.arm_adam, lbfgs, request.seed, causal)
 
 
 class LbfgsChooser(Protocol):

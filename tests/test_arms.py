@@ -49,7 +49,7 @@ def test_all_513_arms_round_trip_through_every_form():
         assert Arm.parse(list(arm.switches)) == arm  # the 10 switches are the stored 10-bit form
 
 
-@pytest.mark.parametrize("spec", ["u,foo", [1, 0], [2] * 9, "u,,flux", "1" * 9 + "1", 513, -1, "u+causal"])
+@pytest.mark.parametrize("spec", ["u,foo", [1, 0], [2] * 9, "u,,flux", "1" * 9 + "1", 1026, -1, "u+march"])
 def test_bad_arms_are_refused_with_the_field_named(spec):
     with pytest.raises(ValueError):
         Arm.parse(spec)
@@ -59,11 +59,16 @@ def test_bad_arms_are_refused_with_the_field_named(spec):
 
 def test_gp_features_and_loss_weights():
     u_flux = Arm.parse("u,flux")
-    assert u_flux.features() == (1.0, 0, 0, 0, 1.0, 0, 0, 0, 0, 0)
+    assert u_flux.features() == (1.0, 0, 0, 0, 1.0, 0, 0, 0, 0, 0, 0)
+    causal = Arm.parse("u,flux+causal")
+    assert causal.features()[-1] == 1.0 and causal.base == u_flux and causal.index == u_flux.index + 513
+    assert Arm.parse(list(causal.switches)) == causal and Arm.parse(causal.label) == causal
+    assert causal.loss_weights == u_flux.loss_weights and causal.recipe_flags == ("causal",)
     assert u_flux.loss_weights == (1.0, 0, 0, 0, 1.0, 0, 0, 0, 0)
-    assert SINGLE.features()[-1] == 1.0 and sum(SINGLE.features()) == 1.0
+    assert SINGLE.features()[9] == 1.0 and sum(SINGLE.features()) == 1.0
     torch.testing.assert_close(arm_features([u_flux, SINGLE]), ALL_FEATURES[[u_flux.index, 512]])
     assert SWITCHES[:9] == tuple(t.name for t in TERMS) and SWITCHES[9] == "single-domain"
+    assert SWITCHES[10] == "causal"
 
 
 def test_quantities_are_the_union_of_the_terms_needs():

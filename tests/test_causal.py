@@ -144,3 +144,60 @@ def test_marching_needs_time_slabs():
     with pytest.raises(ValueError, match="time slabs"):
         train_batch(fam, [RunSpec({"nu": 0.01}, "u", seed=0)], PinnConfig(n_collocation=16, n_boundary=8),
                     TrainConfig(adam=2, lbfgs=0, compile=False, march=True))  # fmt: skip
+
+
+def test_an_engine_that_learns_the_causal_bit_recommends_it_where_it_pays():
+    """Rewards where the causal bit adds 1.5 to every arm: the engine's own kernel factor for the
+    recipe bit learns it, and the recommendation names the recipe with its terms. The snapshot keeps
+    the arm set; an engine without the bit refuses a causal observation."""
+    from metalic.arms import Arm
+    from metalic.bandit.engine import BanditEngine, Observation
+
+    engine = BanditEngine("advection", seed=0, recipe=("causal",))
+    assert len(engine.arms) == 1026 and engine.arms[514] == Arm.parse("u+causal")
+    terms = ["u", "u,flux", "flux", "u,res", "none", "all"]
+    observations = []
+    for i in range(24):
+        beta = 1.0 + 29.0 * ((i * 7) % 24) / 23
+        arm = Arm.parse(terms[i % len(terms)] + ("+causal" if i % 2 else ""))
+        reward = 2.0 - 0.03 * beta + (1.5 if arm.recipe else 0.0) + (0.3 if "flux" in arm.label else 0.0)
+        observations.append(Observation({"beta": beta}, arm, reward))
+    engine.observe(*observations)
+    ranked = engine.recommend({"beta": 12.0}, top=5)
+    assert all("causal" in r.arm.recipe_flags for r in ranked[:3]), [r.terms for r in ranked]
+    assert ranked[0].terms.endswith("+causal") and ranked[0].observations > 0
+    assert engine.adam.gp.fitted_values()["recipe_lengthscale"] is not None
+    assert all(a.index < 1026 for a in engine.suggest({"beta": 5.0}, q=3))
+    again = BanditEngine.from_snapshot(engine.snapshot())
+    assert again.recipe == ("causal",)
+    assert [r.arm for r in again.recommend({"beta": 12.0}, top=5)] == [r.arm for r in ranked]
+    with pytest.raises(ValueError, match="recipe bit"):
+        BanditEngine("advection").observe(Observation({"beta": 3.0}, Arm.parse("u+causal"), 1.0))
+    with pytest.raises(ValueError, match="steady"):
+        BanditEngine("poisson", recipe=("causal",))
+
+
+def test_a_campaign_that_learns_the_causal_bit_trains_its_causal_arms_causally():
+    from metalic.campaign import CampaignConfig, run_campaign, summarise
+
+    config = CampaignConfig(
+        family="advection", warmup=4, rounds=2, test=1, batch=3, seed=1, learns=("causal",),
+        train=TrainConfig(adam=12, lbfgs=3, compile=False, causal=CausalSchedule(eps=(0.1, 1.0))),
+        pinn=PinnConfig(n_collocation=48, n_boundary=12, n_interface=9, causal_chunks=8),
+    )  # fmt: skip
+    rows, engines = run_campaign(config)
+    arms = [r.arm for r in rows if r.stage != "test"]
+    assert any(a.endswith("+causal") for a in arms) and not all(a.endswith("+causal") for a in arms)
+    assert engines["ucb"].recipe == ("causal",) and len(engines["ucb"].observations) == 6
+    (summary,) = summarise(rows)
+    assert set(summary["recipe_online"]) == {"causal"} and 0 <= summary["recipe_online"]["causal"] <= 1
+    # what a causal arm's request trains: the recipe's schedule, per run from the arm's bit
+    request = config.request({"beta": 4.0}, engines["ucb"].arms[600], seed=0)
+    from metalic.jobs import Run
+
+    assert (
+        Run.explicit(request).spec().causal
+        and not Run.explicit(config.request({}, engines["ucb"].arms[87], 0)).spec().causal
+    )
+    with pytest.raises(ValueError, match="steady"):
+        CampaignConfig(family="poisson", learns=("causal",)).validate()

@@ -102,7 +102,7 @@ def test_a_recipe_trains_its_requests_causally_and_marching_in_batches_of_their_
     marched = req(params={"beta": 5.0}, arm="u,flux", subdomains=3, recipe={"march": True})
     assert len({plain.batch_key(), causal.batch_key(), marched.batch_key()}) == 3
     assert plain.profile_key() == req(params={"beta": 9.0}, arm="u").profile_key()  # no recipe: the old key
-    assert causal.profile()["recipe"] == {"causal": True, "eps": [0.1, 1.0], "chunks": 8}
+    assert causal.profile()["recipe"] == {"causal": True, "eps": [0.1, 1.0], "chunks": 8, "march": False}
     (a,) = run_solve_batch([Run.explicit(causal)], device="cpu")
     assert a.status == "ok" and a.outcome["causal"]["stages"] == 2 and 0 < a.outcome["causal"]["min_weight"] <= 1
     (b,) = run_solve_batch([Run.explicit(marched)], device="cpu")

@@ -61,6 +61,7 @@ def _campaign_options(p, *, warmup: int, rounds: int, test: int, adam: int, lbfg
     p.add_argument("--collocation", type=int, default=1000)
     p.add_argument("--boundary", type=int, default=100)
     p.add_argument("--interface-points", type=int, default=None)
+    p.add_argument("--subdomains", type=int, default=None, help="N equal slabs instead of the family's split")
     p.add_argument("--ucb-schedule", default="constant", help="constant (mean + std) or gp-ucb")
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--device", default=None, help="(in-process runs) auto, cpu, cuda")
@@ -86,6 +87,11 @@ def _campaign_parser(sub) -> None:
         default=None,
         help="learning engines start from this prior: its name (burgers-single-v1) or latest",
     )
+    c.add_argument("--learn", action="append", default=None, metavar="BIT",
+                   help="a recipe bit the bandit chooses beside the terms (causal)")  # fmt: skip
+    c.add_argument("--causal-eps", default=None, metavar="E1,E2,...", help="eps schedule of causal runs")
+    c.add_argument("--causal-chunks", type=int, default=None, help="time chunks of causal runs (32)")
+    c.add_argument("--march", action="store_true", help="train the time slabs one after another")
 
 
 def _prior_parser(sub) -> None:
@@ -214,12 +220,19 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 def _campaign_config(args: argparse.Namespace):
     """The validated campaign of the command line (UsageError naming the bad flag)."""
     from metalic.campaign import CampaignConfig
+    from metalic.pinn.causal import DEFAULT_CHUNKS, CausalSchedule
     from metalic.pinn.problem import PinnConfig
     from metalic.pinn.trainer import TrainConfig
 
     check_budgets(args)
     if args.max_batch is not None and args.max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
+    causal = CausalSchedule()
+    if getattr(args, "causal_eps", None):
+        try:
+            causal = CausalSchedule(eps=tuple(float(v) for v in args.causal_eps.split(",")))
+        except ValueError:
+            raise UsageError(f"--causal-eps expects numbers separated by commas, got {args.causal_eps!r}") from None
     try:
         config = CampaignConfig(
             family=args.family,
@@ -230,14 +243,19 @@ def _campaign_config(args: argparse.Namespace):
             test=args.test,
             batch=args.batch,
             seed=args.seed,
-            train=TrainConfig(adam=args.adam, lbfgs=args.lbfgs),
+            train=TrainConfig(adam=args.adam, lbfgs=args.lbfgs, causal=causal, march=getattr(args, "march", False)),
             pinn=PinnConfig(
-                n_collocation=args.collocation, n_boundary=args.boundary, n_interface=args.interface_points
+                n_collocation=args.collocation,
+                n_boundary=args.boundary,
+                n_interface=args.interface_points,
+                subdomains=args.subdomains,
+                causal_chunks=getattr(args, "causal_chunks", None) or DEFAULT_CHUNKS,
             ),
             ucb_schedule=args.ucb_schedule,
             device=args.device,
             dtype=args.dtype,
             prior=_prior_ref(args.family, args.mode, getattr(args, "prior", None)),
+            learns=tuple(getattr(args, "learn", None) or ()),
         )
         config.validate()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
@@ -344,6 +362,9 @@ def _write_campaign(store, campaign_id: int, out: Path) -> None:
             f"{s['heuristic']:24s} {s['online_accumulated_error']:18.4f} {s['test_mean_error']:10.3e}"
             f" {s['test_median_error']:12.3e}"
         )
+        for stage in ("online", "test"):
+            for flag, share in s.get(f"recipe_{stage}", {}).items():
+                print(f"{'':24s} {flag} chosen in {share:.0%} of the {stage} rounds")
     print(f"outputs in {out}")
 
 

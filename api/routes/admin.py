@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from api.auth import Admin
 from api.schemas import CampaignBody, CampaignOut, Id, Problem, StudyOut, WorkerOut
 from metalic.campaign import CampaignConfig, summarise
+from metalic.pinn.causal import CausalSchedule
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 from metalic.store import campaigns as campaign_store
@@ -67,15 +68,25 @@ def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
             test=body.test,
             batch=body.batch,
             seed=body.seed,
-            train=TrainConfig(adam=body.budget.adam, lbfgs=body.budget.lbfgs),
+            train=TrainConfig(
+                adam=body.budget.adam,
+                lbfgs=body.budget.lbfgs,
+                causal=CausalSchedule(eps=body.recipe.eps),
+                march=body.recipe.march,
+            ),
             pinn=PinnConfig(
                 n_collocation=body.points.collocation,
                 n_boundary=body.points.boundary,
                 n_interface=body.points.interface,
+                subdomains=body.subdomains,
+                causal_chunks=body.recipe.chunks,
             ),
             dtype=body.dtype,
             prior=body.prior,
+            learns=tuple(body.learns),
         )
+        if body.recipe.causal:
+            raise ValueError("recipe: a campaign's causal runs are its arms' (learns: [causal]), not every run's")
         config.validate()
         if body.warmup + body.rounds + body.test > 10_000:
             raise ValueError("warmup: warm-up, online and test rounds together are at most 10000")

@@ -33,6 +33,7 @@ def _arm(r: Recommendation) -> ArmOut:
     return ArmOut(
         terms=r.terms,
         bits=r.arm.bits,
+        recipe=list(r.arm.recipe_flags),
         predicted_error=r.predicted_error,
         error_interval=r.error_interval,
         reward_mean=r.reward_mean,

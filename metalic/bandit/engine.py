@@ -33,9 +33,9 @@ from torch import Tensor
 
 import metalic
 from metalic import priors
-from metalic.arms import SINGLE, Arm, all_arms, split_arms
+from metalic.arms import SINGLE, Arm, split_arms
 from metalic.bandit.policies import Candidates, Policy, parse_policy, policy_from_json
-from metalic.bandit.space import ALL_FEATURES, DTYPE, SPLIT_FEATURES, ParamSpace, arm_features
+from metalic.bandit.space import DTYPE, SPLIT_FEATURES, ParamSpace, arm_features, arm_table, feature_width
 from metalic.bandit.surrogate import RewardGP
 from metalic.bandit.transfer import StackedGP
 from metalic.families import get_family
@@ -157,6 +157,7 @@ class BanditEngine:
         ucb_schedule: str = "constant",
         ucb_coef: float = 1.0,
         prior: Prior | None = None,
+        recipe: Sequence[str] = (),
     ):
         if mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {mode!r}")
@@ -168,8 +169,15 @@ class BanditEngine:
             raise ValueError(f"policy: {self.policy.label} does not run on an engine")
         self.seed, self.kernel, self.gamma, self.max_exact = seed, kernel, gamma, max_exact
         self.generator = torch.Generator().manual_seed(seed)
+        # The recipe bits this engine learns (a training recipe is the Adam phase's: the L-BFGS
+        # GP's arms have none). Arms and their GP inputs, per phase.
+        self.recipe = tuple(recipe)
+        if self.recipe and self.family.time_axis is None:
+            raise ValueError(f"recipe: {self.family.name} is steady; a recipe bit needs a time axis")
+        self.arms, self.features = arm_table(self.recipe)
+        self.width = feature_width(self.recipe)
         d = self.space.dim
-        self.adam = _Phase(RewardGP(d, kernel=kernel, max_exact=max_exact))
+        self.adam = _Phase(RewardGP(d, n_cat=self.width, kernel=kernel, max_exact=max_exact))
         self.lbfgs = _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact)) if mode == "sequential" else None
         self.prior = prior
         if prior is not None:
@@ -182,6 +190,8 @@ class BanditEngine:
         """Each phase's GP learns the residuals from the prior's GP of the same phase."""
         if (prior.family, prior.mode) != (self.family.name, self.mode):
             raise ValueError(f"prior: {prior.ref} is not a prior of {self.family.name} ({self.mode})")
+        if self.recipe:
+            raise ValueError(f"prior: {prior.ref} has no recipe bits; an engine that learns {self.recipe} has no prior")
         base = prior_engine(prior)
         if base.prior is not None or not base.adam.own_ready:
             raise ValueError(f"prior: {prior.ref} must be fitted on two or more observations of its own")
@@ -251,7 +261,8 @@ class BanditEngine:
         """``pending``: (unit params, arm, Adam-phase reward or None) of trainings still running."""
         if q < 1:
             raise ValueError(f"q: must be at least 1, got {q}")
-        arms, features = (all_arms(), ALL_FEATURES) if phase is self.adam else (split_arms(), SPLIT_FEATURES)
+        arms, features = (self.arms, self.features) if phase is self.adam else (split_arms(), SPLIT_FEATURES)
+        width = features.shape[1]
         # The same arm already training at this very point would only repeat that training.
         repeated = [
             a.index
@@ -265,7 +276,9 @@ class BanditEngine:
             gp=phase.predictor if phase.ready else None,
             generator=self.generator,
             t=self.n_before + len(phase.y) + 1,
-            pending_rows=[self._rows(u, arm_features([a]), r)[0] for u, a, r in pending],
+            pending_rows=[
+                self._rows(u, arm_features([a if a.index < len(arms) else a.base], width), r)[0] for u, a, r in pending
+            ],
             repeated=repeated,
         )
         return policy.pick(candidates, q)
@@ -276,7 +289,8 @@ class BanditEngine:
         checked = [self._check(o) for o in observations]
         if checked:  # one tensor op per input, not one per observation (a restore conditions on 2,000)
             units = self.space.encode_valid([o.params for o in checked])  # [n, d]
-            self.adam.x.extend(torch.cat([units, arm_features([o.arm for o in checked])], dim=1).unbind(0))
+            arms = arm_features([o.arm for o in checked], self.width)
+            self.adam.x.extend(torch.cat([units, arms], dim=1).unbind(0))
             if self.lbfgs is None:
                 self.adam.y.extend(o.reward for o in checked)
             else:
@@ -284,7 +298,7 @@ class BanditEngine:
                 split = [i for i, o in enumerate(checked) if not o.arm.single]
                 if split:
                     r_adam = torch.tensor([[checked[i].reward_adam / R_ADAM_SCALE] for i in split], dtype=DTYPE)
-                    features = arm_features([checked[i].arm_lbfgs for i in split])
+                    features = arm_features([checked[i].arm_lbfgs.base for i in split])
                     self.lbfgs.x.extend(torch.cat([r_adam, units[split], features], dim=1).unbind(0))
                     self.lbfgs.y.extend(checked[i].reward for i in split)
             self.observations.extend(checked)
@@ -298,6 +312,8 @@ class BanditEngine:
     def _check(self, obs: Observation) -> Observation:
         params = self.family.validate_params(obs.params)
         arm = Arm.parse(obs.arm, "arm")
+        if arm.index >= len(self.arms):
+            raise ValueError(f"arm: {arm.label} has a recipe bit this engine does not learn")
         if not math.isfinite(obs.reward):
             raise ValueError(f"reward: must be finite (cap it first), got {obs.reward}")
         if self.lbfgs is None:
@@ -333,7 +349,7 @@ class BanditEngine:
         cont = unit
         if reward_adam is not None:
             cont = torch.cat([torch.tensor([reward_adam / R_ADAM_SCALE], dtype=DTYPE), unit])
-        features = ALL_FEATURES if phase is self.adam else SPLIT_FEATURES
+        arms, features = (self.arms, self.features) if phase is self.adam else (split_arms(), SPLIT_FEATURES)
         if rank == "mean":
             order, mean, std = phase.predictor.rank_arms(cont, features, top)
         else:  # every arm's interval: [1, A] means and stds
@@ -345,7 +361,7 @@ class BanditEngine:
         prior = _arm_counts(prior_engine(self.prior).observations, lbfgs) if self.prior is not None else {}
         out = []
         for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
-            arm = all_arms()[i]
+            arm = arms[i]
             interval = (10 ** (-(m + Z95 * s)), 10 ** (-(m - Z95 * s)))
             out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval, own.get(i, 0), prior.get(i, 0)))
         return out
@@ -359,13 +375,13 @@ class BanditEngine:
             raise ValueError("landscape: the surrogate has fewer than two observations")
         units = torch.stack([self.space.encode(c) for c in points])
         gp = self.adam.predictor
-        surface = gp.surface(units, ALL_FEATURES)  # [G, 513]
+        surface = gp.surface(units, self.features)  # [G, A]
         best_mean, best = surface.max(dim=1)
-        wins = torch.bincount(best, minlength=len(ALL_FEATURES))
+        wins = torch.bincount(best, minlength=len(self.features))
         by_mean = torch.argsort(surface.mean(dim=0), descending=True)
         order = by_mean[torch.argsort(wins[by_mean], descending=True, stable=True)][:top]  # wins, then mean
-        mean, std = gp.band(units, ALL_FEATURES, order)
-        arms = all_arms()
+        mean, std = gp.band(units, self.features, order)
+        arms = self.arms
         return Landscape(
             arms=[arms[i].label for i in order.tolist()],
             mean=mean,
@@ -394,6 +410,7 @@ class BanditEngine:
             "gamma": self.gamma,
             "max_exact": self.max_exact,
             "prior": None if self.prior is None else self.prior.ref,
+            **({"recipe": list(self.recipe)} if self.recipe else {}),
             "observations": [o.to_json() for o in self.observations] if observations else None,
             "observation_count": self.n_observations,
             "hyperparameters": {
@@ -424,6 +441,7 @@ class BanditEngine:
             snap["gamma"],
             snap["max_exact"],
             prior=prior,
+            recipe=tuple(snap.get("recipe", ())),
         )
         hyper = snap["hyperparameters"]
         engine.adam.gp.load_hyperparameters(hyper["adam"] if "adam" in hyper else hyper["phase0"])

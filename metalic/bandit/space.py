@@ -3,33 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 
 import torch
 
-from metalic.arms import N_BASE, N_FEATURES, RECIPE_FLAGS, Arm, all_arms, split_arms
+from metalic.arms import N_BASE, N_BASE_FEATURES, N_FEATURES, RECIPE_FLAGS, Arm, arm_set, split_arms
 from metalic.families.base import Family
 
 DTYPE = torch.float64
-N_ARM_FEATURES = N_FEATURES  # the nine term bits and the single-network bit
+N_ARM_FEATURES = N_BASE_FEATURES  # a study without recipe bits: the nine term bits, the single-network bit
 
 
 def _features(arms: Sequence[Arm]) -> torch.Tensor:
-    return torch.tensor([a.features() for a in arms], dtype=DTYPE).reshape(len(arms), N_ARM_FEATURES)
+    return torch.tensor([a.features() for a in arms], dtype=DTYPE).reshape(len(arms), N_FEATURES)
 
 
-# Row i: the features of ``Arm.from_index(i)``, every arm with every recipe [N_BASE * 2^R, F].
+# Row i: the features of ``Arm.from_index(i)``, every arm with every recipe [N_BASE * 2^R, N_FEATURES].
 _BY_INDEX = _features([Arm.from_index(i) for i in range(N_BASE * 2 ** len(RECIPE_FLAGS))])
 
 
-def arm_features(arms: Sequence[Arm]) -> torch.Tensor:
-    """The GP's arm inputs [m, N_ARM_FEATURES] (``Arm.features``, looked up by index)."""
-    return _BY_INDEX[[a.index for a in arms]]
+def arm_features(arms: Sequence[Arm], width: int = N_ARM_FEATURES) -> torch.Tensor:
+    """The GP's arm inputs [m, width] (``Arm.features``, looked up by index): ``width`` =
+    ``feature_width(recipe_flags)`` of the study (the term bits, the single-network bit, the
+    recipe bits it learns). ValueError for an arm with a recipe bit beyond the width."""
+    index = [a.index for a in arms]
+    if width < N_FEATURES and any(i >= N_BASE * 2 ** (width - N_BASE_FEATURES) for i in index):
+        bad = next(a for a in arms if a.index >= N_BASE * 2 ** (width - N_BASE_FEATURES))
+        raise ValueError(f"arm: {bad.label} has a recipe bit this study does not learn")
+    return _BY_INDEX[index, :width]
+
+
+def feature_width(recipe_flags: Sequence[str] = ()) -> int:
+    return N_BASE_FEATURES + len(recipe_flags)
+
+
+@cache
+def arm_table(recipe_flags: tuple[str, ...] = ()) -> tuple[tuple[Arm, ...], torch.Tensor]:
+    """A study's arms (``arms.arm_set``) and their GP inputs [A, feature_width(recipe_flags)]."""
+    arms = arm_set(recipe_flags)
+    return arms, _BY_INDEX[: len(arms), : feature_width(recipe_flags)].contiguous()
 
 
 # Every arm's inputs, row i = ``all_arms()[i]`` (the 512 term subsets, then the single network):
 # [513, 10]; SPLIT_FEATURES: the 512 term subsets [512, 10].
-ALL_FEATURES = _features(all_arms())
-SPLIT_FEATURES = _features(split_arms())
+ALL_FEATURES = arm_table()[1]
+SPLIT_FEATURES = arm_features(split_arms())
 
 
 class ParamSpace:

@@ -73,13 +73,17 @@ class RewardGP:
     With ``n_cat`` = 10 the last bit is the single-network flag: it gets a Hamming factor of its
     own, exp(-[flag differs] / lambda_split), beside exp(-(Hamming of the nine term bits / 9) /
     lambda), so how much one network resembles the splits is learnt apart from how much the
-    splits resemble each other (one network is not "the empty arm plus one term")."""
+    splits resemble each other (one network is not "the empty arm plus one term"). Bits after the
+    tenth are recipe bits (``arms.RECIPE_FLAGS``, e.g. causal training): a third Hamming factor,
+    exp(-(Hamming of the recipe bits / R) / lambda_recipe), learns how much a recipe changes the
+    reward apart from the terms."""
 
     def __init__(self, n_cont: int, n_cat: int = N_ARM_FEATURES, kernel: str = "rbf", max_exact: int = 2000):
         if kernel not in ("rbf", "matern"):
             raise ValueError(f"kernel must be 'rbf' or 'matern', got {kernel!r}")
         self.n_cont, self.n_cat, self.kernel, self.max_exact = n_cont, n_cat, kernel, max_exact
-        self.n_terms = min(n_cat, N_TERMS)  # bits in the shared Hamming factor; the rest: the flag
+        self.n_terms = min(n_cat, N_TERMS)  # bits in the shared Hamming factor; then the flag, the recipe
+        self.n_recipe = max(n_cat - N_TERMS - 1, 0)
         self.model: SingleTaskGP | None = None
         self._cache: dict[str, Tensor] = {}
         self.hyper: dict[str, Tensor] | None = None  # last good hyper-parameters
@@ -103,12 +107,14 @@ class RewardGP:
             lengthscale_prior=LogNormalPrior(0.0, 1.0),
         )
         covar = cont * cat
-        if self.n_cat > self.n_terms:
-            covar = covar * BinaryHammingKernel(
-                active_dims=tuple(range(self.n_cont + self.n_terms, self.n_cont + self.n_cat)),
-                lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
-                lengthscale_prior=LogNormalPrior(0.0, 1.0),
-            )
+        flag = self.n_cont + self.n_terms
+        for dims in ((flag, self.n_cont + self.n_cat - self.n_recipe), (flag + 1, self.n_cont + self.n_cat)):
+            if dims[1] > dims[0]:  # the single-network flag, then the recipe bits: a factor each
+                covar = covar * BinaryHammingKernel(
+                    active_dims=tuple(range(*dims)),
+                    lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
+                    lengthscale_prior=LogNormalPrior(0.0, 1.0),
+                )
         # Standardised outcomes have unit variance: no output scale, as in BoTorch's defaults.
         return SingleTaskGP(x, y[:, None], covar_module=covar, outcome_transform=Standardize(m=1))
 
@@ -183,7 +189,7 @@ class RewardGP:
         prior_mean = model.mean_module.constant.detach()
         alpha = torch.cholesky_solve((y - prior_mean)[:, None], chol)[:, 0]
         tf = model.outcome_transform
-        cont, cat, *split = model.covar_module.kernels
+        cont, cat, *split = model.covar_module.kernels  # split: the flag's factor, then the recipe's
         return {
             "x": x,
             "chol": chol,
@@ -194,6 +200,7 @@ class RewardGP:
             "ls_cont": cont.lengthscale.detach().reshape(-1),  # [n_cont]
             "ls_cat": cat.lengthscale.detach().reshape(()),
             "ls_split": split[0].lengthscale.detach().reshape(()) if split else None,
+            "ls_recipe": split[1].lengthscale.detach().reshape(()) if len(split) > 1 else None,
         }
 
     def _kernel_cont(self, a: Tensor, b: Tensor) -> Tensor:
@@ -220,8 +227,11 @@ class RewardGP:
             return x @ (1 - y).T + (1 - x) @ y.T
 
         k = torch.exp(-(hamming(a[:, :t], b[:, :t]) / t) / c["ls_cat"])
+        f = self.n_cat - self.n_recipe  # the flag's bits end here
         if c["ls_split"] is not None:
-            k = k * torch.exp(-(hamming(a[:, t:], b[:, t:]) / (self.n_cat - t)) / c["ls_split"])
+            k = k * torch.exp(-(hamming(a[:, t:f], b[:, t:f]) / (f - t)) / c["ls_split"])
+        if c["ls_recipe"] is not None:
+            k = k * torch.exp(-(hamming(a[:, f:], b[:, f:]) / self.n_recipe) / c["ls_recipe"])
         return k
 
     @torch.inference_mode()
@@ -326,6 +336,7 @@ class RewardGP:
             "lengthscales": c["ls_cont"].tolist(),
             "hamming_lengthscale": float(c["ls_cat"]),
             "single_network_lengthscale": None if c["ls_split"] is None else float(c["ls_split"]),
+            "recipe_lengthscale": None if c.get("ls_recipe") is None else float(c["ls_recipe"]),
             "noise": self.noise_variance,
             "y_mean": float(c["y_mean"]),
             "y_std": float(c["y_std"]),

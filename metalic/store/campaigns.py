@@ -32,17 +32,19 @@ def create(store, config: CampaignConfig, name: str | None = None, owner: str | 
         s.flush()
         for who in plan.owners():
             request = plan.example_request(who)
+            learner = who in plan.policies and plan.policies[who].has_engine
+            learns = {"learns": list(config.learns)} if learner and config.learns else {}
             get_or_create_study(
                 s,
                 key=f"campaign/{camp.id}/{who}",
                 family=config.family,
                 mode=request.mode,
                 profile_key=request.profile_key(),
-                profile=request.profile(),
+                profile={**request.profile(), **learns},  # learns: the recipe bits its engine chooses
                 policy=who,
                 campaign_id=camp.id,
                 heuristic=who,
-                prior=config.prior if who in plan.policies and plan.policies[who].has_engine else None,
+                prior=config.prior if learner else None,
             )
         return record(CampaignRecord, camp)
 

@@ -268,7 +268,8 @@ def add_snapshot(
 def new_engine(study: StudyRow | StudyRecord) -> BanditEngine:
     """A study's engine before its first snapshot: no observations, on the study's prior if any."""
     prior = priors.load(study.prior) if study.prior else None
-    return BanditEngine(study.family, study.mode, study.policy, seed=study.id, prior=prior)
+    learns = tuple(study.profile.get("learns", ()))  # recipe bits a campaign's engine chooses
+    return BanditEngine(study.family, study.mode, study.policy, seed=study.id, prior=prior, recipe=learns)
 
 
 def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | None) -> BanditEngine:
