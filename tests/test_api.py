@@ -190,6 +190,9 @@ def test_tokens_and_roles(api):
         ("/v1/campaigns", {"family": "heat", "heuristics": ["greedy"]}, 422, ["body", "heuristics"], "greedy"),
         ("/v1/campaigns", {"family": "heat", "batch": 0}, 422, ["body", "batch"], "at least 1"),
         ("/v1/campaigns", {"family": "navier"}, 422, ["body", "family"], "unknown family"),
+        ("/v1/campaigns", {"family": "poisson", "learns": ["causal"]}, 422, ["body", "learns"], "steady"),
+        ("/v1/campaigns", {"family": "heat", "learns": ["march"]}, 422, ["body", "learns"], "recipe bits are"),
+        ("/v1/campaigns", {"family": "heat", "recipe": {"causal": True}}, 422, ["body", "recipe"], "learns"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(api, path, payload, status, loc, message):

@@ -23,6 +23,7 @@ from metalic.campaign import (
 from metalic.cli import main
 from metalic.jobs import run_solve_batch
 from metalic.pinn.artefact import TrainedModel
+from metalic.pinn.causal import CausalSchedule
 from metalic.pinn.evaluate import reward_of
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
@@ -146,7 +147,13 @@ def test_creating_an_invalid_campaign_writes_no_row(sqlite_store):
 def test_a_campaign_config_survives_its_stored_form():
     """What the store keeps (JSON) gives the same config back, with the family's network (None)
     or an explicit one."""
-    for config in (TOY, replace(TOY, pinn=replace(TOY.pinn, layers=(2, 8, 8, 1)))):
+    learner = replace(
+        TOY,
+        learns=("causal",),
+        train=replace(TOY.train, causal=CausalSchedule(eps=(0.1, 1.0)), march=True),
+        pinn=replace(TOY.pinn, causal_chunks=8, subdomains=3),
+    )
+    for config in (TOY, replace(TOY, pinn=replace(TOY.pinn, layers=(2, 8, 8, 1))), learner):
         stored = json.loads(json.dumps(config.to_dict()))
         assert CampaignConfig.from_dict(stored) == config
     older = json.loads(json.dumps(TOY.to_dict()))  # configs stored before policies had that name

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metalic.families import get_family
+from metalic.pinn.artefact import evaluate_batch
 from metalic.pinn.causal import CausalSchedule, CausalState, causal_weights, chunk_index, weighted_residual
 from metalic.pinn.loss import PinnLoss
 from metalic.pinn.network import StackedMLP
@@ -201,3 +202,18 @@ def test_a_campaign_that_learns_the_causal_bit_trains_its_causal_arms_causally()
     )
     with pytest.raises(ValueError, match="steady"):
         CampaignConfig(family="poisson", learns=("causal",)).validate()
+
+
+@pytest.mark.slow
+def test_causal_training_beats_plain_training_on_a_seeded_advection_case():
+    """Advection at beta = 10, one network, float64, the same seed, points and budget (1500 Adam
+    + 300 L-BFGS): the plain run fits a wrong solution (rel. L2 0.16), the causal one reaches 0.06.
+    Not every seed gains this much (docs/results.md has the wider table); this one is fixed."""
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=256, n_boundary=64, n_interface=33, causal_chunks=16, subdomains=1)
+    train = TrainConfig(adam=1500, lbfgs=300, compile=False, causal=CausalSchedule(eps=(0.01, 0.1, 1.0, 10.0)))
+    specs = [RunSpec({"beta": 10.0}, "u,flux", seed=0, causal=c) for c in (False, True)]
+    batch = train_batch(fam, specs, cfg, train, device="cpu", dtype="float64")
+    plain, causal = (m.rel_l2 for m in evaluate_batch(batch))
+    assert plain > 0.12 and causal < 0.6 * plain, (plain, causal)
+    assert batch.outcomes[1].causal["stage"] >= 3  # it got past the small eps
