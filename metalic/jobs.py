@@ -212,13 +212,15 @@ class SolveRequest(BaseModel):
         """Causal training and marching need a time axis; marching, a split into time slabs."""
         recipe, family = self.recipe, get_family(self.family)
         where = "causal" if recipe.causal else "march"
-        message = None
+        message: str | None = None
         arms = [c.arm for c in (self.arm_choice, self.arm_lbfgs_choice) if c is not None and c.arm is not None]
         if any(a.recipe for a in arms) and family.time_axis is None:
             error = InitErrorDetails(type=PydanticCustomError("value_error", f"a recipe bit needs a time-dependent "
                                      f"family; {family.name} is steady"), loc=("arm",), input=self.arm)  # fmt: skip
             raise ValidationError.from_exception_data("SolveRequest", [error])
-        if not recipe.plain and family.time_axis is None:
+        if recipe.march and self.mode == "sequential":
+            where, message = "march", "trains each slab's two phases in turn; a sequential request's L-BFGS arm is not"
+        elif not recipe.plain and family.time_axis is None:
             message = f"needs a time-dependent family; {family.name} is steady"
         elif recipe.march and any(i.axis != family.time_axis for i in family.decomposition(self.subdomains).interfaces):
             where, axis = "march", family.coords[family.slab_axis]

@@ -217,3 +217,33 @@ def test_causal_training_beats_plain_training_on_a_seeded_advection_case():
     plain, causal = (m.rel_l2 for m in evaluate_batch(batch))
     assert plain > 0.12 and causal < 0.6 * plain, (plain, causal)
     assert batch.outcomes[1].causal["stage"] >= 3  # it got past the small eps
+
+
+def test_a_pair_view_is_the_full_problem_with_the_other_slabs_masked_out():
+    """A marching stage trains on two slabs; its loss equals the full problem's with every other
+    subdomain's residual and data, and every other interface, masked out."""
+    from metalic.pinn.problem import pair_view
+
+    fam = get_family("kdv")
+    cfg = PinnConfig(n_collocation=24, n_boundary=8, n_interface=7, subdomains=5, causal_chunks=20)
+    problem = build_problem(fam, [{"c": 6.0}, {"c": 3.0}], [0, 1], cfg, dtype=torch.float64, causal=True)
+    net = StackedMLP((2, 8, 8, 1), 2, problem.decomposition.bounding_boxes(), [0, 1], dtype=torch.float64,
+                     period=20.0, harmonics=2)  # fmt: skip
+    weights = torch.zeros(2, 9, dtype=torch.float64)
+    weights[:, [0, 2, 4]] = 1.0
+    quantities = frozenset({"u", "flux", "res"})
+    eps = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    full = PinnLoss(problem, net, cfg, quantities)(
+        weights,
+        eps,
+        torch.tensor([0, 0, 0, 1.0, 0], dtype=torch.float64),
+        torch.tensor([0, 0, 1.0, 0], dtype=torch.float64),
+    )
+    pair = PinnLoss(pair_view(problem, 2, 3), net.subdomains([2, 3]), cfg, quantities)(
+        weights, eps, torch.tensor([0, 1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(pair.total, full.total, rtol=1e-12, atol=0)
+    torch.testing.assert_close(pair.terms, full.terms, rtol=1e-12, atol=0)
+    assert pair.terms[:, 0].min() > 0  # the interface term is there
+    two = net.subdomains([2, 3])  # slab 3's weights are the second subdomain's of the pair's network
+    torch.testing.assert_close(two.theta[:, two.subdomain_index([1])], net.theta[:, net.subdomain_index([3])])

@@ -10,6 +10,7 @@ is exactly P-periodic in x (a forward problem on a periodic domain needs no data
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -85,6 +86,26 @@ class StackedMLP(torch.nn.Module):
             offset += s * b
             out.append((w, bias))
         return out
+
+    def subdomain_index(self, sel: Sequence[int]) -> Tensor:
+        """Positions in ``theta``'s columns of the weights of subdomains ``sel``, in the layout of
+        a network of ``len(sel)`` subdomains (per layer: W [sel, a, b], then bias [sel, 1, b])."""
+        out, offset, s = [], 0, self.n_subdomains
+        for a, b in self.shapes:
+            for size in (a * b, b):
+                out += [offset + j * size + torch.arange(size) for j in sel]
+                offset += s * size
+        return torch.cat(out).to(self.theta.device)
+
+    def subdomains(self, sel: Sequence[int]) -> StackedMLP:
+        """A network of the subdomains ``sel`` (their weights copied, a new leaf ``theta``)."""
+        sub = copy.copy(self)
+        sub._parameters, sub._buffers, sub._modules = dict(self._parameters), dict(self._buffers), dict(self._modules)
+        sub.n_subdomains, sub.n_weights = len(sel), self.n_weights // self.n_subdomains * len(sel)
+        index = list(sel)
+        sub.theta = torch.nn.Parameter(self.theta.detach()[:, self.subdomain_index(sel)].clone())
+        sub.center, sub.scale = self.center[:, index].clone(), self.scale[:, index].clone()
+        return sub
 
     def subdomain_mask(self, on: Sequence[bool]) -> Tensor:
         """[n_weights] bool: True at the weights of the subdomains that ``on`` [S] marks."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metalic.domain import Decomposition, boundary_segments, sample_boundary, sample_interior
+from metalic.domain import Decomposition, Interface, boundary_segments, sample_boundary, sample_interior
 from metalic.families.base import Family
 from metalic.pinn.causal import DEFAULT_CHUNKS, chunk_index
 
@@ -96,6 +96,39 @@ class BatchProblem:
             param_tensors={n: t[:k] for n, t in self.param_tensors.items()},
             chunk_of=None if self.chunk_of is None else self.chunk_of[:k],
         )
+
+
+def pair_view(problem: BatchProblem, a: int, b: int) -> BatchProblem:
+    """The problem of subdomains ``a`` and ``b`` (in that order) and the interface between them:
+    what a marching training's stage trains (``trainer``). Its interface points keep the full
+    problem's padded width, so every pair of one problem has the same shapes."""
+    dec = problem.decomposition
+    (i, iface), *_ = [(i, f) for i, f in enumerate(dec.interfaces) if {f.a, f.b} == {a, b}]
+    n_if = problem.iface_points.shape[1]
+    width = problem.x_iface.shape[1]
+    block = slice(i * n_if, (i + 1) * n_if)
+    local = {a: 0, b: 1}
+
+    def moved(index: Tensor, sub: int) -> Tensor:
+        return index[block] - sub * width + local[sub] * width
+
+    sel = [a, b]
+    return replace(
+        problem,
+        decomposition=Decomposition(
+            (dec.subdomains[a], dec.subdomains[b]),
+            (Interface(local[iface.a], local[iface.b], iface.axis, iface.position, iface.lo, iface.hi),),
+        ),
+        x_main=problem.x_main[:, sel],
+        g_data=problem.g_data[:, sel],
+        m_data=problem.m_data[:, sel],
+        x_iface=problem.x_iface[sel],
+        side_a=moved(problem.side_a, iface.a),
+        side_b=moved(problem.side_b, iface.b),
+        iface_points=problem.iface_points[i : i + 1],
+        iface_axis=problem.iface_axis[i : i + 1],
+        chunk_of=None if problem.chunk_of is None else problem.chunk_of[:, sel],
+    )
 
 
 def _data_points(family, boxes, params, n, rng, final_time: bool, side_data: bool):

@@ -34,7 +34,7 @@ from metalic.pinn.heap import keep_freed_memory
 from metalic.pinn.lbfgs import CANCELLED, DIVERGED, MAX_ITER, LbfgsResult, batched_lbfgs
 from metalic.pinn.loss import LossParts, PinnLoss
 from metalic.pinn.network import StackedMLP
-from metalic.pinn.problem import BatchProblem, PinnConfig, build_problem
+from metalic.pinn.problem import BatchProblem, PinnConfig, build_problem, pair_view
 from metalic.settings import resolve_device, resolve_dtype
 
 BLOW_UP = 1e12  # a loss above this counts as diverged
@@ -213,15 +213,22 @@ def train_batch(
     try:
         batch, own_net = _setup(family, specs, pinn_config, train_config, dev, dt, held)
         state = _RunState(len(specs), dev, should_stop)
-        _adam_phase(batch, state, train_config, progress, progress_every)
         adam_metrics = None
-        if between_phases is not None and state.active.any():
-            adam_metrics = _measure_adam_phase(batch, state)
-            specs = _choose_lbfgs_arms(batch, specs, between_phases(adam_metrics), train_config)
-        with torch.no_grad():
-            after_adam = batch.loss_fn(batch.weights_adam).total
-        state.mark_bad(after_adam, "end of adam")
-        result = _lbfgs_phase(batch, state, train_config, progress, progress_every)
+        if batch.march is not None:
+            if between_phases is not None:
+                raise ValueError("time-marching trains each slab's phases in turn: no L-BFGS arm after the Adam phase")
+            result = _marching(batch, state, train_config, progress, progress_every)
+            with torch.no_grad():
+                after_adam = batch.loss_fn(batch.weights_adam).total  # every slab, at the end
+        else:
+            _adam_phase(batch, state, train_config, progress, progress_every)
+            if between_phases is not None and state.active.any():
+                adam_metrics = _measure_adam_phase(batch, state)
+                specs = _choose_lbfgs_arms(batch, specs, between_phases(adam_metrics), train_config)
+            with torch.no_grad():
+                after_adam = batch.loss_fn(batch.weights_adam).total
+            state.mark_bad(after_adam, "end of adam")
+            result = _lbfgs_phase(batch, state, train_config, progress, progress_every)
         gc.unfreeze()
         outcomes = _outcomes(batch, state, specs, result, after_adam, adam_metrics)
         if batch.net is not own_net:
@@ -251,46 +258,52 @@ class _Batch:
     weights_lbfgs: Tensor
     causal: CausalState | None = None  # when a run trains causally
     march: _March | None = None  # when the slabs train one after another
+    masks: _Masks | None = None  # a marching stage's pair view: what trains
 
-    def loss_at(self, weights: Tensor, stage: int | None = None, eps: Tensor | None = None) -> LossParts:
-        """The loss with ``weights`` [K, 9]; ``stage``: the slab a marching training is at;
-        ``eps`` [K]: the causal runs' eps."""
-        if stage is None or self.march is None:
+    def loss_at(self, weights: Tensor, eps: Tensor | None = None) -> LossParts:
+        """The loss with ``weights`` [K, 9] and the causal runs' ``eps`` [K], on a marching stage's
+        slab when this is one."""
+        if self.masks is None:
             return self.loss_call(weights) if eps is None else self.loss_call(weights, eps)
-        return self.loss_call(weights, eps, self.march.sub_on[stage], self.march.iface_on[stage])
+        return self.loss_call(weights, eps, self.masks.sub_on, self.masks.iface_on)
 
 
 @dataclass
 class _March:
-    """Time-marching over S time slabs, in time order: at stage s, ``sub_on[s]`` [S] marks slab s
-    (its residual and data count), ``iface_on[s]`` [I] its interface with slab s - 1, and
-    ``params_on[s]`` [1, n] its weights (the only ones that move)."""
+    """Time-marching: the slabs in time order. Stage n trains ``order[n]`` on the pair view
+    (``problem.pair_view``) of it and the slab before it; the first slab is paired with the next
+    one, whose residual, data and interface are masked out. In a pair view, ``sub_on`` [2] marks
+    the slab whose residual and data count, ``iface_on`` [1] the interface, ``params_on`` [1, n] the
+    weights that move."""
 
-    sub_on: list[Tensor]
-    iface_on: list[Tensor]
-    params_on: list[Tensor]
+    order: list[int]
 
     @property
     def stages(self) -> int:
-        return len(self.sub_on)
+        return len(self.order)
+
+    def pair(self, n: int) -> tuple[int, int, int]:
+        """(a, b, which): stage n's pair view of slabs a, b, of which slab ``which`` (0 or 1) trains."""
+        if n == 0:
+            return self.order[0], self.order[1], 0
+        return self.order[n - 1], self.order[n], 1
 
     @staticmethod
-    def of(family: Family, problem: BatchProblem, net: StackedMLP) -> _March:
+    def of(family: Family, problem: BatchProblem) -> _March:
         dec = problem.decomposition
         if family.time_axis is None or any(i.axis != family.time_axis for i in dec.interfaces):
             raise ValueError("time-marching needs a split into time slabs (a time-dependent family split along t)")
         axis = family.time_axis
-        order = sorted(range(dec.n_subdomains), key=lambda s: min(b.lo[axis] for b in dec.subdomains[s]))
-        like = net.theta
-        sub_on, iface_on, params_on = [], [], []
-        for n, s in enumerate(order):
-            earlier = set(order[:n])
-            on = [t == s for t in range(dec.n_subdomains)]
-            sub_on.append(torch.tensor(on, dtype=like.dtype, device=like.device))
-            links = [(i.a == s and i.b in earlier) or (i.b == s and i.a in earlier) for i in dec.interfaces]
-            iface_on.append(torch.tensor(links, dtype=like.dtype, device=like.device))
-            params_on.append(net.subdomain_mask(on)[None])
-        return _March(sub_on, iface_on, params_on)
+        return _March(sorted(range(dec.n_subdomains), key=lambda s: min(b.lo[axis] for b in dec.subdomains[s])))
+
+
+@dataclass
+class _Masks:
+    """One stage of a marching training on a pair view (see ``_March``)."""
+
+    sub_on: Tensor
+    iface_on: Tensor
+    params_on: Tensor
 
 
 def _weights(arms: Sequence[Arm], like: Tensor) -> Tensor:
@@ -309,7 +322,8 @@ def _setup(
     layers, period = pinn_config.layers_for(family), family.network_period(pinn_config.side_data)
     net = StackedMLP(layers, len(specs), boxes, [s.seed for s in specs], dev, dt, period, family.harmonics)
     quantities = needed_quantities(a for s in specs for a in s.arms)
-    if train_config.use_compile():
+    march = _March.of(family, problem) if train_config.march and problem.decomposition.n_subdomains > 1 else None
+    if train_config.use_compile() and march is None:  # marching compiles its stages' loss instead
         trained, loss_fn, loss_call = compiled.lease(problem, net, pinn_config, quantities, held)
     else:
         trained, loss_fn = net, PinnLoss(problem, net, pinn_config, quantities)
@@ -317,7 +331,6 @@ def _setup(
     weights_adam = _weights([s.arms[0] for s in specs], net.theta)
     weights_lbfgs = _weights([s.arms[1] for s in specs], net.theta)
     state = CausalState(train_config.causal, torch.tensor(causal, device=dev)) if any(causal) else None
-    march = _March.of(family, problem, trained) if train_config.march else None
     batch = _Batch(family, problem, pinn_config, trained, loss_fn, loss_call, weights_adam, weights_lbfgs, state, march)
     return batch, net
 
@@ -363,7 +376,13 @@ class _RunState:
 
 
 def _adam_phase(
-    batch: _Batch, state: _RunState, config: TrainConfig, progress: Callable | None, progress_every: int
+    batch: _Batch,
+    state: _RunState,
+    config: TrainConfig,
+    progress: Callable | None,
+    progress_every: int,
+    offset: int = 0,
+    total: int | None = None,
 ) -> None:
     """The Adam loop. It never waits for the device: a run whose loss turns non-finite or blows up
     is marked on the device (``bad_at``) and frozen by masking (no gradient, no Adam moments, so its
@@ -372,19 +391,15 @@ def _adam_phase(
     opt = FlatAdam(theta, lr=config.adam_lr)
     n_adam = config.adam
     bad_at = torch.zeros(state.k, dtype=torch.long, device=state.device)  # the Adam iteration a run went bad at
-    causal, march = batch.causal, batch.march
-    per_slab = math.ceil(n_adam / march.stages) if march is not None else n_adam
-    slab = None
+    causal, masks = batch.causal, batch.masks
+    if causal is not None and masks is not None:
+        causal.restart()  # each slab of a marching training runs the eps schedule from its start
     for it in range(1, n_adam + 1):
         theta.grad = None
-        if march is not None and (it - 1) // per_slab != slab:
-            slab = (it - 1) // per_slab
-            if causal is not None:
-                causal.restart()  # each slab runs the eps schedule from its start
-        parts = batch.loss_at(batch.weights_adam, slab, None if causal is None else causal.eps(theta))
-        total = parts.total.detach()
-        bad = active & (~torch.isfinite(total) | (total.abs() > BLOW_UP))
-        bad_at = torch.where(bad, it, bad_at)
+        parts = batch.loss_at(batch.weights_adam, None if causal is None else causal.eps(theta))
+        loss = parts.total.detach()
+        bad = active & (~torch.isfinite(loss) | (loss.abs() > BLOW_UP))
+        bad_at = torch.where(bad, offset + it, bad_at)
         active.logical_and_(~bad)
         training = active
         if causal is not None:  # a causal run whose last stage finished keeps its weights
@@ -392,7 +407,7 @@ def _adam_phase(
             causal.update(parts.min_weight, it)
         torch.where(training, parts.total, torch.zeros_like(parts.total)).sum().backward()
         frozen = ~training[:, None]
-        opt.freeze(frozen if march is None else frozen | ~march.params_on[slab])
+        opt.freeze(frozen if masks is None else frozen | ~masks.params_on)
         opt.step()
         if it == 2:
             # Everything alive now (compiled graphs, the problem, the model) lives for the whole
@@ -402,20 +417,21 @@ def _adam_phase(
         if it % progress_every == 0 or it == n_adam:
             state.read_adam_marks(bad_at)
             if progress is not None:
-                progress(Progress("adam", it, n_adam, total.tolist()))
+                progress(Progress("adam", offset + it, total or n_adam, loss.tolist()))
             stop = state.stop_requested()
             if stop is not None:
                 for j in torch.nonzero(stop & active).flatten().tolist():
-                    state.adam_done[j] = it
+                    state.adam_done[j] = offset + it
                 active.logical_and_(~stop)
         if it % 25 == 0 and not bool(active.any()):
             break
     state.read_adam_marks(bad_at)
-    if causal is not None:  # a finished causal run's Adam phase ended with its last stage
+    if causal is not None and masks is None:  # a finished causal run's Adam phase ended with its last stage
         for j, at in enumerate(causal.done_at.tolist()):
             if at and state.adam_done[j] is None:
                 state.adam_done[j] = at
-    state.adam_done = [n_adam if done is None else done for done in state.adam_done]
+    if total is None:
+        state.adam_done = [n_adam if done is None else done for done in state.adam_done]
 
 
 def _measure_adam_phase(batch: _Batch, state: _RunState) -> list[Metrics]:
@@ -444,35 +460,67 @@ def _choose_lbfgs_arms(
 def _lbfgs_phase(
     batch: _Batch, state: _RunState, config: TrainConfig, progress: Callable | None, progress_every: int
 ) -> LbfgsResult:
-    """The batched L-BFGS loop over the runs still active after the Adam phase. A marching
-    training runs it once per slab (the budget split evenly, a fresh history each), moving only
-    that slab's weights; a run that diverged or was cancelled in one slab stays stopped."""
-    theta = batch.net.theta
-    march = batch.march
-    n_lbfgs = config.lbfgs
-    if march is None:
-        return _lbfgs_run(batch, state, config, progress, progress_every, None, n_lbfgs, 0, state.active)
-    budgets = [n_lbfgs // march.stages + (s < n_lbfgs % march.stages) for s in range(march.stages)]
-    active, done = state.active.clone(), 0
-    iterations, reasons = [0] * state.k, [MAX_ITER] * state.k
+    """The batched L-BFGS loop over the runs still active after the Adam phase."""
+    return _lbfgs_run(batch, state, config, progress, progress_every, config.lbfgs, 0, state.active)
+
+
+def _marching(
+    batch: _Batch, state: _RunState, config: TrainConfig, progress: Callable | None, progress_every: int
+) -> LbfgsResult:
+    """Time-marching: slab by slab in time order, the Adam phase and then the L-BFGS phase of that
+    slab, each with an even share of its budget. A stage trains on the pair view of its slab and
+    the slab before it (``_March``): the slab's residual and data, the terms of its interface with
+    the earlier slab (whose weights stay put), so a step costs two subdomains, not S. Every stage
+    has the same shapes, so a compiled loss is traced once and leased by each stage. A run that
+    diverged or was cancelled in one slab stays stopped. Returns the L-BFGS outcome over all slabs."""
+    march, problem, net = batch.march, batch.problem, batch.net
+    quantities = frozenset(batch.loss_fn.quantities)
+    k, like = state.k, net.theta
+
+    def share(n: int) -> list[int]:
+        return [n // march.stages + (s < n % march.stages) for s in range(march.stages)]
+
+    adam, lbfgs = share(config.adam), share(config.lbfgs)
+    iterations, reasons = [0] * k, [MAX_ITER] * k
     stopped: dict[int, str] = {}
-    for slab, budget in enumerate(budgets):
-        result = _lbfgs_run(batch, state, config, progress, progress_every, slab, budget, done, active)
-        for j in range(state.k):
-            if j in stopped:
-                continue
-            iterations[j] += result.iterations[j]
-            reasons[j] = result.reasons[j]
-            if result.reasons[j] in (DIVERGED, CANCELLED) and bool(active[j]):
-                stopped[j] = result.reasons[j]
-        active = active & torch.tensor([j not in stopped for j in range(state.k)], device=theta.device)
-        done += budget
-    for j, why in stopped.items():
-        reasons[j] = why
-    for j in range(state.k):
-        if not bool(state.active[j]):
+    done_adam = done_lbfgs = 0
+    for n in range(march.stages):
+        a, b, which = march.pair(n)
+        view, pair = pair_view(problem, a, b), net.subdomains([a, b])
+        stage_held: list = []
+        if config.use_compile():
+            trained, loss_fn, call = compiled.lease(view, pair, batch.config, quantities, stage_held)
+        else:
+            trained, loss_fn = pair, PinnLoss(view, pair, batch.config, quantities)
+            call = loss_fn.__call__
+        on = [which == 0, which == 1]
+        masks = _Masks(
+            torch.tensor(on, dtype=like.dtype, device=like.device),
+            torch.tensor([float(n > 0)], dtype=like.dtype, device=like.device),
+            trained.subdomain_mask(on)[None],
+        )
+        stage = replace(batch, problem=view, net=trained, loss_fn=loss_fn, loss_call=call, masks=masks)
+        try:
+            _adam_phase(stage, state, replace(config, adam=adam[n]), progress, progress_every, done_adam, config.adam)
+            active = state.active & torch.tensor([j not in stopped for j in range(k)], device=like.device)
+            result = _lbfgs_run(stage, state, config, progress, progress_every, lbfgs[n], done_lbfgs, active)
+            with torch.no_grad():  # the trained slab back into the batch's network
+                net.theta[:, net.subdomain_index([(a, b)[which]])] = trained.theta[:, trained.subdomain_index([which])]
+        finally:
+            compiled.release(stage_held)
+        for j in range(k):
+            if j not in stopped and bool(state.active[j]):
+                iterations[j] += result.iterations[j]
+                reasons[j] = result.reasons[j]
+                if result.reasons[j] in (DIVERGED, CANCELLED):
+                    stopped[j] = result.reasons[j]
+                    state.active[j] = False  # it does not train the later slabs
+        done_adam, done_lbfgs = done_adam + adam[n], done_lbfgs + lbfgs[n]
+    state.adam_done = [config.adam if d is None else d for d in state.adam_done]
+    for j in range(k):
+        if not bool(state.active[j]) and j not in stopped:
             reasons[j] = DIVERGED  # as batched_lbfgs reports a run that did not enter the phase
-    return LbfgsResult(iterations, reasons)
+    return LbfgsResult(iterations, [stopped.get(j, r) for j, r in enumerate(reasons)])
 
 
 def _lbfgs_run(
@@ -481,20 +529,19 @@ def _lbfgs_run(
     config: TrainConfig,
     progress: Callable | None,
     progress_every: int,
-    slab: int | None,
     budget: int,
     offset: int,
     active: Tensor,
 ) -> LbfgsResult:
-    """One batched L-BFGS call of ``budget`` iterations (progress counted from ``offset``); with a
-    ``slab``, on that slab's loss with the other slabs' gradient zero."""
+    """One batched L-BFGS call of ``budget`` iterations (progress counted from ``offset``); on a
+    marching stage, the other slab's gradient is zero."""
     theta = batch.net.theta
-    keep = None if slab is None else batch.march.params_on[slab]
+    keep = None if batch.masks is None else batch.masks.params_on
 
     def closure(x: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             theta.grad = None  # the next backward makes a new tensor: this one may be kept
-            total = batch.loss_at(batch.weights_lbfgs, slab).total
+            total = batch.loss_at(batch.weights_lbfgs).total
             torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0).sum().backward()
         loss = torch.where(total.detach().abs() > BLOW_UP, math.nan, total.detach())
         grad = theta.grad if keep is None else theta.grad * keep
