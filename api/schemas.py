@@ -46,6 +46,9 @@ class FamilyOut(BaseModel):
     terms: list[TermOut]
     default_budget: dict[str, int]
     default_points: dict[str, int | None]
+    recommended: dict[str, Any] = Field(
+        default_factory=dict, description="a solve body this family is best trained with (stated, not applied)"
+    )
     links: dict[str, str]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from machine import describe
 
 from metalic.families import get_family
 from metalic.pinn.causal import CausalSchedule
-from metalic.pinn.evaluate import predict_stitched
+from metalic.pinn.evaluate import error_over_time, predict_stitched
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 from metalic.settings import resolve_device
@@ -71,6 +72,10 @@ def main() -> None:
         error = np.linalg.norm(pred[:, m] - grid.u[:, m]) / np.linalg.norm(grid.u[:, m])
         parts.append(f"t in [{lo:g}, {min(hi, 20):g}]: {error:.3f}")
     total = np.linalg.norm(pred - grid.u) / np.linalg.norm(grid.u)
+    e = error_over_time(pred, grid.u, 1)  # the error at each time of the grid, over the reference's RMS
+    cuts = np.linspace(0.0, 20.0, args.slabs + 1)
+    per_slab = [np.sqrt(np.mean(e[(t >= lo) & (t <= hi)] ** 2)) for lo, hi in itertools.pairwise(cuts)]
+    print("e(t) RMS per time slab: " + " ".join(f"{v:.3f}" for v in per_slab))
     print(f"slabs {args.slabs}, layers {list(layers)}, harmonics {args.harmonics}, collocation {args.collocation},"
           f" {args.adam} Adam + {args.lbfgs} L-BFGS, side data {args.side_data}: {wall:.0f} s")  # fmt: skip
     print("rel. L2 per time window: " + "; ".join(parts))

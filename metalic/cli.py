@@ -149,7 +149,24 @@ def cmd_families() -> int:
         print(f"{'':10s} parameters: {ranges}")
         n_sub, n_if = split.n_subdomains, len(split.interfaces)
         print(f"{'':10s} coords {fam.coords}, {n_sub} subdomains, {n_if} interface(s)")
+        if fam.recommended:
+            print(f"{'':10s} recommended: metalic solve {fam.name} {' '.join(recommended_flags(fam.recommended))}")
     return 0
+
+
+def recommended_flags(body: dict) -> list[str]:
+    """A family's recommended solve body (REST spelling) as ``metalic solve`` flags."""
+    flags = []
+    recipe = body.get("recipe", {})
+    flags += ["--march"] * bool(recipe.get("march")) + ["--causal"] * bool(recipe.get("causal"))
+    for key, flag in (("subdomains", "--subdomains"), ("arm", "--arm")):
+        if key in body:
+            flags += [flag, str(body[key])]
+    for group, key, flag in (("points", "collocation", "--collocation"), ("points", "boundary", "--boundary"),
+                             ("budget", "adam", "--adam"), ("budget", "lbfgs", "--lbfgs")):  # fmt: skip
+        if key in body.get(group, {}):
+            flags += [flag, str(body[group][key])]
+    return flags
 
 
 CLI_FLAGS = {

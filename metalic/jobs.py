@@ -239,7 +239,7 @@ class SolveRequest(BaseModel):
             return self
         cap = get_settings().max_request_cost
         if self.cost() > cap:
-            message = (f"the request's cost (adam + lbfgs) x (collocation + boundary) x subdomains = "
+            message = (f"the request's cost (adam + lbfgs) x (collocation + boundary) x subdomains (2 marching) = "
                        f"{self.cost():.3g} point-iterations is above the server's cap of {cap:.3g}")  # fmt: skip
             error = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=("adam",), input=self.adam)
             raise ValidationError.from_exception_data("SolveRequest", [error])
@@ -248,8 +248,10 @@ class SolveRequest(BaseModel):
     # ---- derived -------------------------------------------------------------------------------
     def cost(self) -> float:
         """Point-iterations: (adam + lbfgs) x (collocation + boundary) x subdomains (the family's
-        split when none is asked for)."""
+        split when none is asked for), of which a marching training evaluates two at a time."""
         subdomains = self.subdomains or get_family(self.family).default_decomposition.n_subdomains
+        if self.recipe.march:
+            subdomains = min(subdomains, 2)
         return float(self.adam + self.lbfgs) * (self.collocation + self.boundary) * subdomains
 
     @property

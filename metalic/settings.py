@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     max_collocation: int = Field(20_000, ge=1, description="collocation points per subdomain")
     max_boundary: int = Field(5_000, ge=1, description="boundary / initial points per subdomain")
     max_interface_points: int = Field(5_000, ge=2)
-    max_subdomains: int = Field(16, ge=1)
+    max_subdomains: int = Field(32, ge=1, description="subdomains of a split (a marching KdV solve uses 20)")
     max_request_cost: float = Field(
         1e9, gt=0, description="largest (adam + lbfgs) x (collocation + boundary) x subdomains of one request"
     )

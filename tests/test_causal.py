@@ -247,3 +247,21 @@ def test_a_pair_view_is_the_full_problem_with_the_other_slabs_masked_out():
     assert pair.terms[:, 0].min() > 0  # the interface term is there
     two = net.subdomains([2, 3])  # slab 3's weights are the second subdomain's of the pair's network
     torch.testing.assert_close(two.theta[:, two.subdomain_index([1])], net.theta[:, net.subdomain_index([3])])
+
+
+def test_kdv_states_a_marching_solve_that_the_service_and_the_cli_accept():
+    """The family's recommended solve (REST spelling) validates as a request, and the same flags
+    given to ``metalic solve`` make the same request; a marching request costs two subdomains."""
+    from api.schemas import SolveBody
+    from metalic.cli import _build_parser, _solve_run, recommended_flags
+    from metalic.jobs import SolveRequest
+
+    body = get_family("kdv").recommended
+    assert body["recipe"]["march"] and body["subdomains"] > 16  # above the old cap of 16 slabs
+    request = SolveBody(**body).request("kdv")
+    parser, _ = _build_parser()
+    run, _ = _solve_run(parser.parse_args(["solve", "kdv", *recommended_flags(body)]))
+    assert run.request.profile() == request.profile() and run.request.arm == request.arm
+    plain = SolveRequest(**{**request.model_dump(), "recipe": {}})
+    assert request.cost() == plain.cost() * 2 / body["subdomains"]
+    assert get_family("burgers").recommended == {}

@@ -38,6 +38,7 @@ def describe(f: Family) -> FamilyOut:
             "boundary": defaults["boundary"].default,
             "interface": f.interface_points,
         },
+        recommended=dict(f.recommended),
         links={"solve": f"/v1/families/{f.name}/solve", "recommendation": f"/v1/families/{f.name}/recommendation"},
     )
 

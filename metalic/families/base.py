@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -71,6 +72,10 @@ class Family:
     harmonics: int = 1  # Fourier features of the periodic coordinate the network reads
     side_edges: tuple[tuple[int, int], ...] = ()
     layers: tuple[int, ...] = (2, 20, 20, 1)  # the network this family needs by default
+    # A solve this family is best trained with, as a REST solve body spells it (a training recipe,
+    # a split, points, a budget): stated (``metalic families``, GET /v1/families), not applied, so
+    # that a request means what it says and existing studies keep their profiles.
+    recommended: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def data_edges(self, side_data: bool) -> tuple[tuple[int, int], ...]:
         """The edges with boundary / initial data."""
