@@ -87,7 +87,7 @@ def one_at_a_time(self, *obs, refit=True):
     observation at a time, as before the batched inputs."""
     checked = [self._check(o) for o in obs]
     for o in checked:
-        features = torch.tensor([o.arm.features()], dtype=torch.float64)
+        features = torch.tensor([o.arm.features()[: self.width]], dtype=torch.float64)
         self.adam.x.append(self._rows(self.space.encode(o.params), features)[0])
         self.adam.y.append(o.reward)
     self.observations.extend(checked)

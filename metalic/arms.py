@@ -8,7 +8,7 @@ it and parsed back into it in this module:
 | ``label``       | ``"u,flux"``       | users, the CLI, REST answers, JSON files, the dashboard |
 | ``bits``        | ``"100010000"``    | REST answers (bit i = term i; ``single-domain``: a tenth bit) |
 | ``index``       | ``17``             | the database (one integer per arm), the bandit's arm set |
-| ``features()``  | ``(1, 0, ..., 0)`` | the GP's arm inputs: nine term bits, the single-network bit |
+| ``features()``  | ``(1, 0, ..., 0)`` | the GP's arm inputs: nine term bits, the single-network bit, the recipe bits |
 | ``loss_weights``| ``(1., 0., ...)``  | the trainer's per-term weights (one network: all zero)   |
 
 ``Arm.parse`` reads all of them (and the 9- or 10-tuples that older files and rows hold).

@@ -327,10 +327,12 @@ def test_csv_downloads_match_the_database(seeded, browser):
     with page.expect_download() as download:
         page.click("button[data-csv-for=terms-chart]")
     terms = _read_csv(Path(download.value.path()).read_text())
-    # nine terms, then the single-network arm (stored as one index: bit i = term i, 512 = one network)
-    switches = [[(o.arm_adam >> i) & 1 if o.arm_adam < 512 else 0 for i in range(9)] + [int(o.arm_adam == 512)]
-                for o in observations]  # fmt: skip
-    on = [sum(sw[i] for sw in switches) / len(observations) for i in range(10)]
+    # nine terms, the single-network arm, the causal bit (stored as one index: bit i = term i, 512 =
+    # one network, + 513 with the causal bit)
+    base = [o.arm_adam % 513 for o in observations]
+    switches = [[(b >> i) & 1 if b < 512 else 0 for i in range(9)] + [int(b == 512), int(o.arm_adam >= 513)]
+                for b, o in zip(base, observations, strict=True)]  # fmt: skip
+    on = [sum(sw[i] for sw in switches) / len(observations) for i in range(11)]
     assert [float(r["y"]) for r in terms] == pytest.approx(on, abs=1e-4)
     # a table, as the browser shows it: the overview's studies with their observation counts
     page.goto(f"{seeded['url']}/dashboard/")
