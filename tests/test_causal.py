@@ -265,3 +265,20 @@ def test_kdv_states_a_marching_solve_that_the_service_and_the_cli_accept():
     plain = SolveRequest(**{**request.model_dump(), "recipe": {}})
     assert request.cost() == plain.cost() * 2 / body["subdomains"]
     assert get_family("burgers").recommended == {}
+
+
+@pytest.mark.slow
+def test_a_compiled_marching_training_trains_what_an_eager_one_trains():
+    """Every stage leases the one compiled loss (its pair view copied into the traced tensors, the
+    interface indices included): the weights match the eager training's, slab by slab."""
+    fam = get_family("advection")
+    cfg = PinnConfig(n_collocation=48, n_boundary=12, n_interface=9, subdomains=3, causal_chunks=6)
+    specs = [RunSpec({"beta": 5.0}, "u,flux", seed=1), RunSpec({"beta": 9.0}, "u,res", seed=2, causal=True)]
+    runs = [
+        train_batch(
+            fam, specs, cfg, TrainConfig(adam=12, lbfgs=6, compile=c, march=True), device="cpu", dtype="float64"
+        )
+        for c in (False, True)
+    ]
+    torch.testing.assert_close(runs[1].net.theta, runs[0].net.theta, rtol=1e-7, atol=1e-9)
+    assert [o.lbfgs_iterations for o in runs[1].outcomes] == [o.lbfgs_iterations for o in runs[0].outcomes]

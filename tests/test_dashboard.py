@@ -127,7 +127,7 @@ PAGES = [
     ("study-campaign", "/dashboard/studies/{ucb_study}", 9),
     ("study-heat-heatmap", "/dashboard/studies/{heat_study}?x=a&y=b&fix_c=0.5", 9),
     ("tasks", "/dashboard/tasks?state=succeeded", 0),
-    ("task", "/dashboard/tasks/{task}", 1),
+    ("task", "/dashboard/tasks/{task}", 2),  # the loss, the error over time
     ("campaigns", "/dashboard/campaigns", 0),
     ("campaign", "/dashboard/campaigns/{campaign}", 4),
 ]
