@@ -282,3 +282,22 @@ def test_a_compiled_marching_training_trains_what_an_eager_one_trains():
     ]
     torch.testing.assert_close(runs[1].net.theta, runs[0].net.theta, rtol=1e-7, atol=1e-9)
     assert [o.lbfgs_iterations for o in runs[1].outcomes] == [o.lbfgs_iterations for o in runs[0].outcomes]
+
+
+def test_a_stored_campaign_that_learns_the_causal_bit_gives_its_learners_that_engine(sqlite_store):
+    """The service path: a campaign's learning studies record the bits they learn, and the engine
+    the store builds for them ranks the 1026 arms; the single-domain baseline has no engine."""
+    from sqlalchemy import select
+
+    from metalic.campaign import CampaignConfig
+    from metalic.store import campaigns
+    from metalic.store.models import StudyRow
+    from metalic.store.studies import new_engine
+
+    config = CampaignConfig(family="advection", policies=("ucb", "single-domain"), warmup=1, rounds=1, test=1,
+                            learns=("causal",), train=TrainConfig(adam=4, lbfgs=2))  # fmt: skip
+    camp = campaigns.create(sqlite_store, config)
+    with sqlite_store.read() as s:
+        studies = {st.heuristic: st for st in s.scalars(select(StudyRow).where(StudyRow.campaign_id == camp.id))}
+        assert studies["ucb"].profile["learns"] == ["causal"] and "learns" not in studies["single-domain"].profile
+        assert new_engine(studies["ucb"]).recipe == ("causal",) and len(new_engine(studies["ucb"]).arms) == 1026
