@@ -242,18 +242,30 @@
     } else empty("timeline-chart", "no batch has run yet");
   };
 
-  // Each phase counts its iterations from 0; a later phase is drawn after the earlier ones (its
-  // x is offset by the last iteration drawn so far), so L-BFGS follows Adam instead of overlaying it.
-  const task = { cursor: 0, phases: {}, end: 0 };
+  // Each phase counts its own iterations (a marching training's Adam and L-BFGS shares alternate,
+  // slab by slab, each phase counting on from its previous share). A point of another phase than
+  // the one before starts a segment drawn after everything drawn so far, so L-BFGS follows Adam
+  // (and a marching run's shares follow each other) instead of overlaying it. A phase's segments
+  // are one trace, split by a gap.
+  const task = { cursor: 0, phases: {}, end: 0, last: null };
   pages.task = function (d) {
     task.cursor = d.cursor;
     const p = d.points;
     for (let i = 0; i < p.id.length; i++) {
       const ph = p.phase[i];
-      if (!task.phases[ph]) task.phases[ph] = { x: [], y: [], offset: task.end };
-      const x = task.phases[ph].offset + p.iteration[i];
-      task.phases[ph].x.push(x);
-      task.phases[ph].y.push(p.loss[i]);
+      const s = task.phases[ph] || (task.phases[ph] = { x: [], y: [], offset: 0, seen: 0 });
+      if (task.last !== null && task.last !== ph) {
+        s.offset = task.end - s.seen;
+        if (s.x.length) {
+          s.x.push(null);
+          s.y.push(null);
+        }
+      }
+      task.last = ph;
+      const x = s.offset + p.iteration[i];
+      s.x.push(x);
+      s.y.push(p.loss[i]);
+      s.seen = p.iteration[i];
       task.end = Math.max(task.end, x);
     }
     const names = Object.keys(task.phases);
