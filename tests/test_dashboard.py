@@ -137,7 +137,11 @@ def _ids(store) -> dict:
     with store.read() as s:
         studies = {(st.family, st.heuristic): st.id for st in s.scalars(select(StudyRow)).all()}
         campaign = s.scalar(select(CampaignRow.id).where(CampaignRow.family == "advection"))
-        task = s.scalar(select(TaskRow.id).where(TaskRow.campaign_id.is_(None)).order_by(TaskRow.id.desc()))
+        task = s.scalar(
+            select(TaskRow.id)
+            .where(TaskRow.campaign_id.is_(None), TaskRow.state == "succeeded")
+            .order_by(TaskRow.id.desc())
+        )
     return {
         "service_study": studies[("advection", None)],
         "ucb_study": studies[("advection", "ucb")],
@@ -547,6 +551,31 @@ def test_the_loss_chart_draws_l_bfgs_after_adam(seeded, browser):
     traces = page.evaluate("document.getElementById('loss-chart').data.map(t => ({name: t.name, x: t.x}))")
     assert [t["name"] for t in traces] == ["adam", "lbfgs"]
     assert min(traces[1]["x"]) > max(traces[0]["x"])
+    context.close()
+
+
+def test_a_marching_tasks_loss_chart_draws_its_shares_one_after_another(seeded, browser):
+    """A marching training reports Adam and L-BFGS shares in turn (slab by slab), each phase
+    counting on from its previous share: every share is drawn after the one before it."""
+    from metalic.store import tasks as task_store
+    from metalic.store.models import ProgressRow
+    from tests.seed import solve_request
+
+    store = seeded["store"]
+    task, _ = task_store.submit(store, solve_request("advection", {"beta": 4.0}, 990), owner="alice")
+    task_store.cancel(store, task.id)  # off the queue; its points are what the page draws
+    points = [("adam", 50), ("adam", 100), ("lbfgs", 50), ("lbfgs", 100), ("adam", 150), ("adam", 200),
+              ("lbfgs", 150), ("lbfgs", 200)]  # fmt: skip
+    with store.write() as s:
+        attempt = s.get(TaskRow, task.id).attempt
+        s.add_all(ProgressRow(task_id=task.id, attempt=attempt, phase=ph, iteration=it, loss=1.0 / it)
+                  for ph, it in points)  # fmt: skip
+    context, page = admin_page(browser, seeded)
+    page.goto(f"{seeded['url']}/dashboard/tasks/{task.id}")
+    wait_until(page, "document.getElementById('loss-chart').data !== undefined", 10)
+    traces = page.evaluate("document.getElementById('loss-chart').data.map(t => ({name: t.name, x: t.x}))")
+    assert [t["name"] for t in traces] == ["adam", "lbfgs"]
+    assert traces[0]["x"] == [50, 100, None, 250, 300] and traces[1]["x"] == [150, 200, None, 350, 400]
     context.close()
 
 
