@@ -124,14 +124,19 @@ def check_budgets(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be a non-negative number of iterations, got {value}")
 
 
+def parse_eps(text: str) -> tuple[float, ...]:
+    """``--causal-eps 0.01,0.1,1``: the eps schedule (UsageError when a value is not a number)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--causal-eps expects numbers separated by commas, got {text!r}") from None
+
+
 def _recipe_fields(args: argparse.Namespace) -> dict:
     """The request's recipe from --causal, --causal-eps, --causal-chunks."""
     fields: dict = {"causal": args.causal, "march": args.march}
     if args.causal_eps is not None:
-        try:
-            fields["eps"] = [float(v) for v in args.causal_eps.split(",")]
-        except ValueError:
-            raise UsageError(f"--causal-eps expects numbers separated by commas, got {args.causal_eps!r}") from None
+        fields["eps"] = parse_eps(args.causal_eps)
     if args.causal_chunks is not None:
         fields["chunks"] = args.causal_chunks
     if not args.causal and len(fields) > 2:

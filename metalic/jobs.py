@@ -209,27 +209,23 @@ class SolveRequest(BaseModel):
 
     @model_validator(mode="after")
     def _recipe(self) -> SolveRequest:
-        """Causal training and marching need a time axis; marching, a split into time slabs."""
+        """Recipe bits and causal training need a time axis; marching, a split into time slabs and
+        a single-mode request."""
         recipe, family = self.recipe, get_family(self.family)
-        where = "causal" if recipe.causal else "march"
-        message: str | None = None
         arms = [c.arm for c in (self.arm_choice, self.arm_lbfgs_choice) if c is not None and c.arm is not None]
+        steady = f"needs a time-dependent family; {family.name} is steady"
         if any(a.recipe for a in arms) and family.time_axis is None:
-            error = InitErrorDetails(type=PydanticCustomError("value_error", f"a recipe bit needs a time-dependent "
-                                     f"family; {family.name} is steady"), loc=("arm",), input=self.arm)  # fmt: skip
-            raise ValidationError.from_exception_data("SolveRequest", [error])
+            raise _located_error(("arm",), f"a recipe bit {steady}", self.arm)
+        if not recipe.plain and family.time_axis is None:
+            raise _located_error(("recipe", "causal" if recipe.causal else "march"), steady, True)
         if recipe.march and self.mode == "sequential":
-            where, message = "march", "trains each slab's two phases in turn; a sequential request's L-BFGS arm is not"
-        elif not recipe.plain and family.time_axis is None:
-            message = f"needs a time-dependent family; {family.name} is steady"
-        elif recipe.march and any(i.axis != family.time_axis for i in family.decomposition(self.subdomains).interfaces):
-            where, axis = "march", family.coords[family.slab_axis]
-            message = f"needs a split into time slabs; {family.name} is split along {axis}"
-        if message is not None:
-            error = InitErrorDetails(
-                type=PydanticCustomError("value_error", message), loc=("recipe", where), input=True
+            message = "trains each slab's two phases in turn; a sequential request's L-BFGS arm is not"
+            raise _located_error(("recipe", "march"), message, True)
+        if recipe.march and any(i.axis != family.time_axis for i in family.decomposition(self.subdomains).interfaces):
+            axis = family.coords[family.slab_axis]
+            raise _located_error(
+                ("recipe", "march"), f"needs a split into time slabs; {family.name} is split along {axis}", True
             )
-            raise ValidationError.from_exception_data("SolveRequest", [error])
         return self
 
     @model_validator(mode="after")
@@ -241,8 +237,7 @@ class SolveRequest(BaseModel):
         if self.cost() > cap:
             message = (f"the request's cost (adam + lbfgs) x (collocation + boundary) x subdomains (2 marching) = "
                        f"{self.cost():.3g} point-iterations is above the server's cap of {cap:.3g}")  # fmt: skip
-            error = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=("adam",), input=self.adam)
-            raise ValidationError.from_exception_data("SolveRequest", [error])
+            raise _located_error(("adam",), message, self.adam)
         return self
 
     # ---- derived -------------------------------------------------------------------------------
@@ -310,6 +305,12 @@ class SolveRequest(BaseModel):
     def batch_key(self) -> str:
         """Requests with equal keys train together in one batch (arms, parameters, seeds may differ)."""
         return batch_key(self.family, self.profile_key(), self.device)
+
+
+def _located_error(loc: tuple[str, ...], message: str, value: Any) -> ValidationError:
+    """A validation error at ``loc`` from a check on the whole request (a model validator)."""
+    error = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("SolveRequest", [error])
 
 
 def profile_key(profile: Mapping[str, Any]) -> str:

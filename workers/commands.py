@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from metalic.cli import UsageError, check_budgets, one_line
+from metalic.cli import UsageError, check_budgets, one_line, parse_eps
 from metalic.settings import get_settings
 
 
@@ -227,12 +227,8 @@ def _campaign_config(args: argparse.Namespace):
     check_budgets(args)
     if args.max_batch is not None and args.max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
-    causal = CausalSchedule()
-    if getattr(args, "causal_eps", None):
-        try:
-            causal = CausalSchedule(eps=tuple(float(v) for v in args.causal_eps.split(",")))
-        except ValueError:
-            raise UsageError(f"--causal-eps expects numbers separated by commas, got {args.causal_eps!r}") from None
+    eps = getattr(args, "causal_eps", None)
+    causal = CausalSchedule(eps=parse_eps(eps)) if eps else CausalSchedule()
     try:
         config = CampaignConfig(
             family=args.family,

@@ -107,14 +107,6 @@ class StackedMLP(torch.nn.Module):
         sub.center, sub.scale = self.center[:, index].clone(), self.scale[:, index].clone()
         return sub
 
-    def subdomain_mask(self, on: Sequence[bool]) -> Tensor:
-        """[n_weights] bool: True at the weights of the subdomains that ``on`` [S] marks."""
-        on_t = torch.as_tensor(list(on), dtype=torch.bool, device=self.theta.device)[:, None]
-        parts = []
-        for a, b in self.shapes:  # the layout of ``layers``: W [S, a, b], then bias [S, 1, b]
-            parts += [on_t.expand(-1, a * b).reshape(-1), on_t.expand(-1, b).reshape(-1)]
-        return torch.cat(parts)
-
     def _inputs(self, x: Tensor) -> Tensor:
         """The first layer's input features: [K, S, P, 2] (rescaled) or [K, S, P, 2M + 1] (periodic)."""
         h = (x - self.center) * self.scale

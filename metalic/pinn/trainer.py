@@ -482,7 +482,7 @@ def _marching(
 
     adam, lbfgs = share(config.adam), share(config.lbfgs)
     iterations, reasons = [0] * k, [MAX_ITER] * k
-    stopped: dict[int, str] = {}
+    stopped: set[int] = set()  # runs whose L-BFGS share diverged or was cancelled
     done_adam = done_lbfgs = 0
     for n in range(march.stages):
         a, b, which = march.pair(n)
@@ -493,34 +493,35 @@ def _marching(
         else:
             trained, loss_fn = pair, PinnLoss(view, pair, batch.config, quantities)
             call = loss_fn.__call__
-        on = [which == 0, which == 1]
+        moves = torch.zeros(1, trained.n_weights, dtype=torch.bool, device=like.device)
+        moves[0, trained.subdomain_index([which])] = True
         masks = _Masks(
-            torch.tensor(on, dtype=like.dtype, device=like.device),
+            torch.tensor([which == 0, which == 1], dtype=like.dtype, device=like.device),
             torch.tensor([float(n > 0)], dtype=like.dtype, device=like.device),
-            trained.subdomain_mask(on)[None],
+            moves,
         )
         stage = replace(batch, problem=view, net=trained, loss_fn=loss_fn, loss_call=call, masks=masks)
         try:
             _adam_phase(stage, state, replace(config, adam=adam[n]), progress, progress_every, done_adam, config.adam)
-            active = state.active & torch.tensor([j not in stopped for j in range(k)], device=like.device)
-            result = _lbfgs_run(stage, state, config, progress, progress_every, lbfgs[n], done_lbfgs, active)
+            entered = state.active.tolist()
+            result = _lbfgs_run(stage, state, config, progress, progress_every, lbfgs[n], done_lbfgs, state.active)
             with torch.no_grad():  # the trained slab back into the batch's network
                 net.theta[:, net.subdomain_index([(a, b)[which]])] = trained.theta[:, trained.subdomain_index([which])]
         finally:
             compiled.release(stage_held)
         for j in range(k):
-            if j not in stopped and bool(state.active[j]):
+            if entered[j]:
                 iterations[j] += result.iterations[j]
                 reasons[j] = result.reasons[j]
                 if result.reasons[j] in (DIVERGED, CANCELLED):
-                    stopped[j] = result.reasons[j]
+                    stopped.add(j)
                     state.active[j] = False  # it does not train the later slabs
         done_adam, done_lbfgs = done_adam + adam[n], done_lbfgs + lbfgs[n]
     state.adam_done = [config.adam if d is None else d for d in state.adam_done]
     for j in range(k):
         if not bool(state.active[j]) and j not in stopped:
             reasons[j] = DIVERGED  # as batched_lbfgs reports a run that did not enter the phase
-    return LbfgsResult(iterations, [stopped.get(j, r) for j, r in enumerate(reasons)])
+    return LbfgsResult(iterations, reasons)
 
 
 def _lbfgs_run(
