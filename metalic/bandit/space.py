@@ -26,11 +26,11 @@ def arm_features(arms: Sequence[Arm], width: int = N_ARM_FEATURES) -> torch.Tens
     """The GP's arm inputs [m, width] (``Arm.features``, looked up by index): ``width`` =
     ``feature_width(recipe_flags)`` of the study (the term bits, the single-network bit, the
     recipe bits it learns). ValueError for an arm with a recipe bit beyond the width."""
-    index = [a.index for a in arms]
-    if width < N_FEATURES and any(i >= N_BASE * 2 ** (width - N_BASE_FEATURES) for i in index):
-        bad = next(a for a in arms if a.index >= N_BASE * 2 ** (width - N_BASE_FEATURES))
+    known = N_BASE * 2 ** (width - N_BASE_FEATURES)  # the arms whose recipe bits fit the width
+    bad = next((a for a in arms if a.index >= known), None)
+    if bad is not None:
         raise ValueError(f"arm: {bad.label} has a recipe bit this study does not learn")
-    return _BY_INDEX[index, :width]
+    return _BY_INDEX[[a.index for a in arms], :width]
 
 
 def feature_width(recipe_flags: Sequence[str] = ()) -> int:
