@@ -252,6 +252,9 @@ class CampaignBody(BaseModel):
     subdomains: int | None = Field(None, ge=1, description="N equal slabs instead of the family's split")
     learns: list[str] = Field(default_factory=list, description="recipe bits the bandit chooses beside terms: causal")
     recipe: Recipe = Field(default_factory=Recipe, description="eps and chunks of causal runs; march")
+    arm_kernel: Literal["hamming", "additive"] = Field(
+        "hamming", description="the bandit's kernel on the term bits: the authors' (hamming) or with per-term effects"
+    )
 
     # field by field (pydantic reports every bad field at once), in the words of CampaignConfig
     @field_validator("warmup", "rounds", "test")

@@ -6,8 +6,12 @@ campaign budget (200 Adam + 300 L-BFGS, 300 / 50 points, 51 per interface, batch
 - ``ucb``: the authors' protocol from nothing (5 random warm-up rounds, then 20 UCB rounds);
 - ``ucb+prior``: UCB on the family's newest installed prior from the first round (no random
   warm-up: 25 UCB rounds over the same 25 contexts);
+- each of these with every kernel of ``--arm-kernels``: the authors' Hamming kernel on the term
+  bits (``hamming``, labels without a suffix) and the additive one with per-term effects
+  (``additive``, labels ``.../additive``); on a prior, only the study's own (residual) GP takes the
+  kernel, the prior's GP is the shipped one;
 - ``hindsight``: the fixed arm with the highest posterior-mean reward over the test contexts, from
-  a GP fitted to both UCB campaigns' observations, run through the same protocol (it knows the
+  a GP fitted to every UCB campaign's observations, run through the same protocol (it knows the
   test contexts: an optimistic reference, not a competitor).
 
 Every campaign ends with the same 10 held-out test contexts (posterior-mean arm). The priors were
@@ -15,7 +19,8 @@ built with campaign seed 1000 (``metalic prior list`` shows it); the seeds here 
 the contexts that build a prior and those that score it are disjoint draws. Prints one row per
 (family, seed, heuristic) and the ratios to hindsight (same run).
 
-    python benchmarks/prior_campaigns.py --families burgers advection reaction --seeds 0 1 2
+    python benchmarks/prior_campaigns.py --families burgers advection reaction --seeds 0 1 2 \
+        --arm-kernels hamming additive
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--test", type=int, default=10)
+    parser.add_argument("--arm-kernels", nargs="+", default=["hamming"], choices=["hamming", "additive"])
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
     print("| family | seed | heuristic | online accumulated rel. L2 | test median rel. L2 | prior |")
@@ -73,9 +79,14 @@ def main() -> None:
                 train=TrainConfig(adam=200, lbfgs=300, compile=False),
                 pinn=PinnConfig(n_collocation=300, n_boundary=50, n_interface=51),
             )  # fmt: skip
-            plan = [("ucb", base)]
-            if prior is not None:
-                plan.append(("ucb+prior", replace(base, warmup=0, rounds=args.warmup + args.rounds, prior=prior.ref)))
+            plan = []
+            for kernel in args.arm_kernels:
+                suffix = "" if kernel == "hamming" else f"/{kernel}"
+                with_kernel = replace(base, arm_kernel=kernel)
+                plan.append((f"ucb{suffix}", with_kernel))
+                if prior is not None:
+                    on_prior = replace(with_kernel, warmup=0, rounds=args.warmup + args.rounds, prior=prior.ref)
+                    plan.append((f"ucb+prior{suffix}", on_prior))
             summaries, observed = {}, []
             start = time.perf_counter()
             for label, config in plan:
@@ -86,7 +97,7 @@ def main() -> None:
             rows, _ = run_policy(replace(base, policies=(f"fixed:{arm.label}",)), f"fixed:{arm.label}")
             summaries[f"hindsight:{arm.label}"] = best = summarise(rows)[0]
             for label, s in summaries.items():
-                used = prior.ref if label == "ucb+prior" else ""
+                used = prior.ref if label.startswith("ucb+prior") else ""
                 print(f"| {family} | {seed} | {label} | {s['online_accumulated_error']:.3f} | "
                       f"{s['test_median_error']:.3e} | {used} |", flush=True)  # fmt: skip
                 if label.startswith("ucb"):

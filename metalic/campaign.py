@@ -31,6 +31,7 @@ from metalic.arms import NONE, RECIPE_FLAGS, SWITCHES, Arm, all_arms, arm_set, s
 from metalic.bandit.engine import BanditEngine, Observation
 from metalic.bandit.policies import FixedArm, Policy, RandomArm, parse_policy
 from metalic.bandit.space import ParamSpace
+from metalic.bandit.surrogate import ARM_KERNELS
 from metalic.batching import Queued, plan_all
 from metalic.families import get_family
 from metalic.jobs import Recipe, Run, SolveRequest, SolveResult, run_solve_batch
@@ -61,6 +62,7 @@ class CampaignConfig:
     prior: str | None = None  # the learning engines stack on this prior (``metalic.priors``), e.g. burgers-single-v1
     # Recipe bits the learning engines choose beside the terms (``arms.RECIPE_FLAGS``: causal).
     learns: tuple[str, ...] = ()
+    arm_kernel: str = "hamming"  # the learning engines' kernel on the term bits (surrogate.ARM_KERNELS)
 
     def validate(self) -> None:
         get_family(self.family)  # ValueError naming the known families
@@ -80,6 +82,8 @@ class CampaignConfig:
                 raise ValueError(f"learns: {self.family} is steady; causal training needs a time axis")
             if self.prior is not None:
                 raise ValueError("learns: the shipped priors have no recipe bits; leave out the prior")
+        if self.arm_kernel not in ARM_KERNELS:
+            raise ValueError(f"arm_kernel: must be one of {', '.join(ARM_KERNELS)}, got {self.arm_kernel!r}")
         for name in ("warmup", "rounds", "test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be non-negative, got {getattr(self, name)}")
@@ -279,7 +283,7 @@ class CampaignPlan:
         c = self.config
         prior = priors.load(c.prior) if c.prior else None
         return {
-            name: BanditEngine(c.family, c.mode, p, seed=c.seed, prior=prior, recipe=c.learns)
+            name: BanditEngine(c.family, c.mode, p, seed=c.seed, prior=prior, recipe=c.learns, arm_kernel=c.arm_kernel)
             for name, p in self.policies.items()
             if p.has_engine
         }

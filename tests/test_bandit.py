@@ -153,9 +153,13 @@ def test_four_pending_trainings_at_one_context_get_four_different_arms(policy):
     assert len(set(seq)) == 4
 
 
-@pytest.mark.parametrize(("policy", "mode"), [("ts", "single"), ("ucb", "single"), ("ts", "sequential")])
-def test_snapshot_reload_gives_identical_suggestions(policy, mode):
-    engine = BanditEngine("heat", mode=mode, policy=policy, seed=11)
+@pytest.mark.parametrize(
+    ("policy", "mode", "arm_kernel"),
+    [("ts", "single", "hamming"), ("ucb", "single", "hamming"), ("ts", "sequential", "hamming"),
+     ("ucb", "sequential", "additive")],
+)  # fmt: skip
+def test_snapshot_reload_gives_identical_suggestions(policy, mode, arm_kernel):
+    engine = BanditEngine("heat", mode=mode, policy=policy, seed=11, arm_kernel=arm_kernel)
     g = torch.Generator().manual_seed(2)
     for _ in range(8):
         ctx = {n: float(4 * torch.rand(1, generator=g) - 2) for n in "abcd"}
@@ -172,6 +176,7 @@ def test_snapshot_reload_gives_identical_suggestions(policy, mode):
     if mode == "sequential":
         assert engine.report_adam(ctx, A, 1.0) == clone.report_adam(ctx, A, 1.0)
     assert [r.arm for r in engine.recommend(ctx)] == [r.arm for r in clone.recommend(ctx)]
+    assert clone.arm_kernel == arm_kernel and clone.adam.gp.fitted_values()["arm_kernel"] == arm_kernel
 
 
 def test_observing_many_at_once_gives_each_gp_the_inputs_of_one_at_a_time():
@@ -216,8 +221,9 @@ def test_bad_input_names_the_field_and_records_nothing():
     assert seq.observations == []
 
 
-def test_cached_predictor_matches_botorch_posterior():
-    gp = RewardGP(n_cont=1)
+@pytest.mark.parametrize("arm_kernel", ["hamming", "additive"])
+def test_cached_predictor_matches_botorch_posterior(arm_kernel):
+    gp = RewardGP(n_cont=1, arm_kernel=arm_kernel)
     g = torch.Generator().manual_seed(0)
     x = torch.cat(
         [torch.rand(30, 1, generator=g, dtype=torch.float64), ALL_ARMS[torch.randint(512, (30,), generator=g)]], 1
@@ -266,9 +272,9 @@ def test_the_hamming_kernel_of_many_rows_gathers_the_same_numbers():
     assert kernel(a[:50], b[:50]).to_dense().requires_grad  # fitting keeps the differentiable formula
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "matern"])
-def test_the_plain_torch_kernel_equals_gpytorchs(kernel):
-    gp = RewardGP(n_cont=2, kernel=kernel)
+@pytest.mark.parametrize(("kernel", "arm_kernel"), [("rbf", "hamming"), ("matern", "hamming"), ("rbf", "additive")])
+def test_the_plain_torch_kernel_equals_gpytorchs(kernel, arm_kernel):
+    gp = RewardGP(n_cont=2, kernel=kernel, arm_kernel=arm_kernel)
     g = torch.Generator().manual_seed(1)
     x = torch.cat(
         [torch.rand(25, 2, generator=g, dtype=torch.float64), ALL_ARMS[torch.randint(512, (25,), generator=g)]], 1
@@ -416,3 +422,34 @@ def test_a_pending_training_at_a_nearby_point_lowers_the_std_there_and_changes_t
     assert after[alone.index] < before[alone.index]  # its variance at ctx shrank: a result is coming nearby
     picked = engine.suggest(ctx, pending=[(near, alone)])[0]
     assert picked != alone and picked == all_arms()[int(torch.argmax(after))]
+
+
+def test_the_additive_kernel_carries_a_term_s_effect_to_an_arm_nobody_tried():
+    """Planted additive rewards over Advection's beta: flux adds 1.0, ux 0.4, u 0.3, res takes 0.5,
+    whatever else is on. The engine sees nine arms with at most two terms (none, flux, u, res, u,ux,
+    ...), at 24 contexts. The additive kernel predicts ``u,flux,ux``, never tried and better than
+    all it saw, within 0.1 of its true reward; the authors' Hamming kernel, whose correlation
+    falls with every bit, stays more than 0.3 below it (measured over contexts seeds 0-3: additive
+    off by 0.007-0.047, Hamming by 0.40-0.51)."""
+
+    def reward(arm: Arm, beta: float) -> float:
+        on = set(arm.label.split(","))
+        return 1.0 + 0.02 * beta + 1.0 * ("flux" in on) + 0.4 * ("ux" in on) + 0.3 * ("u" in on) - 0.5 * ("res" in on)
+
+    seen = [Arm.parse(t) for t in ("none", "flux", "u", "res", "uavg", "ux", "flux,uavg", "u,ux", "res,ux")]
+    g = torch.Generator().manual_seed(0)
+    obs = []
+    for i in range(24):
+        beta = float(1 + 29 * torch.rand(1, generator=g))
+        arm = seen[i % len(seen)]
+        obs.append(Observation({"beta": beta}, arm, reward(arm, beta) + 0.03 * float(torch.randn(1, generator=g))))
+    unseen = Arm.parse("u,flux,ux")
+    predicted = {}
+    for kernel in ("hamming", "additive"):
+        engine = BanditEngine("advection", seed=0, arm_kernel=kernel)
+        engine.observe(*obs)
+        rows = engine._rows(engine.space.encode({"beta": 15.0}), engine.features[[unseen.index]])
+        predicted[kernel] = float(engine.adam.predictor.mean(rows)[0])
+    truth = reward(unseen, 15.0)
+    assert abs(predicted["additive"] - truth) < 0.1, predicted
+    assert truth - predicted["hamming"] > 0.3, predicted

@@ -89,6 +89,8 @@ def _campaign_parser(sub) -> None:
     )
     c.add_argument("--learn", action="append", default=None, metavar="BIT",
                    help="a recipe bit the bandit chooses beside the terms (causal)")  # fmt: skip
+    c.add_argument("--arm-kernel", default="hamming", choices=["hamming", "additive"],
+                   help="term-bit kernel: the authors' (hamming) or with per-term effects (additive)")  # fmt: skip
     c.add_argument("--causal-eps", default=None, metavar="E1,E2,...", help="eps schedule of causal runs")
     c.add_argument("--causal-chunks", type=int, default=None, help="time chunks of causal runs (32)")
     c.add_argument("--march", action="store_true", help="train the time slabs one after another")
@@ -252,6 +254,7 @@ def _campaign_config(args: argparse.Namespace):
             dtype=args.dtype,
             prior=_prior_ref(args.family, args.mode, getattr(args, "prior", None)),
             learns=tuple(getattr(args, "learn", None) or ()),
+            arm_kernel=getattr(args, "arm_kernel", "hamming"),
         )
         config.validate()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too

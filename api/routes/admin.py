@@ -84,6 +84,7 @@ def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
             dtype=body.dtype,
             prior=body.prior,
             learns=tuple(body.learns),
+            arm_kernel=body.arm_kernel,
         )
         if body.recipe.causal:
             raise ValueError("recipe: a campaign's causal runs are its arms' (learns: [causal]), not every run's")

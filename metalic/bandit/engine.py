@@ -158,6 +158,7 @@ class BanditEngine:
         ucb_coef: float = 1.0,
         prior: Prior | None = None,
         recipe: Sequence[str] = (),
+        arm_kernel: str = "hamming",
     ):
         if mode not in ("single", "sequential"):
             raise ValueError(f"mode: must be 'single' or 'sequential', got {mode!r}")
@@ -177,8 +178,13 @@ class BanditEngine:
         self.arms, self.features = arm_table(self.recipe)
         self.width = feature_width(self.recipe)
         d = self.space.dim
-        self.adam = _Phase(RewardGP(d, n_cat=self.width, kernel=kernel, max_exact=max_exact))
-        self.lbfgs = _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact)) if mode == "sequential" else None
+        self.arm_kernel = arm_kernel  # the term bits' kernel (surrogate.ARM_KERNELS)
+        self.adam = _Phase(RewardGP(d, n_cat=self.width, kernel=kernel, max_exact=max_exact, arm_kernel=arm_kernel))
+        self.lbfgs = (
+            _Phase(RewardGP(d + 1, kernel=kernel, max_exact=max_exact, arm_kernel=arm_kernel))
+            if mode == "sequential"
+            else None
+        )
         self.prior = prior
         if prior is not None:
             self._stack_on(prior)
@@ -407,6 +413,7 @@ class BanditEngine:
             "policy": self.policy.to_json(),
             "seed": self.seed,
             "kernel": self.kernel,
+            "arm_kernel": self.arm_kernel,
             "gamma": self.gamma,
             "max_exact": self.max_exact,
             "prior": None if self.prior is None else self.prior.ref,
@@ -442,6 +449,7 @@ class BanditEngine:
             snap["max_exact"],
             prior=prior,
             recipe=tuple(snap.get("recipe", ())),
+            arm_kernel=snap.get("arm_kernel", "hamming"),
         )
         hyper = snap["hyperparameters"]
         engine.adam.gp.load_hyperparameters(hyper["adam"] if "adam" in hyper else hyper["phase0"])

@@ -1,9 +1,12 @@
 """The GP reward surrogate: BoTorch SingleTaskGP over (PDE parameters, arm features) -> reward.
 
 Kernel: (RBF or Matern-5/2 with ARD on the parameters [and the Adam-phase reward], BoTorch's
-dimension-scaled prior) x ``CategoricalKernel`` on the nine term bits, i.e. exp(-Hamming / (9 lambda))
-as in the authors' code, with a floor and a prior on lambda (see ``_build``), x a second one on the
-single-network bit (its own lambda: ``RewardGP``).
+dimension-scaled prior) x a kernel on the nine term bits x a second one on the single-network bit
+(its own lambda: ``RewardGP``). The term kernel (``ARM_KERNELS``) is ``hamming``, the authors'
+exp(-Hamming / (9 lambda)) (BoTorch's ``CategoricalKernel``, with a floor and a prior on lambda, see
+``_build``), or ``additive``: that Hamming kernel plus a constant plus a linear kernel with one
+variance per term (``TermAdditiveKernel``), so a term's effect, learnt from the arms that have it,
+carries to every other arm that has it.
 Outcomes are standardised. Fitting maximises the exact marginal likelihood (``fit_gpytorch_mll``)
 warm-started from the previous hyper-parameters; if a fit raises or gives non-finite
 hyper-parameters, the last good hyper-parameters are kept (and logged).
@@ -26,7 +29,8 @@ from botorch.models import SingleTaskGP
 from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from gpytorch.constraints import GreaterThan
+from gpytorch.constraints import GreaterThan, Positive
+from gpytorch.kernels import Kernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import LogNormalPrior
 from torch import Tensor
@@ -37,6 +41,7 @@ from metalic.conditions import N_TERMS
 log = logging.getLogger(__name__)
 MIN_ARM_LENGTHSCALE = 0.1
 REFRESH = 5  # also refit from the priors' defaults at every 5th observation count
+ARM_KERNELS = ("hamming", "additive")  # the term bits' kernel: the authors', or with per-term effects
 
 
 class BinaryHammingKernel(CategoricalKernel):
@@ -67,6 +72,66 @@ class BinaryHammingKernel(CategoricalKernel):
         return torch.exp(-(hamming / x1.shape[-1]) / self.lengthscale)
 
 
+class TermAdditiveKernel(Kernel):
+    """A kernel over t term bits b (s = 2 b - 1, in {-1, 1}^t) that holds each term's own effect:
+
+        k(b, b') = v_h exp(-(Hamming(b, b') / t) / lambda) + v_0 + sum_i v_i s_i s'_i.
+
+    Times the parameter kernel k_p, the reward is f_0(p) + sum_i s_i g_i(p) + an interaction part:
+    f_0 common to every arm (v_0), g_i term i's effect (v_i, one per term: ARD, a term that does
+    not matter gets v_i -> 0), and the authors' Hamming kernel for what the terms do together
+    (v_h). Observing ``flux`` and ``none`` at a context tells of every arm with or without flux,
+    where the Hamming kernel alone tells mostly of the arms near those two. k(b, b) = v_h + v_0 +
+    sum_i v_i for every b. ``variances`` = [v_h, v_0, v_1 .. v_t], log-normal priors around
+    0.5, 0.5 and 0.1 each (outcomes are standardised)."""
+
+    has_lengthscale = True
+
+    def __init__(self, n_terms: int, **kwargs):
+        super().__init__(
+            lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
+            lengthscale_prior=LogNormalPrior(0.0, 1.0),
+            **kwargs,
+        )
+        start = torch.tensor([0.5, 0.5] + [0.1] * n_terms)
+        self.register_parameter("raw_variances", torch.nn.Parameter(torch.zeros(n_terms + 2)))
+        self.register_constraint("raw_variances", Positive())
+        self.register_prior(
+            "variances_prior", LogNormalPrior(start.log(), torch.ones(n_terms + 2)), _variances, _set_variances
+        )
+        _set_variances(self, start)
+
+    @property
+    def variances(self) -> Tensor:
+        return _variances(self)
+
+    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if last_dim_is_batch:
+            raise NotImplementedError("TermAdditiveKernel: last_dim_is_batch")
+        return term_additive(x1, x2, self.lengthscale.reshape(()), self.variances, diag=diag)
+
+
+def _variances(kernel: TermAdditiveKernel) -> Tensor:
+    return kernel.raw_variances_constraint.transform(kernel.raw_variances)
+
+
+def _set_variances(kernel: TermAdditiveKernel, value: Tensor) -> None:
+    value = torch.as_tensor(value).to(kernel.raw_variances)
+    kernel.initialize(raw_variances=kernel.raw_variances_constraint.inverse_transform(value))
+
+
+def term_additive(a: Tensor, b: Tensor, lengthscale: Tensor, variances: Tensor, diag: bool = False) -> Tensor:
+    """``TermAdditiveKernel``'s values between term bits a [..., m, t] and b [..., n, t]: [..., m, n]
+    (``diag``: [..., m] for a = b)."""
+    t = a.shape[-1]
+    v_h, v_0, v_terms = variances[0], variances[1], variances[2:]
+    if diag:
+        return (v_h + v_0 + v_terms.sum()).expand(a.shape[:-1])
+    hamming = a @ (1 - b).transpose(-1, -2) + (1 - a) @ b.transpose(-1, -2)
+    linear = ((2 * a - 1) * v_terms) @ (2 * b - 1).transpose(-1, -2)
+    return v_h * torch.exp(-(hamming / t) / lengthscale) + v_0 + linear
+
+
 class RewardGP:
     """Reward surrogate over inputs ``[continuous (n_cont), arm bits (n_cat)]``: X [n, n_cont + n_cat].
 
@@ -76,12 +141,25 @@ class RewardGP:
     splits resemble each other (one network is not "the empty arm plus one term"). Bits after the
     tenth are recipe bits (``arms.RECIPE_FLAGS``, e.g. causal training): a third Hamming factor,
     exp(-(Hamming of the recipe bits / R) / lambda_recipe), learns how much a recipe changes the
-    reward apart from the terms."""
+    reward apart from the terms.
 
-    def __init__(self, n_cont: int, n_cat: int = N_ARM_FEATURES, kernel: str = "rbf", max_exact: int = 2000):
+    ``arm_kernel`` (``ARM_KERNELS``) is the term bits' factor: ``hamming`` (the authors') or
+    ``additive`` (``TermAdditiveKernel``)."""
+
+    def __init__(
+        self,
+        n_cont: int,
+        n_cat: int = N_ARM_FEATURES,
+        kernel: str = "rbf",
+        max_exact: int = 2000,
+        arm_kernel: str = "hamming",
+    ):
         if kernel not in ("rbf", "matern"):
             raise ValueError(f"kernel must be 'rbf' or 'matern', got {kernel!r}")
+        if arm_kernel not in ARM_KERNELS:
+            raise ValueError(f"arm_kernel: must be one of {', '.join(ARM_KERNELS)}, got {arm_kernel!r}")
         self.n_cont, self.n_cat, self.kernel, self.max_exact = n_cont, n_cat, kernel, max_exact
+        self.arm_kernel = arm_kernel
         self.n_terms = min(n_cat, N_TERMS)  # bits in the shared Hamming factor; then the flag, the recipe
         self.n_recipe = max(n_cat - N_TERMS - 1, 0)
         self.model: SingleTaskGP | None = None
@@ -101,11 +179,14 @@ class RewardGP:
         # log-normal prior centres the Hamming lengthscale near 1: without them the marginal
         # likelihood can fall into "every arm is unrelated", where nothing learnt about one arm
         # informs its neighbours.
-        cat = BinaryHammingKernel(
-            active_dims=cat_dims,
-            lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
-            lengthscale_prior=LogNormalPrior(0.0, 1.0),
-        )
+        if self.arm_kernel == "additive":
+            cat = TermAdditiveKernel(self.n_terms, active_dims=cat_dims)
+        else:
+            cat = BinaryHammingKernel(
+                active_dims=cat_dims,
+                lengthscale_constraint=GreaterThan(MIN_ARM_LENGTHSCALE),
+                lengthscale_prior=LogNormalPrior(0.0, 1.0),
+            )
         covar = cont * cat
         flag = self.n_cont + self.n_terms
         for dims in ((flag, self.n_cont + self.n_cat - self.n_recipe), (flag + 1, self.n_cont + self.n_cat)):
@@ -199,6 +280,9 @@ class RewardGP:
             "y_std": tf.stdvs.reshape(()),
             "ls_cont": cont.lengthscale.detach().reshape(-1),  # [n_cont]
             "ls_cat": cat.lengthscale.detach().reshape(()),
+            # the additive term kernel's variances (None: the Hamming kernel); k(x, x) [], any x
+            "arm_var": cat.variances.detach() if isinstance(cat, TermAdditiveKernel) else None,
+            "k_diag": cat.variances.detach().sum() if isinstance(cat, TermAdditiveKernel) else 1.0,
             "ls_split": split[0].lengthscale.detach().reshape(()) if split else None,
             "ls_recipe": split[1].lengthscale.detach().reshape(()) if len(split) > 1 else None,
         }
@@ -226,7 +310,10 @@ class RewardGP:
         def hamming(x: Tensor, y: Tensor) -> Tensor:
             return x @ (1 - y).T + (1 - x) @ y.T
 
-        k = torch.exp(-(hamming(a[:, :t], b[:, :t]) / t) / c["ls_cat"])
+        if c["arm_var"] is not None:
+            k = term_additive(a[:, :t], b[:, :t], c["ls_cat"], c["arm_var"])
+        else:
+            k = torch.exp(-(hamming(a[:, :t], b[:, :t]) / t) / c["ls_cat"])
         f = self.n_cat - self.n_recipe  # the flag's bits end here
         if c["ls_split"] is not None:
             k = k * torch.exp(-(hamming(a[:, t:f], b[:, t:f]) / (f - t)) / c["ls_split"])
@@ -250,7 +337,7 @@ class RewardGP:
         order = torch.argsort(latent, descending=True)[:top]
         cross = k_arms[order] * k_cont  # [top, n]
         v = torch.linalg.solve_triangular(c["chol"], cross.T, upper=False)
-        var = (1.0 - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
+        var = (c["k_diag"] - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
         return order, latent[order] * c["y_std"] + c["y_mean"], var.sqrt()
 
     def _arm_block(self, arms: Tensor) -> Tensor:
@@ -283,7 +370,7 @@ class RewardGP:
         mean = (c["prior_mean"] + cross @ c["alpha"]) * c["y_std"] + c["y_mean"]
         flat = cross.reshape(-1, cross.shape[-1])
         v = torch.linalg.solve_triangular(c["chol"], flat.T, upper=False)
-        var = (1.0 - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
+        var = (c["k_diag"] - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
         return mean, var.sqrt().reshape(mean.shape)
 
     @torch.no_grad()
@@ -305,8 +392,8 @@ class RewardGP:
         if full:
             cov = (prior - v.T @ v) * scale**2
             return mean, cov
-        # Both factors of the kernel are stationary and unscaled: k(x, x) = 1.
-        var = (1.0 - (v * v).sum(0)).clamp_min(0) * scale**2
+        # k(x, x) is the same for every x (1 with the Hamming kernel).
+        var = (c["k_diag"] - (v * v).sum(0)).clamp_min(0) * scale**2
         return mean, var
 
     # ---- posterior -----------------------------------------------------------------------------
@@ -335,6 +422,9 @@ class RewardGP:
         return {
             "lengthscales": c["ls_cont"].tolist(),
             "hamming_lengthscale": float(c["ls_cat"]),
+            "arm_kernel": self.arm_kernel,
+            # additive: [v_hamming, v_constant, v per term] (standardised units)
+            "arm_variances": None if c.get("arm_var") is None else c["arm_var"].tolist(),
             "single_network_lengthscale": None if c["ls_split"] is None else float(c["ls_split"]),
             "recipe_lengthscale": None if c.get("ls_recipe") is None else float(c["ls_recipe"]),
             "noise": self.noise_variance,

@@ -34,13 +34,15 @@ def create(store, config: CampaignConfig, name: str | None = None, owner: str | 
             request = plan.example_request(who)
             learner = who in plan.policies and plan.policies[who].has_engine
             learns = {"learns": list(config.learns)} if learner and config.learns else {}
+            if learner and config.arm_kernel != "hamming":
+                learns["arm_kernel"] = config.arm_kernel
             get_or_create_study(
                 s,
                 key=f"campaign/{camp.id}/{who}",
                 family=config.family,
                 mode=request.mode,
                 profile_key=request.profile_key(),
-                profile={**request.profile(), **learns},  # learns: the recipe bits its engine chooses
+                profile={**request.profile(), **learns},  # learns: the recipe bits its engine chooses; its kernel
                 policy=who,
                 campaign_id=camp.id,
                 heuristic=who,

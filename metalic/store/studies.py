@@ -269,7 +269,10 @@ def new_engine(study: StudyRow | StudyRecord) -> BanditEngine:
     """A study's engine before its first snapshot: no observations, on the study's prior if any."""
     prior = priors.load(study.prior) if study.prior else None
     learns = tuple(study.profile.get("learns", ()))  # recipe bits a campaign's engine chooses
-    return BanditEngine(study.family, study.mode, study.policy, seed=study.id, prior=prior, recipe=learns)
+    arm_kernel = study.profile.get("arm_kernel", "hamming")  # recorded when the study was made
+    return BanditEngine(
+        study.family, study.mode, study.policy, seed=study.id, prior=prior, recipe=learns, arm_kernel=arm_kernel
+    )
 
 
 def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | None) -> BanditEngine:
