@@ -179,3 +179,30 @@ def test_a_diverged_round_counts_the_cap_even_when_its_frozen_weights_score_well
     assert s["online_accumulated_error"] == pytest.approx(0.01 + ERROR_CAP)
     assert s["test_mean_error"] == pytest.approx((ERROR_CAP + 0.01) / 2)
     assert s["test_median_error"] == pytest.approx((ERROR_CAP + 0.01) / 2)
+
+
+def test_a_stored_campaign_with_the_additive_kernel_gives_its_learners_that_kernel(sqlite_store):
+    """A campaign's learning studies record their term kernel; the engine the store builds for them
+    (before any snapshot) has it, and a snapshot keeps it. The authors' kernel records nothing, so
+    older studies keep meaning what they meant."""
+    from sqlalchemy import select
+
+    from metalic.bandit.engine import BanditEngine
+    from metalic.store import campaigns
+    from metalic.store.models import StudyRow
+    from metalic.store.studies import new_engine
+
+    studies = {}
+    for kernel in ("additive", "hamming"):
+        config = CampaignConfig(family="advection", policies=("ucb",), warmup=1, rounds=1, test=1,
+                                arm_kernel=kernel, train=TrainConfig(adam=4, lbfgs=2))  # fmt: skip
+        camp = campaigns.create(sqlite_store, config)
+        with sqlite_store.read() as s:
+            found = select(StudyRow).where(StudyRow.campaign_id == camp.id, StudyRow.heuristic == "ucb")
+            studies[kernel] = s.scalar(found)
+    assert studies["additive"].profile["arm_kernel"] == "additive" and "arm_kernel" not in studies["hamming"].profile
+    engine = new_engine(studies["additive"])
+    assert engine.arm_kernel == "additive" and new_engine(studies["hamming"]).arm_kernel == "hamming"
+    assert BanditEngine.from_snapshot(engine.snapshot()).arm_kernel == "additive"
+    with pytest.raises(ValueError, match="arm_kernel"):
+        CampaignConfig(family="advection", arm_kernel="linear").validate()

@@ -42,6 +42,7 @@ def test_families_lists_all_six_with_ranges():
         (["solve", "heat", "--device", "cuda:7"], "CUDA is not available"),
         (["solve", "heat", "--out", "nowhere/m.pt"], "does not exist"),
         (["frobnicate"], "invalid choice"),
+        (["campaign", "heat", "--arm-kernel", "linear", "--out", "c"], "argument --arm-kernel: invalid choice"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys, monkeypatch):
