@@ -341,3 +341,106 @@ def test_the_recommendation_answers_from_the_study_nearest_to_the_budget_asked(s
     assert client.get(url, params={"lbfgs": 100}, headers=auth).json()["study_id"] == made[300]
     bad = client.get(url, params={"adam": -1}, headers=auth)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "adam"]
+
+
+def _planted_observations(store, study_id: int, tasks, arms, betas) -> None:
+    """One observation per task (planted rewards, ``truth``), as a finished training records it."""
+    from metalic.store.models import ObservationRow
+
+    with store.write() as s:
+        s.add_all(
+            ObservationRow(
+                study_id=study_id, task_id=t.id, params={"beta": b}, arm_adam=a.index, reward=truth(b, a), status="ok"
+            )
+            for t, a, b in zip(tasks, arms, betas, strict=True)
+        )
+
+
+def test_a_study_at_a_new_budget_starts_from_the_study_at_the_nearest_budget(store, monkeypatch):
+    """What is learnt at one budget informs the others (issue 17, item 2). A study at 300 + 200
+    learns the planted rewards; a study created later at 1000 + 1000 records that study's latest
+    snapshot as its prior, recommends what it learnt before training anything, and keeps that
+    version when the first study learns more (its own snapshots restore on it). A request
+    without a prior, or a store with priors off, starts from nothing."""
+    from metalic.jobs import SolveRequest
+    from metalic.settings import get_settings
+    from metalic.store import studies as study_store
+    from metalic.store import tasks as task_store
+    from metalic.store.models import StudyRow
+
+    monkeypatch.setenv("METALIC_PRIORS", "on")  # the first study stands on the shipped prior
+    get_settings.cache_clear()
+
+    def request(adam, lbfgs, beta, **kw):
+        return SolveRequest(family="advection", params={"beta": beta}, adam=adam, lbfgs=lbfgs, **kw)
+
+    g = torch.Generator().manual_seed(8)
+    betas = [1 + 29 * float(torch.rand(1, generator=g)) for _ in range(16)]
+    arms = [(A, B, Arm(int(torch.randint(512, (1,), generator=g))))[i % 3] for i in range(16)]
+    first = task_store.submit_many(store, [request(300, 200, b, seed=i) for i, b in enumerate(betas)])
+    tasks = [task_store.get_task(store, i) for i in first]
+    a_id = tasks[0].study_id
+    _planted_observations(store, a_id, tasks[:12], arms[:12], betas[:12])
+    assert study_store.refit_study(store, a_id, {}).version == 1
+
+    b_task = task_store.get_task(store, task_store.submit_many(store, [request(1000, 1000, 5.0)])[0])
+    with store.read() as s:
+        b_study = s.get(StudyRow, b_task.study_id)
+        assert b_study.prior == f"study:{a_id}@v1"
+        fresh = study_store.new_engine(b_study, s)
+    _, a_engine = study_store.EngineCache(store).get(a_id)
+    for beta in (3.0, 25.0):  # the prior speaks alone: the same ranking, means and intervals
+        ours, theirs = fresh.recommend({"beta": beta}, top=3), a_engine.recommend({"beta": beta}, top=3)
+        assert [r.arm for r in ours] == [r.arm for r in theirs] == [A if beta < 15.5 else B, *[r.arm for r in ours[1:]]]
+        assert [r.reward_mean for r in ours] == pytest.approx([r.reward_mean for r in theirs], abs=1e-9)
+    assert fresh.prior.trainings >= 12 and "300 Adam + 200 L-BFGS" in fresh.prior.provenance["budget"]
+
+    _planted_observations(store, a_id, tasks[12:], arms[12:], betas[12:])  # the first study learns more
+    assert study_store.refit_study(store, a_id, {}).version == 2
+    b_more = task_store.get_task(store, task_store.submit_many(store, [request(1000, 1000, 25.0)])[0])
+    _planted_observations(store, b_task.study_id, [b_task, b_more], [A, B], [5.0, 25.0])
+    assert study_store.refit_study(store, b_task.study_id, {}).version == 1
+    _, restored = study_store.EngineCache(store).get(b_task.study_id)
+    assert restored.prior.ref == f"study:{a_id}@v1" and restored.prior.engine.n_observations == 12
+    assert restored.recommend({"beta": 25.0}, top=1)[0].arm == B
+
+    # further budgets stand on the nearest study with a snapshot: 1100 + 900 is nearest to B's
+    near = task_store.get_task(store, task_store.submit_many(store, [request(1100, 900, 5.0)])[0])
+    alone = task_store.get_task(store, task_store.submit_many(store, [request(1100, 900, 5.0, prior=False)])[0])
+    with store.read() as s:
+        assert s.get(StudyRow, near.study_id).prior == f"study:{b_task.study_id}@v1"
+        assert s.get(StudyRow, alone.study_id).prior is None
+        chained = study_store.new_engine(s.get(StudyRow, near.study_id), s)  # B, which stands on A
+    assert chained.prior.engine.prior.ref == f"study:{a_id}@v1" and chained.recommend({"beta": 25.0}, top=1)[0].arm == B
+
+    # the recommendation and the dashboard say what the new study stands on
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings
+    from metalic.store import tokens as token_store
+
+    client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), store)))
+    token, _ = token_store.create(store, "root", "admin")
+    answer = client.get(
+        "/v1/families/advection/recommendation",
+        params={"beta": 25.0, "study": near.study_id},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    assert answer["source"] == "prior" and answer["prior"] == f"study:{b_task.study_id}@v1", answer
+    assert answer["arms"][0]["terms"] == B.label and f"study:{b_task.study_id}@v1" in answer["detail"]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard/login").text).group(1)
+    client.post("/dashboard/login", data={"token": token, "csrf": csrf, "next": "/"})
+    page = client.get(f"/dashboard/studies/{near.study_id}").text
+    assert f'/studies/{b_task.study_id}">study {b_task.study_id}</a>, snapshot v1' in page
+    monkeypatch.setenv("METALIC_PRIORS", "off")
+    get_settings.cache_clear()
+    try:
+        off = task_store.get_task(store, task_store.submit_many(store, [request(50, 50, 5.0)])[0])
+        with store.read() as s:
+            assert s.get(StudyRow, off.study_id).prior is None
+    finally:
+        get_settings.cache_clear()

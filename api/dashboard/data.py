@@ -15,6 +15,7 @@ import numpy as np
 from metalic.arms import SWITCHES, Arm
 from metalic.bandit.engine import BanditEngine
 from metalic.campaign import CampaignConfig, RoundRow, switch_frequency
+from metalic.conditions import TERM_NAMES
 from metalic.families import get_family
 from metalic.pinn.evaluate import outcome_error
 from metalic.store import campaigns as campaign_store
@@ -259,6 +260,7 @@ def study_meta(store, study_id: int) -> dict[str, Any] | None:
         "heuristic": st.heuristic,
         "campaign_id": st.campaign_id,
         "prior": st.prior,
+        "prior_study": study_store.study_of_prior(st.prior),  # (id, version) when it stands on a study
         "observations": found[0].observations,
         "snapshot_version": snap.version if snap else 0,
         "snapshot_observations": snap.observation_count if snap else 0,
@@ -282,6 +284,15 @@ def hyperparameters(engine: BanditEngine) -> list[dict]:
         names = extra + list(engine.family.param_names)
         for name, value in zip(names, fitted["lengthscales"], strict=True):
             out.append({"phase": label, "name": f"length-scale {name}", "value": f"{value:.4g}"})
+        if fitted.get("arm_variances"):  # the additive term kernel: how much each term's own effect varies
+            v_h, v_0, *v_terms = fitted["arm_variances"]
+            out.append(
+                {"phase": label, "name": "arm kernel variance: Hamming / constant", "value": f"{v_h:.4g} / {v_0:.4g}"}
+            )
+            out.extend(
+                {"phase": label, "name": f"arm kernel variance: {term}", "value": f"{v:.4g}"}
+                for term, v in zip(TERM_NAMES, v_terms, strict=True)
+            )
         rows = (
             ("length-scale arms (Hamming)", f"{fitted['hamming_lengthscale']:.4g}"),
             ("noise variance", f"{fitted['noise']:.4g}"),

@@ -90,7 +90,8 @@ def latest_policy(
         ref = None if latest is None else latest.ref
     if ref is None:
         return Policy(time.monotonic(), chosen, 0, BanditEngine(family, mode), "none", None)
-    engine = BanditEngine(family, mode, prior=priors.load(ref))  # no fit: the prior's engine is cached
+    with store.read() as s:  # no fit: a prior's engine is restored once (a study prior's from this store)
+        engine = BanditEngine(family, mode, prior=study_store.resolve_prior(s, ref))
     return Policy(time.monotonic(), chosen, 0, engine, "prior", ref)
 
 

@@ -108,14 +108,14 @@ class Landscape:
 
 @dataclass
 class _Phase:
-    """One GP and its training inputs; with a prior (``base``: the prior's GP of this phase, fitted
-    to ``n_base`` observations) the GP learns the residuals from the prior's mean
-    (``metalic.bandit.transfer``)."""
+    """One GP and its training inputs; with a prior (``base``: the prior's prediction of this phase,
+    a GP or, for a study prior, that study's own stack; ``n_base`` observations behind it) the GP
+    learns the residuals from the prior's mean (``metalic.bandit.transfer``)."""
 
     gp: RewardGP
     x: list[Tensor] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
-    base: RewardGP | None = None
+    base: RewardGP | StackedGP | None = None
     n_base: int = 0
 
     def refit(self, refit: bool = True) -> bool:
@@ -156,7 +156,7 @@ class BanditEngine:
         max_exact: int = 2000,
         ucb_schedule: str = "constant",
         ucb_coef: float = 1.0,
-        prior: Prior | None = None,
+        prior: Prior | StudyPrior | None = None,
         recipe: Sequence[str] = (),
         arm_kernel: str = "hamming",
     ):
@@ -192,18 +192,19 @@ class BanditEngine:
         # Observations made before those held here (a restore from a window of the latest ones).
         self.n_before = 0
 
-    def _stack_on(self, prior: Prior) -> None:
-        """Each phase's GP learns the residuals from the prior's GP of the same phase."""
+    def _stack_on(self, prior: Prior | StudyPrior) -> None:
+        """Each phase's GP learns the residuals from the prior's prediction of the same phase: a
+        shipped prior's GP, or another study's whole predictor (itself perhaps on a prior)."""
         if (prior.family, prior.mode) != (self.family.name, self.mode):
             raise ValueError(f"prior: {prior.ref} is not a prior of {self.family.name} ({self.mode})")
         if self.recipe:
             raise ValueError(f"prior: {prior.ref} has no recipe bits; an engine that learns {self.recipe} has no prior")
         base = prior_engine(prior)
-        if base.prior is not None or not base.adam.own_ready:
+        if (base.prior is not None and not isinstance(prior, StudyPrior)) or not base.adam.own_ready:
             raise ValueError(f"prior: {prior.ref} must be fitted on two or more observations of its own")
-        self.adam.base, self.adam.n_base = base.adam.gp, len(base.adam.y)
-        if self.lbfgs is not None:
-            self.lbfgs.base, self.lbfgs.n_base = base.lbfgs.gp, len(base.lbfgs.y)
+        for phase, below in ((self.adam, base.adam), (self.lbfgs, base.lbfgs)):
+            if phase is not None and below.ready:  # n_base: every observation behind the prediction
+                phase.base, phase.n_base = below.predictor, below.n_base + len(below.y)
 
     # ---- encoding --------------------------------------------------------------------------------
     def _rows(self, unit: Tensor, features: Tensor, reward_adam: float | None = None) -> Tensor:
@@ -364,6 +365,7 @@ class BanditEngine:
             mean, std = means[0, order], stds[0, order]
         lbfgs = phase is not self.adam
         own = _arm_counts(self.observations, lbfgs)
+        # the prior's own trainings (a study prior's: that study's, not what it stands on)
         prior = _arm_counts(prior_engine(self.prior).observations, lbfgs) if self.prior is not None else {}
         out = []
         for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
@@ -428,17 +430,30 @@ class BanditEngine:
         }
 
     @classmethod
-    def from_snapshot(cls, snap: Mapping, observations: Sequence[Observation] | None = None) -> BanditEngine:
+    def from_snapshot(
+        cls,
+        snap: Mapping,
+        observations: Sequence[Observation] | None = None,
+        prior: Prior | StudyPrior | None = None,
+    ) -> BanditEngine:
         """The engine a snapshot describes, conditioned on its observations without a refit.
 
         ``observations``: given when the snapshot was taken without them; they may be only the most
         recent ``max_exact`` of ``snap["observation_count"]`` (all the GP ever conditions on).
-        Snapshots of the earlier format (``metalic-policy/1``) load too.
+        ``prior``: what the snapshot's ``prior`` names, when it is not an installed prior file (a
+        ``StudyPrior``, which the store resolves). Snapshots of the earlier format
+        (``metalic-policy/1``) load too.
         """
         if snap.get("format") not in READS_FORMATS:
             raise ValueError("snapshot: not a metalic policy snapshot")
         policy = policy_from_json(snap["policy"])
-        prior = priors.load(snap["prior"]) if snap.get("prior") else None
+        ref = snap.get("prior")
+        if prior is not None and prior.ref != ref:
+            raise ValueError(f"snapshot: stands on {ref}, not on {prior.ref}")
+        if prior is None and ref:
+            if ref.startswith(STUDY_PRIOR):
+                raise ValueError(f"snapshot: stands on {ref}; restore it through the store that holds that study")
+            prior = priors.load(ref)
         engine = cls(
             snap["family"],
             snap["mode"],
@@ -481,8 +496,41 @@ def _arm_counts(observations: Sequence[Observation], lbfgs: bool) -> dict[int, i
     return counts
 
 
+STUDY_PRIOR = "study:"  # how a study prior's ref begins: study:<id>@v<version>
+
+
+@dataclass(frozen=True, eq=False)
+class StudyPrior:
+    """Another study's engine at one snapshot version, as a prior: a service study at a new budget
+    starts from what its family learned at the nearest budget (``metalic.store.studies``). The
+    engine is restored by the store and never observes again; ``ref`` = ``study:<id>@v<version>``
+    names it in the new study and its snapshots, so a restore stacks on the same version."""
+
+    ref: str
+    engine: BanditEngine
+    provenance: dict
+
+    @property
+    def family(self) -> str:
+        return self.engine.family.name
+
+    @property
+    def mode(self) -> str:
+        return self.engine.mode
+
+    @property
+    def trainings(self) -> int:
+        """Every training behind it: the study's own and those of what it stands on."""
+        below = self.engine.prior
+        return self.engine.n_observations + (below.trainings if below is not None else 0)
+
+
+def prior_engine(prior: Prior | StudyPrior) -> BanditEngine:
+    """The engine of a prior: a study prior's own; a prior file's snapshot conditioned on its
+    observations with its stored hyper-parameters (no fit; once per loaded prior)."""
+    return prior.engine if isinstance(prior, StudyPrior) else _file_engine(prior)
+
+
 @functools.cache  # a Prior hashes by identity (eq=False): once per loaded prior
-def prior_engine(prior: Prior) -> BanditEngine:
-    """The engine of a prior's snapshot, conditioned on its observations with its stored
-    hyper-parameters (no fit)."""
+def _file_engine(prior: Prior) -> BanditEngine:
     return BanditEngine.from_snapshot(prior.snapshot)

@@ -29,10 +29,11 @@ BETA = 1.0  # Vizier's weight of an own observation against a prior one
 
 
 class StackedGP:
-    """``base`` (the prior's fitted GP, ``n_base`` observations) plus ``own`` (fitted to the
-    residuals of ``n_own`` observations; None before it has two)."""
+    """``base`` (the prior's fitted GP, or a stack of its own: a study prior; ``n_base``
+    observations behind it) plus ``own`` (fitted to the residuals of ``n_own`` observations; None
+    before it has two)."""
 
-    def __init__(self, base: RewardGP, n_base: int, own: RewardGP | None, n_own: int):
+    def __init__(self, base: RewardGP | StackedGP, n_base: int, own: RewardGP | None, n_own: int):
         self.base, self.own, self.n_base, self.n_own = base, own, n_base, n_own
 
     @property

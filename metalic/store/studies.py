@@ -4,14 +4,21 @@ A service study's snapshot holds the engine without its observations (they are r
 engine is restored from the latest snapshot and the most recent ``max_exact`` observations it
 covered, which is all its GP conditions on. A campaign study's snapshot holds its observations
 too (a campaign is small, and its learners also see the shared warm-up).
+
+What a new service study starts from (``studies.prior``, kept for good): the latest snapshot of
+its family's service study at the nearest budget (``study:<id>@v<version>``, a ``StudyPrior``:
+what was learnt at 300 + 200 informs a study at 1000 + 1000, and through it whatever that study
+stands on), else the family's newest shipped prior, else nothing.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -21,12 +28,14 @@ from sqlalchemy.orm import Session, load_only
 
 from metalic import priors
 from metalic.arms import Arm
-from metalic.bandit.engine import BanditEngine, Observation
+from metalic.bandit.engine import STUDY_PRIOR, BanditEngine, Observation, StudyPrior
 from metalic.jobs import SolveRequest
 from metalic.store.models import ObservationRow, SnapshotRow, StudyRow
 from metalic.store.records import SnapshotRecord, StudyRecord, record
 
 NO_PRIOR = "/no-prior"  # the key suffix of a service study that never starts from a prior
+_STUDY_REF = re.compile(rf"^{STUDY_PRIOR}(?P<id>[0-9]+)@v(?P<version>[0-9]+)$")
+BUDGET_KEYS = ("adam", "lbfgs", "collocation")  # what "the nearest budget" compares, in log(1 + n)
 
 
 def study_key(family: str, mode: str, profile_key: str) -> str:
@@ -46,14 +55,20 @@ def get_or_create_study(session: Session, *, key: str, **values) -> StudyRow:
 
 def study_for_request(session: Session, request: SolveRequest, policy: str = "ucb") -> StudyRow:
     """The service study that learns from ``request``: its family, mode and budget profile, and
-    whether it starts from a prior. A new study records the newest installed prior of its family
-    and mode (``metalic.priors.latest``; none with ``METALIC_PRIORS=off``) and keeps it; a request
-    with ``prior: false`` goes to a study of its own that never has one."""
+    what it starts from. A new study records, and keeps, the latest snapshot of the family's
+    service study at the nearest budget (``nearest_study_prior``), else the newest installed
+    prior of its family and mode (``metalic.priors.latest``); nothing with ``METALIC_PRIORS=off``.
+    A request with ``prior: false`` goes to a study of its own that never has one."""
     key = study_key(request.family, request.mode, request.profile_key()) + ("" if request.prior else NO_PRIOR)
     found = session.scalar(select(StudyRow).where(StudyRow.key == key))
     if found is not None:
         return found
-    prior = priors.latest(request.family, request.mode) if request.prior else None
+    prior = None
+    if request.prior and priors.enabled():
+        prior = nearest_study_prior(session, request.family, request.mode, request.profile())
+        if prior is None:
+            shipped = priors.latest(request.family, request.mode)
+            prior = None if shipped is None else shipped.ref
     return get_or_create_study(
         session,
         key=key,
@@ -64,8 +79,88 @@ def study_for_request(session: Session, request: SolveRequest, policy: str = "uc
         policy=policy,
         campaign_id=None,
         heuristic=None,
-        prior=None if prior is None else prior.ref,
+        prior=prior,
     )
+
+
+def _log_distance(profile: Mapping, wanted: Mapping) -> float:
+    """Sum over ``wanted``'s keys of |log(1 + n) - log(1 + n')| (iterations, points)."""
+    return sum(abs(math.log1p(v) - math.log1p(profile.get(k) or 0)) for k, v in wanted.items() if v is not None)
+
+
+def nearest_study_prior(session: Session, family: str, mode: str, profile: Mapping) -> str | None:
+    """``study:<id>@v<version>``: the latest snapshot of the service study of (family, mode) and
+    the same recipe whose budget (``BUDGET_KEYS``) is nearest to ``profile``'s, among those whose
+    snapshot holds two observations or more (then the most observations, then the oldest); None
+    when there is none."""
+    latest = (
+        select(SnapshotRow.study_id, func.max(SnapshotRow.version).label("version"))
+        .group_by(SnapshotRow.study_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(StudyRow, SnapshotRow.version, SnapshotRow.observation_count)
+        .join(latest, latest.c.study_id == StudyRow.id)
+        .join(SnapshotRow, (SnapshotRow.study_id == StudyRow.id) & (SnapshotRow.version == latest.c.version))
+        .where(StudyRow.family == family, StudyRow.mode == mode, StudyRow.campaign_id.is_(None))
+        .where(SnapshotRow.observation_count >= 2)
+        .order_by(StudyRow.id)
+    ).all()
+    wanted = {k: profile.get(k) for k in BUDGET_KEYS}
+    rows = [r for r in rows if r[0].profile.get("recipe") == profile.get("recipe")]
+    best = min(rows, key=lambda r: (_log_distance(r[0].profile, wanted), -r[2]), default=None)
+    return None if best is None else f"{STUDY_PRIOR}{best[0].id}@v{best[1]}"
+
+
+_BASES: OrderedDict[tuple, StudyPrior] = OrderedDict()  # restored study priors, by their snapshot row
+_BASES_LOCK = threading.Lock()
+BASES_KEPT = 16
+
+
+def study_of_prior(ref: str | None) -> tuple[int, int] | None:
+    """(study id, snapshot version) of a study prior's ref; None for a prior file's or None."""
+    m = _STUDY_REF.match(ref or "")
+    return None if m is None else (int(m["id"]), int(m["version"]))
+
+
+def resolve_prior(session: Session | None, ref: str | None):
+    """What a study or snapshot's ``prior`` names: None, a ``StudyPrior`` (restored from the
+    store of ``session`` once per snapshot row and process, on what it stands on in turn) or an
+    installed ``metalic.priors.Prior``. ValueError when it names nothing there."""
+    if not ref:
+        return None
+    found = study_of_prior(ref)
+    if found is None:
+        return priors.load(ref)
+    if session is None:
+        raise ValueError(f"prior: {ref} is a study's; it is read through a session of its store")
+    study_id, version = found
+    snap = session.scalar(select(SnapshotRow).where(SnapshotRow.study_id == study_id, SnapshotRow.version == version))
+    if snap is None:
+        raise ValueError(f"prior: {ref} names no snapshot in this store")
+    key = (str(session.get_bind().url), snap.id, snap.created_at)  # a recreated database reuses ids
+    with _BASES_LOCK:
+        hit = _BASES.get(key)
+    if hit is not None:
+        return hit
+    study = session.get(StudyRow, study_id)
+    engine = engine_from_snapshot(session, study, snap)
+    p = study.profile
+    found = StudyPrior(
+        ref,
+        engine,
+        {
+            "study": study_id,
+            "version": version,
+            "budget": f"{p.get('adam')} Adam + {p.get('lbfgs')} L-BFGS, {p.get('collocation')} points",
+            "date": snap.created_at.isoformat(),
+        },
+    )
+    with _BASES_LOCK:
+        _BASES[key] = found
+        while len(_BASES) > BASES_KEPT:
+            _BASES.popitem(last=False)
+    return found
 
 
 # ---- reading studies ------------------------------------------------------------------------------
@@ -141,11 +236,9 @@ def pick_study(
             return None if row is None else record(StudyRecord, row[0])
         rows = s.execute(counts.limit(1000)).all()  # the service's studies of one family and mode: a few
 
-        def distance(study: StudyRow) -> float:
-            asked = zip(("adam", "lbfgs"), budget, strict=True)
-            return sum(abs(math.log1p(v) - math.log1p(study.profile.get(k, 0))) for k, v in asked if v is not None)
-
-        best = min(rows, key=lambda r: distance(r[0]), default=None)  # min keeps the first: most observations
+        asked = dict(zip(("adam", "lbfgs"), budget, strict=True))
+        # min keeps the first: the most observations
+        best = min(rows, key=lambda r: _log_distance(r[0].profile, asked), default=None)
         return None if best is None else record(StudyRecord, best[0])
 
 
@@ -265,9 +358,10 @@ def add_snapshot(
     return snap
 
 
-def new_engine(study: StudyRow | StudyRecord) -> BanditEngine:
-    """A study's engine before its first snapshot: no observations, on the study's prior if any."""
-    prior = priors.load(study.prior) if study.prior else None
+def new_engine(study: StudyRow | StudyRecord, session: Session | None = None) -> BanditEngine:
+    """A study's engine before its first snapshot: no observations, on the study's prior if any
+    (a study prior is read through ``session``)."""
+    prior = resolve_prior(session, study.prior)
     learns = tuple(study.profile.get("learns", ()))  # recipe bits a campaign's engine chooses
     arm_kernel = study.profile.get("arm_kernel", "hamming")  # recorded when the study was made
     return BanditEngine(
@@ -278,9 +372,10 @@ def new_engine(study: StudyRow | StudyRecord) -> BanditEngine:
 def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | None) -> BanditEngine:
     """The engine as of ``snap`` (a fresh one without a snapshot); no refit."""
     if snap is None:
-        return new_engine(study)
+        return new_engine(study, session)
+    prior = resolve_prior(session, snap.engine.get("prior"))
     if snap.engine.get("observations") is not None:
-        return BanditEngine.from_snapshot(snap.engine)
+        return BanditEngine.from_snapshot(snap.engine, prior=prior)
     window = int(snap.engine.get("max_exact", 2000))
     o = ObservationRow  # columns, not ORM objects: a restore reads up to 2,000 rows
     rows = session.execute(
@@ -289,7 +384,7 @@ def engine_from_snapshot(session: Session, study: StudyRow, snap: SnapshotRow | 
         .order_by(o.id.desc())
         .limit(window)
     ).all()
-    return BanditEngine.from_snapshot(snap.engine, [engine_observation(r) for r in reversed(rows)])
+    return BanditEngine.from_snapshot(snap.engine, [engine_observation(r) for r in reversed(rows)], prior=prior)
 
 
 def engine_observation(row) -> Observation:
