@@ -444,3 +444,45 @@ def test_a_study_at_a_new_budget_starts_from_the_study_at_the_nearest_budget(sto
             assert s.get(StudyRow, off.study_id).prior is None
     finally:
         get_settings.cache_clear()
+
+
+def test_a_new_study_starts_from_the_prior_built_nearest_to_its_budget(sqlite_store, tmp_path, monkeypatch):
+    """Two installed priors of one family, built at 300 + 200 (1000 points) and at 200 + 300 (300
+    points, a newer version): a study, and the recommendation before any study, take the one
+    built nearest to the budget in log iterations and points; the newer one only among equals."""
+    from dataclasses import replace
+
+    from metalic.jobs import SolveRequest
+    from metalic.settings import get_settings
+    from metalic.store import studies as study_store
+
+    folder = tmp_path / "priors"
+    folder.mkdir()
+    for version, (adam, lbfgs, points) in ((1, (300, 200, 1000)), (2, (200, 300, 300)), (3, (300, 200, 1000))):
+        made = prior_of(8, seed=version)
+        made = replace(
+            made, version=version, provenance={"profiles": [{"adam": adam, "lbfgs": lbfgs, "collocation": points}]}
+        )
+        if version != 3:
+            (folder / f"{made.ref}.json").write_text(json.dumps(made.to_json()))
+    monkeypatch.setenv("METALIC_PRIORS", "on")
+    monkeypatch.setenv("METALIC_PRIOR_PATH", str(folder))
+    get_settings.cache_clear()
+    try:
+        assert priors.for_budget("advection", "single", {"adam": 250, "lbfgs": 250, "collocation": 900}).version == 1
+        assert priors.for_budget("advection", "single", {"adam": 200, "lbfgs": 300, "collocation": 300}).version == 2
+        assert priors.latest("advection", "single").version == 2
+        with sqlite_store.write() as s:
+            for (adam, lbfgs, points), want in (((1000, 1000, 1000), "advection-single-v1"),
+                                                ((150, 400, 200), "advection-single-v2")):  # fmt: skip
+                request = SolveRequest(
+                    family="advection", params={"beta": 3.0}, adam=adam, lbfgs=lbfgs, collocation=points
+                )
+                assert study_store.study_for_request(s, request).prior == want
+        (folder / "advection-single-v3.json").write_text(json.dumps(made.to_json()))  # v1's budget, newer
+        assert priors.for_budget("advection", "single", {"adam": 300, "lbfgs": 200, "collocation": 1000}).version == 3
+        monkeypatch.setenv("METALIC_PRIORS", "off")
+        get_settings.cache_clear()
+        assert priors.for_budget("advection", "single", {"adam": 300}) is None
+    finally:
+        get_settings.cache_clear()

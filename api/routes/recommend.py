@@ -4,8 +4,8 @@ The context is given as query parameters named after the family's parameters (``
 missing ones take their defaults. The answer comes from the study's latest snapshot (its engine is
 restored once per version and cached), never from a fit in the request. Before a study has a
 snapshot it comes from the prior the study starts from, and before there is a study from the
-family's newest installed prior (``source``: ``prior``); a family with neither answers an empty
-ranking that says so (``source``: ``none``), never a 404.
+family's installed prior built nearest to the budget asked (``source``: ``prior``); a family with
+neither answers an empty ranking that says so (``source``: ``none``), never a 404.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from api.routes.families import family_or_404
 from api.schemas import MAX_ID, ArmOut, Mode, Problem, RecommendationOut
 from metalic import priors
 from metalic.bandit.engine import R_ADAM_SCALE, RANKINGS, BanditEngine, Recommendation, prior_engine
+from metalic.jobs import SolveRequest
 from metalic.store import studies as study_store
 from metalic.store.records import StudyRecord
 
+DEFAULT_BUDGET = (SolveRequest.model_fields["adam"].default, SolveRequest.model_fields["lbfgs"].default)
 router = APIRouter(tags=["recommendations"], responses={401: {"model": Problem}})
 
 
@@ -74,7 +76,8 @@ def latest_policy(
     service, family: str, mode: str, study_id: int | None, budget: tuple[int | None, int | None] = (None, None)
 ) -> Policy:
     """The chosen study's latest snapshot, its engine restored once per version (thread pool);
-    before a snapshot, the study's prior; before a study, the family's newest prior."""
+    before a snapshot, the study's prior; before a study, the family's prior built at the budget
+    nearest to the one asked (a solve's default budget when none is)."""
     store = service.store
     chosen = service.studies.get(
         (family, mode, study_id, budget), lambda: pick_study(store, family, mode, study_id, budget)
@@ -86,8 +89,9 @@ def latest_policy(
     if chosen is not None:
         ref = chosen.prior
     else:
-        latest = priors.latest(family, mode)
-        ref = None if latest is None else latest.ref
+        wanted = {"adam": budget[0] or DEFAULT_BUDGET[0], "lbfgs": budget[1] or DEFAULT_BUDGET[1]}
+        shipped = priors.for_budget(family, mode, wanted)  # the one built at the nearest budget
+        ref = None if shipped is None else shipped.ref
     if ref is None:
         return Policy(time.monotonic(), chosen, 0, BanditEngine(family, mode), "none", None)
     with store.read() as s:  # no fit: a prior's engine is restored once (a study prior's from this store)

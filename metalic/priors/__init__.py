@@ -15,9 +15,11 @@ Files are looked up in ``METALIC_PRIOR_PATH``'s folders, then in this package's 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,28 @@ def latest(family: str, mode: str) -> Prior | None:
     """The newest installed prior of (family, mode), or None (none, or ``METALIC_PRIORS=off``)."""
     ref = newest(family, mode) if enabled() else None
     return None if ref is None else load(ref)
+
+
+BUDGET_KEYS = ("adam", "lbfgs", "collocation")  # what "the nearest budget" compares, in log(1 + n)
+
+
+def budget_distance(profile: Mapping[str, Any], wanted: Mapping[str, Any]) -> float:
+    """Sum over ``wanted``'s keys of |log(1 + n) - log(1 + n')| (iterations, points); None in
+    ``wanted`` is not compared."""
+    return sum(abs(math.log1p(v) - math.log1p(profile.get(k) or 0)) for k, v in wanted.items() if v is not None)
+
+
+def for_budget(family: str, mode: str, profile: Mapping[str, Any]) -> Prior | None:
+    """The installed prior of (family, mode) built at the budget nearest to ``profile``'s
+    (``BUDGET_KEYS``; a prior of several profiles counts its nearest), the newest among equals;
+    None when there is none or ``METALIC_PRIORS=off``."""
+    if not enabled():
+        return None
+    wanted = {k: profile.get(k) for k in BUDGET_KEYS}
+
+    def rank(ref: str) -> tuple[float, int]:
+        prior = load(ref)
+        built = prior.provenance.get("profiles") or [{}]
+        return min(budget_distance(p, wanted) for p in built), -prior.version
+
+    return min((load(ref) for ref in installed(family, mode)), key=lambda p: rank(p.ref), default=None)

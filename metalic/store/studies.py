@@ -8,12 +8,11 @@ too (a campaign is small, and its learners also see the shared warm-up).
 What a new service study starts from (``studies.prior``, kept for good): the latest snapshot of
 its family's service study at the nearest budget (``study:<id>@v<version>``, a ``StudyPrior``:
 what was learnt at 300 + 200 informs a study at 1000 + 1000, and through it whatever that study
-stands on), else the family's newest shipped prior, else nothing.
+stands on), else the shipped prior built at the nearest budget, else nothing.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -35,7 +34,6 @@ from metalic.store.records import SnapshotRecord, StudyRecord, record
 
 NO_PRIOR = "/no-prior"  # the key suffix of a service study that never starts from a prior
 _STUDY_REF = re.compile(rf"^{STUDY_PRIOR}(?P<id>[0-9]+)@v(?P<version>[0-9]+)$")
-BUDGET_KEYS = ("adam", "lbfgs", "collocation")  # what "the nearest budget" compares, in log(1 + n)
 
 
 def study_key(family: str, mode: str, profile_key: str) -> str:
@@ -56,8 +54,9 @@ def get_or_create_study(session: Session, *, key: str, **values) -> StudyRow:
 def study_for_request(session: Session, request: SolveRequest, policy: str = "ucb") -> StudyRow:
     """The service study that learns from ``request``: its family, mode and budget profile, and
     what it starts from. A new study records, and keeps, the latest snapshot of the family's
-    service study at the nearest budget (``nearest_study_prior``), else the newest installed
-    prior of its family and mode (``metalic.priors.latest``); nothing with ``METALIC_PRIORS=off``.
+    service study at the nearest budget (``nearest_study_prior``), else the installed prior of its
+    family and mode built at the nearest budget (``metalic.priors.for_budget``); nothing with
+    ``METALIC_PRIORS=off``.
     A request with ``prior: false`` goes to a study of its own that never has one."""
     key = study_key(request.family, request.mode, request.profile_key()) + ("" if request.prior else NO_PRIOR)
     found = session.scalar(select(StudyRow).where(StudyRow.key == key))
@@ -67,7 +66,7 @@ def study_for_request(session: Session, request: SolveRequest, policy: str = "uc
     if request.prior and priors.enabled():
         prior = nearest_study_prior(session, request.family, request.mode, request.profile())
         if prior is None:
-            shipped = priors.latest(request.family, request.mode)
+            shipped = priors.for_budget(request.family, request.mode, request.profile())
             prior = None if shipped is None else shipped.ref
     return get_or_create_study(
         session,
@@ -83,14 +82,9 @@ def study_for_request(session: Session, request: SolveRequest, policy: str = "uc
     )
 
 
-def _log_distance(profile: Mapping, wanted: Mapping) -> float:
-    """Sum over ``wanted``'s keys of |log(1 + n) - log(1 + n')| (iterations, points)."""
-    return sum(abs(math.log1p(v) - math.log1p(profile.get(k) or 0)) for k, v in wanted.items() if v is not None)
-
-
 def nearest_study_prior(session: Session, family: str, mode: str, profile: Mapping) -> str | None:
     """``study:<id>@v<version>``: the latest snapshot of the service study of (family, mode) and
-    the same recipe whose budget (``BUDGET_KEYS``) is nearest to ``profile``'s, among those whose
+    the same recipe whose budget (``priors.BUDGET_KEYS``) is nearest to ``profile``'s, among those whose
     snapshot holds two observations or more (then the most observations, then the oldest); None
     when there is none."""
     latest = (
@@ -106,9 +100,9 @@ def nearest_study_prior(session: Session, family: str, mode: str, profile: Mappi
         .where(SnapshotRow.observation_count >= 2)
         .order_by(StudyRow.id)
     ).all()
-    wanted = {k: profile.get(k) for k in BUDGET_KEYS}
+    wanted = {k: profile.get(k) for k in priors.BUDGET_KEYS}
     rows = [r for r in rows if r[0].profile.get("recipe") == profile.get("recipe")]
-    best = min(rows, key=lambda r: (_log_distance(r[0].profile, wanted), -r[2]), default=None)
+    best = min(rows, key=lambda r: (priors.budget_distance(r[0].profile, wanted), -r[2]), default=None)
     return None if best is None else f"{STUDY_PRIOR}{best[0].id}@v{best[1]}"
 
 
@@ -238,7 +232,7 @@ def pick_study(
 
         asked = dict(zip(("adam", "lbfgs"), budget, strict=True))
         # min keeps the first: the most observations
-        best = min(rows, key=lambda r: _log_distance(r[0].profile, asked), default=None)
+        best = min(rows, key=lambda r: priors.budget_distance(r[0].profile, asked), default=None)
         return None if best is None else record(StudyRecord, best[0])
 
 
