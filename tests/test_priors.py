@@ -138,12 +138,16 @@ def test_an_arm_nobody_tried_is_not_recommended_on_its_prior_mean_alone():
 
 @pytest.fixture
 def installed_prior(tmp_path, monkeypatch):
-    """advection-single-v1 installed in a folder of METALIC_PRIOR_PATH, priors on."""
+    """advection-single-v9 installed in a folder of METALIC_PRIOR_PATH, priors on; built (says its
+    provenance) at the test's tiny budget and at a solve's default, so it is the nearest prior."""
+    from dataclasses import replace
+
     from metalic.settings import get_settings
 
     folder = tmp_path / "priors"
     folder.mkdir()
-    made = prior_of(24, seed=2)
+    budgets = [{"adam": 20, "lbfgs": 5, "collocation": 32}, {"adam": 1000, "lbfgs": 1000, "collocation": 1000}]
+    made = replace(prior_of(24, seed=2), version=9, provenance={"command": "test", "profiles": budgets})
     (folder / f"{made.ref}.json").write_text(json.dumps(made.to_json()))
     monkeypatch.setenv("METALIC_PRIORS", "on")
     monkeypatch.setenv("METALIC_PRIOR_PATH", str(folder))
@@ -173,7 +177,7 @@ def test_the_recommendation_answers_from_the_prior_then_from_the_study_that_stan
     url = "/v1/families/advection/recommendation"
 
     first = client.get(url, params={"beta": 5.0, "top": 3}, headers=auth).json()
-    assert first["source"] == "prior" and first["prior"] == "advection-single-v1" and first["study_id"] is None
+    assert first["source"] == "prior" and first["prior"] == installed_prior.ref and first["study_id"] is None
     assert len(first["arms"]) == 3 and first["arms"][0]["prior_observations"] > 0 and first["observations"] == 0
     assert "24 trainings" in first["detail"]
     for arm in first["arms"]:
@@ -193,7 +197,7 @@ def test_the_recommendation_answers_from_the_prior_then_from_the_study_that_stan
         "/v1/families/advection/solve", json={**body, "params": {"beta": 4.0}, "prior": False}, headers=auth
     ).json()
     studies = {s.study.key: s.study for s in study_store.list_studies(store, family="advection")}
-    assert sorted(s.prior or "-" for s in studies.values()) == ["-", "advection-single-v1"]
+    assert sorted(s.prior or "-" for s in studies.values()) == ["-", installed_prior.ref]
     assert next(k for k, s in studies.items() if s.prior is None).endswith("/no-prior")
     waiting = client.get(url, params={"beta": 5.0}, headers=auth).json()
     assert waiting["source"] == "prior" and waiting["study_id"] is not None  # the study has no snapshot yet
@@ -209,7 +213,7 @@ def test_the_recommendation_answers_from_the_prior_then_from_the_study_that_stan
         states = [client.get(f"/v1/tasks/{i}", headers=auth).json() for i in (*ids, own["id"])]
         assert all(t["state"] == "succeeded" for t in states), states
         answer = client.get(url, params={"beta": 5.0, "top": 3}, headers=auth).json()
-        assert answer["source"] == "snapshot" and answer["prior"] == "advection-single-v1"
+        assert answer["source"] == "snapshot" and answer["prior"] == installed_prior.ref
         assert answer["snapshot_version"] >= 1 and answer["observations"] == 3
     finally:
         dispatcher.stop()
@@ -235,7 +239,8 @@ def test_metalic_prior_build_writes_a_versioned_file_with_its_provenance(tmp_pat
         assert made.trainings == 5 and prov["trainings"] == 5 and prov["campaign"]["seed"] == 1001
         assert prov["profiles"][0]["adam"] == 5 and prov["command"].startswith("metalic prior build advection")
         assert prov["commit"] and prov["date"].startswith("20") and prov["device"].startswith("cpu")
-        assert priors.latest("advection", "single").ref == "advection-single-v1"
+        at_its_budget = {"adam": 5, "lbfgs": 3, "collocation": 20}
+        assert priors.for_budget("advection", "single", at_its_budget).ref == "advection-single-v1"
         assert main(["prior", "list"]) == 0 and "advection-single-v1" in capsys.readouterr().out
         # bad input: one line, exit 2, nothing written
         assert main(["prior", "build", "navier", "--into", str(tmp_path / "made"), "--inline"]) == 2
