@@ -71,7 +71,8 @@ def main() -> None:
 
     get_settings.cache_clear()
     print(f"machine: {describe(torch.device('cpu'))}")
-    prior = priors.latest(args.family, "single")
+    asked = {"adam": args.adam, "lbfgs": args.lbfgs, "collocation": SolveRequest.model_fields["collocation"].default}
+    prior = priors.for_budget(args.family, "single", asked)  # what the new study starts from
     print(f"prior: {prior.ref if prior else 'none'}" + (f" ({prior.trainings} trainings)" if prior else ""))
 
     def fresh_store() -> Store:
