@@ -27,7 +27,7 @@ from metalic.jobs import SolveRequest
 from metalic.store import studies as study_store
 from metalic.store.records import StudyRecord
 
-DEFAULT_BUDGET = (SolveRequest.model_fields["adam"].default, SolveRequest.model_fields["lbfgs"].default)
+DEFAULT = {k: SolveRequest.model_fields[k].default for k in ("adam", "lbfgs", "collocation")}  # a solve's budget
 router = APIRouter(tags=["recommendations"], responses={401: {"model": Problem}})
 
 
@@ -89,7 +89,7 @@ def latest_policy(
     if chosen is not None:
         ref = chosen.prior
     else:
-        wanted = {"adam": budget[0] or DEFAULT_BUDGET[0], "lbfgs": budget[1] or DEFAULT_BUDGET[1]}
+        wanted = dict(DEFAULT) | {k: v for k, v in zip(("adam", "lbfgs"), budget, strict=True) if v is not None}
         shipped = priors.for_budget(family, mode, wanted)  # the one built at the nearest budget
         ref = None if shipped is None else shipped.ref
     if ref is None:
