@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--test", type=int, default=10)
     parser.add_argument("--hindsight-candidates", type=int, default=3)
+    parser.add_argument("--test-rank", default="mean", choices=["mean", "lcb"],
+                        help="test rollout: posterior mean (the authors') or the interval's low end")  # fmt: skip
     parser.add_argument("--arm-kernels", nargs="+", default=["hamming"], choices=["hamming", "additive"])
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
@@ -80,6 +82,7 @@ def main() -> None:
         for seed in args.seeds:
             base = CampaignConfig(
                 family=family, warmup=args.warmup, rounds=args.rounds, test=args.test, batch=5, seed=seed,
+                test_rank=args.test_rank,
                 train=TrainConfig(adam=200, lbfgs=300, compile=False),
                 pinn=PinnConfig(n_collocation=300, n_boundary=50, n_interface=51),
             )  # fmt: skip

@@ -28,7 +28,7 @@ import torch
 
 from metalic import priors
 from metalic.arms import NONE, RECIPE_FLAGS, SWITCHES, Arm, all_arms, arm_set, split_arms
-from metalic.bandit.engine import BanditEngine, Observation
+from metalic.bandit.engine import RANKINGS, BanditEngine, Observation
 from metalic.bandit.policies import FixedArm, Policy, RandomArm, parse_policy
 from metalic.bandit.space import ParamSpace
 from metalic.bandit.surrogate import ARM_KERNELS
@@ -63,6 +63,9 @@ class CampaignConfig:
     # Recipe bits the learning engines choose beside the terms (``arms.RECIPE_FLAGS``: causal).
     learns: tuple[str, ...] = ()
     arm_kernel: str = "hamming"  # the learning engines' kernel on the term bits (surrogate.ARM_KERNELS)
+    # The test rollout's ranking (engine.RANKINGS): the authors' posterior mean, or the interval's
+    # pessimistic end, as the service recommends.
+    test_rank: str = "mean"
 
     def validate(self) -> None:
         get_family(self.family)  # ValueError naming the known families
@@ -82,6 +85,8 @@ class CampaignConfig:
                 raise ValueError(f"learns: {self.family} is steady; causal training needs a time axis")
             if self.prior is not None:
                 raise ValueError("learns: the shipped priors have no recipe bits; leave out the prior")
+        if self.test_rank not in RANKINGS:
+            raise ValueError(f"test_rank: must be one of {', '.join(RANKINGS)}, got {self.test_rank!r}")
         if self.arm_kernel not in ARM_KERNELS:
             raise ValueError(f"arm_kernel: must be one of {', '.join(ARM_KERNELS)}, got {self.arm_kernel!r}")
         for name in ("warmup", "rounds", "test"):
@@ -318,7 +323,7 @@ class CampaignPlan:
             elif step.stage == "test" and isinstance(policy, RandomArm):
                 a0, a1 = self.test_arms[step.start + j]
             elif step.stage == "test":
-                a0 = engine.recommend(params, top=1, rank="mean")[0].arm  # the authors' rollout
+                a0 = engine.recommend(params, top=1, rank=self.config.test_rank)[0].arm  # "mean": the authors'
                 lbfgs_policy = "mean"
             else:
                 a0 = engine.suggest(params, pending=chosen)[0]
