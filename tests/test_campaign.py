@@ -206,3 +206,32 @@ def test_a_stored_campaign_with_the_additive_kernel_gives_its_learners_that_kern
     assert BanditEngine.from_snapshot(engine.snapshot()).arm_kernel == "additive"
     with pytest.raises(ValueError, match="arm_kernel"):
         CampaignConfig(family="advection", arm_kernel="linear").validate()
+
+
+def test_the_test_rollout_ranks_as_the_config_says():
+    """A campaign's test rounds take the engine's best arm by posterior mean (the authors', the
+    default) or, with ``test_rank="lcb"``, by the interval's pessimistic end: on an engine where
+    the two differ (an arm nobody tried wins on its prior mean at small nu), the runs follow."""
+    from metalic.arms import Arm
+    from metalic.bandit.engine import Observation
+    from metalic.campaign import CampaignPlan, Step
+
+    def engine_where_the_rankings_differ():
+        engine = CampaignPlan(replace(TOY, family="burgers")).new_engines()["ucb"]
+        arms = [Arm.parse("flux"), Arm.parse("u,flux"), Arm.parse("all")]
+        for nus, rewards in (((0.005, 0.008, 0.012), (-0.4, -0.5, -0.7)), ((0.03, 0.04, 0.045), (1.0, 0.9, 0.7))):
+            for nu, arm, reward in zip(nus, arms, rewards, strict=True):
+                engine.observe(Observation({"nu": nu}, arm, reward))
+        return engine
+
+    step = Step(0, "test", 0, ({"nu": 0.007},))
+    chosen = {}
+    for rank in ("mean", "lcb"):
+        plan = CampaignPlan(replace(TOY, family="burgers", test_rank=rank))
+        engine = engine_where_the_rankings_differ()
+        (run,) = plan.runs(step, {"ucb": engine})
+        assert run.arm_adam == engine.recommend({"nu": 0.007}, top=1, rank=rank)[0].arm
+        chosen[rank] = run.arm_adam
+    assert chosen["mean"] != chosen["lcb"] == Arm.parse("flux")
+    with pytest.raises(ValueError, match="test_rank"):
+        replace(TOY, test_rank="best").validate()
