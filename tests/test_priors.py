@@ -478,7 +478,7 @@ def test_a_new_study_starts_from_the_prior_built_nearest_to_its_budget(sqlite_st
     try:
         assert priors.for_budget("advection", "single", {"adam": 250, "lbfgs": 250, "collocation": 900}).version == 1
         assert priors.for_budget("advection", "single", {"adam": 200, "lbfgs": 300, "collocation": 300}).version == 2
-        assert priors.latest("advection", "single").version == 2
+        assert priors.newest("advection", "single") == "advection-single-v2"
         with sqlite_store.write() as s:
             for (adam, lbfgs, points), want in (((1000, 1000, 1000), "advection-single-v1"),
                                                 ((150, 400, 200), "advection-single-v2")):  # fmt: skip

@@ -68,8 +68,12 @@ class BinaryHammingKernel(CategoricalKernel):
         return self._values(x1, x2)
 
     def _values(self, x1: Tensor, x2: Tensor) -> Tensor:
-        hamming = x1 @ (1 - x2).transpose(-1, -2) + (1 - x1) @ x2.transpose(-1, -2)
-        return torch.exp(-(hamming / x1.shape[-1]) / self.lengthscale)
+        return torch.exp(-(hamming(x1, x2) / x1.shape[-1]) / self.lengthscale)
+
+
+def hamming(a: Tensor, b: Tensor) -> Tensor:
+    """Hamming distances [..., m, n] between 0/1 rows a [..., m, k] and b [..., n, k], as matrix products."""
+    return a @ (1 - b).transpose(-1, -2) + (1 - a) @ b.transpose(-1, -2)
 
 
 class TermAdditiveKernel(Kernel):
@@ -127,9 +131,8 @@ def term_additive(a: Tensor, b: Tensor, lengthscale: Tensor, variances: Tensor, 
     v_h, v_0, v_terms = variances[0], variances[1], variances[2:]
     if diag:
         return (v_h + v_0 + v_terms.sum()).expand(a.shape[:-1])
-    hamming = a @ (1 - b).transpose(-1, -2) + (1 - a) @ b.transpose(-1, -2)
     linear = ((2 * a - 1) * v_terms) @ (2 * b - 1).transpose(-1, -2)
-    return v_h * torch.exp(-(hamming / t) / lengthscale) + v_0 + linear
+    return v_h * torch.exp(-(hamming(a, b) / t) / lengthscale) + v_0 + linear
 
 
 class RewardGP:
@@ -306,10 +309,6 @@ class RewardGP:
     def _kernel_arms(self, a: Tensor, b: Tensor) -> Tensor:
         """The arm factor [m, n] between arm bits ``a`` [m, n_cat] and ``b`` [n, n_cat]."""
         c, t = self._cache, self.n_terms
-
-        def hamming(x: Tensor, y: Tensor) -> Tensor:
-            return x @ (1 - y).T + (1 - x) @ y.T
-
         if c["arm_var"] is not None:
             k = term_additive(a[:, :t], b[:, :t], c["ls_cat"], c["arm_var"])
         else:

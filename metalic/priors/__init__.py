@@ -130,12 +130,6 @@ def newest(family: str, mode: str, folders: list[Path] | None = None) -> str | N
     return max(found, key=lambda ref: int(_NAME.match(f"{ref}.json")["version"]), default=None)
 
 
-def latest(family: str, mode: str) -> Prior | None:
-    """The newest installed prior of (family, mode), or None (none, or ``METALIC_PRIORS=off``)."""
-    ref = newest(family, mode) if enabled() else None
-    return None if ref is None else load(ref)
-
-
 BUDGET_KEYS = ("adam", "lbfgs", "collocation")  # what "the nearest budget" compares, in log(1 + n)
 
 
@@ -153,9 +147,8 @@ def for_budget(family: str, mode: str, profile: Mapping[str, Any]) -> Prior | No
         return None
     wanted = {k: profile.get(k) for k in BUDGET_KEYS}
 
-    def rank(ref: str) -> tuple[float, int]:
-        prior = load(ref)
+    def rank(prior: Prior) -> tuple[float, int]:
         built = prior.provenance.get("profiles") or [{}]
         return min(budget_distance(p, wanted) for p in built), -prior.version
 
-    return min((load(ref) for ref in installed(family, mode)), key=lambda p: rank(p.ref), default=None)
+    return min((load(ref) for ref in installed(family, mode)), key=rank, default=None)
