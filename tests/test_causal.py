@@ -82,7 +82,10 @@ def test_causal_weights_in_a_batch_give_each_run_what_it_gets_alone():
     for j, spec in enumerate(specs):
         alone = train_batch(fam, [spec], cfg, train, device="cpu", dtype="float64")
         torch.testing.assert_close(batch.net.theta[j], alone.net.theta[0], rtol=1e-9, atol=1e-11)
-        assert batch.outcomes[j].causal == alone.outcomes[0].causal
+        got, want = batch.outcomes[j].causal, alone.outcomes[0].causal
+        assert (got is None) == (want is None)
+        if want is not None:  # the smallest weight is a reduction: equal to the last bits, not bit for bit
+            assert got == {**want, "min_weight": pytest.approx(want["min_weight"], rel=1e-9)}
         assert batch.outcomes[j].adam_iterations == alone.outcomes[0].adam_iterations
     assert batch.outcomes[1].causal is None
     assert batch.outcomes[0].causal["stages"] == 2
@@ -91,28 +94,6 @@ def test_causal_weights_in_a_batch_give_each_run_what_it_gets_alone():
 def test_a_steady_family_refuses_causal_training():
     with pytest.raises(ValueError, match="time-dependent"):
         build_problem(get_family("poisson"), [{}], [0], PinnConfig(n_collocation=10), causal=True)
-
-
-@pytest.mark.slow
-def test_the_compiled_causal_loss_matches_eager():
-    fam = get_family("burgers")
-    cfg = PinnConfig(n_collocation=200, n_boundary=20, n_interface=41, causal_chunks=16)
-    problem = build_problem(fam, [{"nu": 0.01}, {"nu": 0.03}], [0, 1], cfg, causal=True)
-    net = StackedMLP(cfg.layers_for(fam), 2, problem.decomposition.bounding_boxes(), [0, 1])
-    loss = PinnLoss(problem, net, cfg, frozenset({"u"}))
-    weights = torch.zeros(2, 9)
-    weights[:, 0] = 1
-    eps = torch.tensor([10.0, 0.0])
-    eager = loss(weights, eps)
-    (g_eager,) = torch.autograd.grad(eager.total.sum(), net.theta)
-    compiled = torch.compile(loss.__call__)(weights, eps)
-    (g_compiled,) = torch.autograd.grad(compiled.total.sum(), net.theta)
-    torch.testing.assert_close(compiled.total, eager.total, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(compiled.min_weight, eager.min_weight, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-5)
-    assert eager.min_weight[0] < 1.0  # the causal run is weighted
-    plain = loss(weights)
-    assert eager.total[1].item() == plain.total[1].item()  # eps = 0: the plain loss, bit for bit
 
 
 def test_marching_trains_each_slab_after_the_one_before():
@@ -269,9 +250,16 @@ def test_kdv_states_a_marching_solve_that_the_service_and_the_cli_accept():
 
 
 @pytest.mark.slow
-def test_a_compiled_marching_training_trains_what_an_eager_one_trains():
+def test_a_compiled_marching_training_trains_what_an_eager_one_trains(monkeypatch):
     """Every stage leases the one compiled loss (its pair view copied into the traced tensors, the
-    interface indices included): the weights match the eager training's, slab by slab."""
+    interface indices included): the weights match the eager training's, slab by slab. Dynamo's
+    graphs through ``aot_eager`` (the inductor build of a loss is checked in test_compile.py)."""
+    from collections import OrderedDict
+
+    from metalic.pinn import compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+    monkeypatch.setattr(compiled, "_KEPT", OrderedDict())  # no later test reuses these kept losses
     fam = get_family("advection")
     cfg = PinnConfig(n_collocation=48, n_boundary=12, n_interface=9, subdomains=3, causal_chunks=6)
     specs = [RunSpec({"beta": 5.0}, "u,flux", seed=1), RunSpec({"beta": 9.0}, "u,res", seed=2, causal=True)]

@@ -16,32 +16,43 @@ from metalic.pinn.problem import PinnConfig, build_problem
 
 
 @pytest.mark.slow
-def test_compiled_loss_matches_eager():
+def test_compiled_loss_matches_eager_with_and_without_causal_weights():
+    """The one inductor compile of a loss in the suite (a cold one costs 60-90 s on 2 cores): every
+    derivative (arm ``all``), one causal run (eps = 10) and one plain run (eps = 0) give the values,
+    smallest weights and gradients of eager execution; eps = 0 is the plain loss, bit for bit. The
+    tests of what is done with compiled losses (leases, recompiles, marching) use ``aot_eager``."""
     fam = get_family("burgers")
-    cfg = PinnConfig(n_collocation=200, n_boundary=20, n_interface=41)
-    problem = build_problem(fam, [{"nu": 0.01}, {"nu": 0.03}], [0, 1], cfg)
+    cfg = PinnConfig(n_collocation=200, n_boundary=20, n_interface=41, causal_chunks=16)
+    problem = build_problem(fam, [{"nu": 0.01}, {"nu": 0.03}], [0, 1], cfg, causal=True)
     net = StackedMLP(cfg.layers_for(fam), 2, problem.decomposition.bounding_boxes(), [0, 1])
     arms = [Arm.parse("all"), Arm.parse("u,res_continuity,flux")]
     loss = PinnLoss(problem, net, cfg, needed_quantities(arms))
-    arms = torch.tensor([a.loss_weights for a in arms])
-    eager = loss(arms).total
-    (g_eager,) = torch.autograd.grad(eager.sum(), net.theta)
-    compiled = torch.compile(loss.__call__)(arms).total
-    (g_compiled,) = torch.autograd.grad(compiled.sum(), net.theta)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    weights = torch.tensor([a.loss_weights for a in arms])
+    eps = torch.tensor([10.0, 0.0])
+    eager = loss(weights, eps)
+    (g_eager,) = torch.autograd.grad(eager.total.sum(), net.theta)
+    compiled = torch.compile(loss.__call__)(weights, eps)
+    (g_compiled,) = torch.autograd.grad(compiled.total.sum(), net.theta)
+    torch.testing.assert_close(compiled.total, eager.total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.min_weight, eager.min_weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-5)
+    assert eager.min_weight[0] < 1.0  # the causal run is weighted
+    assert eager.total[1].item() == loss(weights).total[1].item()  # eps = 0: the plain loss, bit for bit
 
 
 @pytest.mark.slow
-def test_a_second_compiled_training_of_the_same_shape_does_not_recompile():
+def test_a_second_compiled_training_of_the_same_shape_does_not_recompile(monkeypatch):
     """One compile per batch shape (and derivative set) and process: a later training with other
     parameters, seeds and arms reuses the graph (dynamo is told to raise on any recompilation),
     trains what an eager training trains, and leaves the first training's returned network alone.
     A batch whose arms need fewer derivatives reuses it too."""
     from torch._dynamo.utils import counters
 
+    from metalic.pinn import compiled
     from metalic.pinn.trainer import RunSpec, TrainConfig, train_batch
 
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")  # dynamo's guards and graphs, no C++ build
+    monkeypatch.setattr(compiled, "_KEPT", OrderedDict())  # no later test reuses these kept losses
     fam = get_family("advection")
     cfg = PinnConfig(n_collocation=64, n_boundary=16, n_interface=9)
     train = TrainConfig(adam=20, lbfgs=5, compile=True)
