@@ -351,10 +351,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_settings() -> None:
+    """The ``METALIC_*`` environment, read once up front: a bad value is one line naming the variable."""
+    from pydantic import ValidationError
+
+    from metalic.settings import Settings
+
+    try:
+        Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "METALIC_" + str(first["loc"][0]).upper() if first["loc"] else "METALIC_*"
+        raise UsageError(f"{name}: {first['msg']}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser, handlers = _build_parser()
         args = parser.parse_args(argv)
+        check_settings()
         return handlers[args.command](args)
     except UsageError as exc:
         print(f"metalic: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     reference_cache: str = Field(
         "", description="folder of reference grids kept on disk; empty = home/cache/references, 'off' = none"
     )
-    priors: str = Field(
+    priors: Literal["on", "off"] = Field(
         "on",
         description="'on': a new study starts from its family's installed prior (metalic.priors); 'off': from nothing",
     )
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
         "", description="more folders of prior files (os.pathsep-separated), searched before the installed ones"
     )
     tune_heap: bool = Field(True, description="keep freed training buffers in the heap (glibc; pinn/heap.py)")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile a batch's loss on the workers: 'auto' = always on an accelerator, on a CPU for "
+        "budgets of 4000+ iterations (a CPU compile costs 15-90 s); 'on'; 'off' (a solve's --compile wins in the CLI)",
+    )
 
     # dispatcher
     max_batch_cpu: int = Field(8, ge=1, description="runs packed into one CPU training")

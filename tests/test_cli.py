@@ -58,6 +58,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [("METALIC_COMPILE", "maybe", "'auto', 'on' or 'off'"), ("METALIC_PRIORS", "yes", "'on' or 'off'")],
+)
+def test_a_bad_setting_is_one_line_naming_its_variable(name, value, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METALIC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(name, value)
+    assert main(["serve", "--port", "1"]) == 2  # before anything starts or migrates
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"metalic: error: {name}: Input should be {message}"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_executable_reports_bad_input_without_a_traceback(tmp_path):
     out = run("solve", "burgers", "--param", "nu=0.5", "--out", str(tmp_path / "m.pt"))
     assert out.returncode == 2

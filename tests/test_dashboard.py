@@ -359,10 +359,12 @@ def test_csv_downloads_match_the_database(seeded, browser):
 
 @pytest.fixture
 def live_serve(tmp_path, ray_address):
+    """``metalic serve`` on the session's Ray; its workers do not compile (a CPU compile would hold
+    the first progress back by a minute)."""
     from tests.test_serve import start
 
     home, log, port = tmp_path / "home", tmp_path / "serve.log", free_port()
-    server = start(home, port, ray_address, log)
+    server = start(home, port, ray_address, log, compile="off")
     yield {"url": f"http://127.0.0.1:{port}", "token": (home / "admin-token").read_text().strip()}
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=60)

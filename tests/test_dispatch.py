@@ -213,12 +213,15 @@ def _batches(store) -> list[BatchRow]:
         return list(s.scalars(select(BatchRow)).all())
 
 
-def test_a_worker_compiles_as_asked_else_on_an_accelerator_else_by_the_budget_rule():
+def test_a_worker_compiles_as_asked_else_as_set_else_on_an_accelerator_else_by_the_budget_rule():
     import torch
 
     from workers.batch import worker_compile
 
     assert worker_compile(True, "cpu") is True and worker_compile(False, "cpu") is False
     assert worker_compile(None, "cpu") is None  # TrainConfig.use_compile decides by the budget
+    assert worker_compile(None, "cpu", "off") is False and worker_compile(None, "cpu", "on") is True
+    assert worker_compile(True, "cpu", "off") is True  # a payload that asks wins over the setting
+    assert worker_compile(None, "cuda", "off") is False
     if torch.cuda.is_available():
         assert worker_compile(None, "cuda") is True

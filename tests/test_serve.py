@@ -21,8 +21,9 @@ from tests.conftest import free_port
 CLI = [sys.executable, "-m", "metalic.cli"]
 
 
-def start(home: Path, port: int, ray_address: str, log: Path) -> subprocess.Popen:
+def start(home: Path, port: int, ray_address: str, log: Path, compile: str = "auto") -> subprocess.Popen:
     env = {
+        "METALIC_COMPILE": compile,
         **os.environ,
         "METALIC_HOME": str(home),
         "METALIC_RAY_ADDRESS": ray_address,

@@ -121,12 +121,15 @@ def keep_alive(store, worker_id: str, every: float, stop: threading.Event) -> th
     return thread
 
 
-def worker_compile(requested: bool | None, device: str | None) -> bool | None:
-    """Whether a worker compiles a batch's loss: as the payload says, else always on an accelerator
-    (a worker lives long: one compile per batch shape class, padded, serves every later batch of
-    it), else the training budget's rule (``TrainConfig.use_compile``: a CPU compile costs 15-40 s)."""
+def worker_compile(requested: bool | None, device: str | None, setting: str = "auto") -> bool | None:
+    """Whether a worker compiles a batch's loss: as the payload says, else as the ``compile`` setting
+    says (``on`` / ``off``), else always on an accelerator (a worker lives long: one compile per
+    batch shape class, padded, serves every later batch of it), else the training budget's rule
+    (``TrainConfig.use_compile``: a CPU compile costs 15-90 s)."""
     if requested is not None:
         return requested
+    if setting != "auto":
+        return setting == "on"
     return True if resolve_device(device).type != "cpu" else None
 
 
@@ -157,7 +160,7 @@ def run_batch(
             progress=reporter.progress,
             should_stop=reporter.should_stop,
             choosers=engines,
-            compile=worker_compile(payload.compile, device),
+            compile=worker_compile(payload.compile, device, settings.compile),
         )
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"

@@ -64,10 +64,7 @@ class Prior:
 def enabled() -> bool:
     from metalic.settings import get_settings
 
-    value = get_settings().priors.strip().lower()
-    if value not in ("on", "off"):
-        raise ValueError(f"METALIC_PRIORS: must be 'on' or 'off', got {value!r}")
-    return value == "on"
+    return get_settings().priors == "on"  # the settings accept 'on' and 'off' only
 
 
 def search_path() -> list[Path]:
