@@ -186,7 +186,7 @@ def test_cancelled_while_queued_never_runs_and_while_running_stops_at_the_next_p
     queued = task_store.submit(store, request(3.0, "u", seed=1, adam=20000))[0]
     task_store.cancel(store, queued.id)
     running = task_store.submit(store, request(3.0, "u", seed=2, adam=20000))[0]
-    disp = dispatcher(store, ray_address)
+    disp = dispatcher(store, ray_address, compile="off")  # no minute-long CPU compile before the first step
     try:
         wait_until(lambda: states(store).get("running") == 1)
 
