@@ -63,12 +63,36 @@ def _postgres_ok() -> bool:
         return False
 
 
+# Module fixtures that cost tens of seconds: their tests run on one worker, which builds it once.
+SHARED_FIXTURES = ("planted",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test`` runs two workers), every test that uses the session's Ray
-    runs on one worker, so that one Ray serves them all (``--dist loadgroup``)."""
+    runs on one worker, so that one Ray serves them all (``--dist loadgroup``); so do the tests of
+    each costly module fixture (``SHARED_FIXTURES``), which each worker would otherwise build."""
     for item in items:
-        if "ray_address" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "ray_address" in names:
             item.add_marker(pytest.mark.xdist_group("ray"))
+        elif shared := next((f for f in SHARED_FIXTURES if f in names), None):
+            item.add_marker(pytest.mark.xdist_group(shared))
+
+
+def pytest_configure(config):
+    """Under ``--dist loadgroup`` a test's group travels in its node id (``@name``), which pytest
+    9.2 no longer lets xdist 3.8 change (pytest-xdist#1386): the groups would be dropped silently
+    and each worker would start a Ray. Refuse that pairing (pyproject pins pytest<9.2)."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    import xdist
+
+    if pytest.version_tuple[:2] >= (9, 2) and tuple(int(p) for p in xdist.__version__.split(".")[:2]) <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__} ignores --dist loadgroup's "
+            "groups (pytest-xdist#1386); run `make setup` (pytest<9.2)"
+        )
 
 
 @pytest.fixture(scope="session")
