@@ -88,7 +88,10 @@ def test_tasks_no_trainer_can_serve_do_not_hide_the_others_and_fail_after_a_whil
 
 
 @pytest.mark.service
-def test_eight_tasks_sent_within_100_ms_go_out_as_one_batch_on_an_idle_trainer(sqlite_store):
+def test_eight_tasks_sent_within_the_batch_window_go_out_as_one_batch_on_an_idle_trainer(sqlite_store):
+    """Eight clients send one task each, 5 ms apart (about 100 ms on an idle machine), all within the
+    dispatcher's 0.3 s window: one batch of eight. (The sending is checked against the window, which
+    is what the behaviour depends on; a busy 2-core host once took 196 ms to send them.)"""
     store, settings = sqlite_store, conf()
     disp = Dispatcher(store, InlineExecutor(store, settings, "cpu", max_batch=8), settings, max_batch=8).start()
     try:
@@ -99,7 +102,7 @@ def test_eight_tasks_sent_within_100_ms_go_out_as_one_batch_on_an_idle_trainer(s
             ids.append(task_store.submit(store, request(2.0 + i, seed=i))[0].id)
             disp.wake.set()
             time.sleep(0.005)
-        assert time.monotonic() - start < 0.1 + 0.05
+        assert time.monotonic() - start < settings.batch_window_seconds, "not sent within the window"
         wait_until(lambda: all(task(store, i).state == "succeeded" for i in ids))
         assert [b.size for b in batches(store)] == [8]
     finally:
