@@ -23,8 +23,8 @@ CLI = [sys.executable, "-m", "metalic.cli"]
 
 def start(home: Path, port: int, ray_address: str, log: Path, compile: str = "auto") -> subprocess.Popen:
     env = {
-        "METALIC_COMPILE": compile,
         **os.environ,
+        "METALIC_COMPILE": compile,  # what the test asks, whatever the caller's environment says
         "METALIC_HOME": str(home),
         "METALIC_RAY_ADDRESS": ray_address,
         "METALIC_DRAIN_SECONDS": "1",
