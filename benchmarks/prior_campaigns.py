@@ -11,12 +11,19 @@ campaign budget (200 Adam + 300 L-BFGS, 300 / 50 points, 51 per interface, batch
   bits (``hamming``, labels without a suffix) and the additive one with per-term effects
   (``additive``, labels ``.../additive``); on a prior, only the study's own (residual) GP takes the
   kernel, the prior's GP is the shipped one;
-- ``hindsight``: the best fixed arm in hindsight: the ``--hindsight-candidates`` fixed arms with
-  the highest posterior-mean reward over the test contexts, from a GP fitted to every UCB
-  campaign's observations, each run through the same protocol, and the one with the lowest online
-  accumulated error kept (it knows the test contexts and the outcomes: an optimistic reference,
-  not a competitor). With one candidate, a GP's favourite that diverges once at this budget
-  (a capped error of 100) would be the reference.
+- ``hindsight``: the best fixed arm in hindsight: of a list of fixed arms, each run through the
+  same protocol, the one with the lowest online accumulated error (it knows the outcomes: an
+  optimistic reference, not a competitor). The list (``--reference``):
+  - ``fixed`` (the default): the same for every run of a family and seed, whatever is scored:
+    issue 17's six fixed arms (``flux``, ``u,flux``, ``u``, ``none``, ``all``,
+    ``single-domain``) and the ``--reference-top`` arms of highest posterior-mean reward over the
+    test contexts under the prior the *package* ships nearest this budget (not one given through
+    ``METALIC_PRIOR_PATH``). Each fixed arm's campaign is kept in ``--reference-cache``, keyed by
+    family, seed, arm, protocol, machine and a hash of the training code, and reused;
+  - ``run``: the ``--hindsight-candidates`` arms of highest posterior-mean reward over the test
+    contexts from a GP fitted to this run's UCB campaigns (how the tables of 2026-12-02 and -03
+    were made). That reference moves with the run under test: a prior whose campaigns favour
+    weaker arms is scored against a weaker reference.
 
 Every campaign ends with the same 10 held-out test contexts (posterior-mean arm). The priors were
 built with campaign seed 1000 (``metalic prior list`` shows it); the seeds here are 0, 1, 2, so
@@ -24,12 +31,14 @@ the contexts that build a prior and those that score it are disjoint draws. Prin
 (family, seed, heuristic) and the ratios to hindsight (same run).
 
     python benchmarks/prior_campaigns.py --families burgers advection reaction --seeds 0 1 2 \
-        --arm-kernels hamming additive
+        --arm-kernels hamming additive [--reference run]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import sys
 import time
@@ -44,22 +53,78 @@ from machine import describe
 
 from metalic import priors
 from metalic.arms import NONE, Arm, all_arms
-from metalic.bandit.engine import BanditEngine, Observation
+from metalic.bandit.engine import BanditEngine, Observation, prior_engine
 from metalic.campaign import CampaignConfig, points_for, run_policy, summarise
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 
+STANDARD_ARMS = ("flux", "u,flux", "u", "none", "all", "single-domain")  # issue 17's fixed arms
+# What a fixed arm's campaign depends on besides its config: the training code (not the bandit's).
+TRAINING_CODE = ("metalic/pinn", "metalic/families", "metalic/arms.py", "metalic/domain.py",
+                 "metalic/conditions.py", "metalic/campaign.py")  # fmt: skip
 
-def hindsight_arms(config: CampaignConfig, rows, k: int) -> list[Arm]:
-    """The ``k`` arms with the best posterior-mean reward summed over the test contexts."""
-    engine = BanditEngine(config.family, "single", "mean", seed=config.seed)
-    engine.observe(*(Observation(r.params, Arm.parse(r.arm), r.reward) for r in rows if r.stage != "test"))
+
+def training_code_hash() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for entry in TRAINING_CODE:
+        for path in sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]:
+            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def engine_favourites(engine: BanditEngine, config: CampaignConfig, k: int) -> list[Arm]:
+    """The ``k`` arms of ``engine`` with the best posterior-mean reward summed over the test contexts."""
     _, test = points_for(config)
     total = torch.zeros(len(all_arms()), dtype=torch.float64)
     for params in test:
         for rec in engine.recommend(params, top=len(all_arms()), rank="mean"):
             total[rec.arm.index] += rec.reward_mean
     return [all_arms()[int(i)] for i in torch.argsort(total, descending=True)[:k]]
+
+
+def hindsight_arms(config: CampaignConfig, rows, k: int) -> list[Arm]:
+    """``--reference run``: the favourites of a GP fitted to this run's online observations."""
+    engine = BanditEngine(config.family, "single", "mean", seed=config.seed)
+    engine.observe(*(Observation(r.params, Arm.parse(r.arm), r.reward) for r in rows if r.stage != "test"))
+    return engine_favourites(engine, config, k)
+
+
+def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
+    """``--reference fixed``: ``STANDARD_ARMS`` and the favourites of the shipped prior nearest
+    this budget (none when the package ships no prior of the family)."""
+    arms = [Arm.parse(a) for a in STANDARD_ARMS]
+    shipped = priors.for_budget(config.family, "single", config.request({}, NONE, seed=0).profile(),
+                                folders=[priors.PACKAGE_DIR])  # fmt: skip
+    if shipped is not None and k > 0:
+        arms += [a for a in engine_favourites(prior_engine(shipped), config, k) if a not in arms]
+    return arms
+
+
+class ReferenceCache:
+    """Fixed-arm campaign summaries in a JSON file, reused across runs on the same machine, code
+    and protocol (a fixed arm's campaign does not depend on priors or kernels)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path is not None and path.exists() else {}
+        self.salt = f"{describe(torch.device('cpu'))}|{torch.__version__}|{training_code_hash()}"
+
+    def key(self, config: CampaignConfig, arm: Arm) -> str:
+        protocol = (config.family, config.seed, config.warmup, config.rounds, config.test, config.batch,
+                    config.train.adam, config.train.lbfgs, config.pinn.n_collocation, config.pinn.n_boundary,
+                    config.pinn.n_interface)  # fmt: skip
+        return f"{self.salt}|{protocol}|{arm.label}"
+
+    def summary(self, config: CampaignConfig, arm: Arm) -> dict:
+        key = self.key(config, arm)
+        if key not in self.data:
+            rows, _ = run_policy(replace(config, policies=(f"fixed:{arm.label}",)), f"fixed:{arm.label}")
+            self.data[key] = summarise(rows)[0]
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(json.dumps(self.data, indent=1))
+        return self.data[key]
 
 
 def main() -> None:
@@ -69,7 +134,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--test", type=int, default=10)
-    parser.add_argument("--hindsight-candidates", type=int, default=3)
+    parser.add_argument("--reference", default="fixed", choices=["fixed", "run"],
+                        help="hindsight candidates: a fixed list per family, or this run's GP favourites")  # fmt: skip
+    parser.add_argument("--reference-top", type=int, default=3, help="fixed: the shipped prior's favourites added")
+    parser.add_argument("--reference-cache", type=Path, default=Path("out/prior_campaigns_reference.json"))
+    parser.add_argument("--hindsight-candidates", type=int, default=3, help="run: how many favourites")
     parser.add_argument("--test-rank", default="mean", choices=["mean", "lcb"],
                         help="test rollout: posterior mean (the authors') or the interval's low end")  # fmt: skip
     parser.add_argument("--arm-kernels", nargs="+", default=["hamming"], choices=["hamming", "additive"])
@@ -78,6 +147,7 @@ def main() -> None:
     print("| family | seed | heuristic | online accumulated rel. L2 | test median rel. L2 | prior |")
     print("|---|---|---|---|---|---|")
     ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    cache = ReferenceCache(args.reference_cache if args.reference == "fixed" else None)
     for family in args.families:
         for seed in args.seeds:
             base = CampaignConfig(
@@ -101,10 +171,11 @@ def main() -> None:
                 rows, _ = run_policy(config, "ucb")
                 observed += rows
                 summaries[label] = summarise(rows)[0]
-            fixed = {}
-            for arm in hindsight_arms(base, observed, args.hindsight_candidates):
-                rows, _ = run_policy(replace(base, policies=(f"fixed:{arm.label}",)), f"fixed:{arm.label}")
-                fixed[arm.label] = summarise(rows)[0]
+            if args.reference == "fixed":
+                candidates = reference_arms(base, args.reference_top)
+            else:
+                candidates = hindsight_arms(base, observed, args.hindsight_candidates)
+            fixed = {arm.label: cache.summary(base, arm) for arm in candidates}
             label = min(fixed, key=lambda a: fixed[a]["online_accumulated_error"])
             tried = ", ".join(f"{a} {s['online_accumulated_error']:.3f}" for a, s in fixed.items())
             print(f"<!-- {family} seed {seed}: hindsight candidates {tried} -->", flush=True)

@@ -136,10 +136,11 @@ def budget_distance(profile: Mapping[str, Any], wanted: Mapping[str, Any]) -> fl
     return sum(abs(math.log1p(v) - math.log1p(profile.get(k) or 0)) for k, v in wanted.items() if v is not None)
 
 
-def for_budget(family: str, mode: str, profile: Mapping[str, Any]) -> Prior | None:
+def for_budget(family: str, mode: str, profile: Mapping[str, Any], folders: list[Path] | None = None) -> Prior | None:
     """The installed prior of (family, mode) built at the budget nearest to ``profile``'s
     (``BUDGET_KEYS``; a prior of several profiles counts its nearest), the newest among equals;
-    None when there is none or ``METALIC_PRIORS=off``."""
+    None when there is none or ``METALIC_PRIORS=off``. ``folders``: look only there (e.g.
+    ``[PACKAGE_DIR]``, what the package ships), not in the search path."""
     if not enabled():
         return None
     wanted = {k: profile.get(k) for k in BUDGET_KEYS}
@@ -148,4 +149,4 @@ def for_budget(family: str, mode: str, profile: Mapping[str, Any]) -> Prior | No
         built = prior.provenance.get("profiles") or [{}]
         return min(budget_distance(p, wanted) for p in built), -prior.version
 
-    return min((load(ref) for ref in installed(family, mode)), key=rank, default=None)
+    return min((_cached(path) for path in installed(family, mode, folders).values()), key=rank, default=None)
