@@ -140,18 +140,21 @@ def test_an_actor_killed_mid_batch_has_its_tasks_finish_on_a_new_one(sqlite_stor
 def test_a_restarted_dispatcher_finishes_what_was_running_and_refuses_the_late_results(sqlite_store, ray_address):
     store = sqlite_store
     ids = [task_store.submit(store, request(4.0 + i, "u", seed=i, adam=900))[0].id for i in range(2)]
+    # The second dispatcher's trainer is started first: a new executor waits for its trainer to
+    # import torch (seconds under load), and the first actor could finish its 900 iterations and
+    # record its (then still current) results before the second dispatcher's start requeues them.
+    second_executor = RayExecutor(store.url, settings())
     first = dispatcher(store, ray_address)
     with pytest.raises(DispatcherBusy):
         Dispatcher(store, None, settings())  # one dispatcher per store
     wait_until(lambda: states(store).get("running") == 2)
     first.stop(kill_workers=False)  # as if it crashed: its actor trains on, unaware
-    second = dispatcher(store, ray_address)
+    second = Dispatcher(store, second_executor, settings()).start()  # requeues at once
     try:
         wait_until(all_finished(store, 2))
         late = []
         wait_until(lambda: late.extend(first.executor.poll()) or bool(late))  # the first actor's report
         (_, payload, report) = late[0]
-        # (seen once under load: both lists empty; the report and payload say why next time)
         assert sorted(report.refused) == sorted(ids) and report.recorded == [], (report, payload.items)
         with store.read() as s:
             tasks = s.scalars(select(TaskRow).where(TaskRow.id.in_(ids))).all()
