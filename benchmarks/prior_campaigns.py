@@ -57,6 +57,7 @@ from metalic.bandit.engine import BanditEngine, Observation, prior_engine
 from metalic.campaign import CampaignConfig, points_for, run_policy, summarise
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
+from metalic.settings import resolve_device
 
 STANDARD_ARMS = ("flux", "u,flux", "u", "none", "all", "single-domain")  # issue 17's fixed arms
 # What a fixed arm's campaign depends on besides its config: the training code (not the bandit's).
@@ -92,7 +93,8 @@ def hindsight_arms(config: CampaignConfig, rows, k: int) -> list[Arm]:
 
 def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
     """``--reference fixed``: ``STANDARD_ARMS`` and the favourites of the shipped prior nearest
-    this budget (none when the package ships no prior of the family)."""
+    this budget (none when the package ships no prior of the family, or with ``METALIC_PRIORS=off``:
+    compare runs made under the same setting)."""
     arms = [Arm.parse(a) for a in STANDARD_ARMS]
     shipped = priors.for_budget(config.family, "single", config.request({}, NONE, seed=0).profile(),
                                 folders=[priors.PACKAGE_DIR])  # fmt: skip
@@ -108,13 +110,14 @@ class ReferenceCache:
     def __init__(self, path: Path | None):
         self.path = path
         self.data = json.loads(path.read_text()) if path is not None and path.exists() else {}
-        self.salt = f"{describe(torch.device('cpu'))}|{torch.__version__}|{training_code_hash()}"
+        self.code = training_code_hash()
 
     def key(self, config: CampaignConfig, arm: Arm) -> str:
         protocol = (config.family, config.seed, config.warmup, config.rounds, config.test, config.batch,
                     config.train.adam, config.train.lbfgs, config.pinn.n_collocation, config.pinn.n_boundary,
                     config.pinn.n_interface)  # fmt: skip
-        return f"{self.salt}|{protocol}|{arm.label}"
+        machine = describe(resolve_device(config.device))  # the CPU model, torch, and the GPU if one trains
+        return f"{machine}|{self.code}|{protocol}|{arm.label}"
 
     def summary(self, config: CampaignConfig, arm: Arm) -> dict:
         key = self.key(config, arm)
