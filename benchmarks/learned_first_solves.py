@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe
 
-FIXED = ("flux", "u,flux", "u", "none", "all", "single-domain")
+from metalic.arms import BASELINE_LABELS
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--adam", type=int, default=300)
     parser.add_argument("--lbfgs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fixed", nargs="+", default=list(FIXED))
+    parser.add_argument("--fixed", nargs="+", default=list(BASELINE_LABELS))
     parser.add_argument("--no-priors", action="store_true", help="leave out the learned solves on the prior")
     parser.add_argument("--earlier", type=int, nargs=2, default=None, metavar=("ADAM", "LBFGS"))
     parser.add_argument("--earlier-values", type=float, nargs="+", default=None)

@@ -52,14 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe
 
 from metalic import priors
-from metalic.arms import NONE, Arm, all_arms
+from metalic.arms import BASELINE_LABELS, NONE, Arm, all_arms
 from metalic.bandit.engine import BanditEngine, Observation, prior_engine
 from metalic.campaign import CampaignConfig, points_for, run_policy, summarise
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 from metalic.settings import resolve_device
 
-STANDARD_ARMS = ("flux", "u,flux", "u", "none", "all", "single-domain")  # issue 17's fixed arms
 # What a fixed arm's campaign depends on besides its config: the training code (not the bandit's).
 TRAINING_CODE = ("metalic/pinn", "metalic/families", "metalic/arms.py", "metalic/domain.py",
                  "metalic/conditions.py", "metalic/campaign.py")  # fmt: skip
@@ -92,10 +91,10 @@ def hindsight_arms(config: CampaignConfig, rows, k: int) -> list[Arm]:
 
 
 def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
-    """``--reference fixed``: ``STANDARD_ARMS`` and the favourites of the shipped prior nearest
+    """``--reference fixed``: ``BASELINE_LABELS`` and the favourites of the shipped prior nearest
     this budget (none when the package ships no prior of the family, or with ``METALIC_PRIORS=off``:
     compare runs made under the same setting)."""
-    arms = [Arm.parse(a) for a in STANDARD_ARMS]
+    arms = [Arm.parse(a) for a in BASELINE_LABELS]
     shipped = priors.for_budget(config.family, "single", config.request({}, NONE, seed=0).profile(),
                                 folders=[priors.PACKAGE_DIR])  # fmt: skip
     if shipped is not None and k > 0:

@@ -145,6 +145,9 @@ class Arm:
 NONE = Arm(0)
 ALL = Arm(2**N_TERMS - 1)
 SINGLE = Arm(0, True)
+# The fixed arms a learned policy is measured against (issue 17, the benchmarks): the flux and
+# solution continuity the literature starts from, no term, every term, one network.
+BASELINE_LABELS: tuple[str, ...] = ("flux", "u,flux", "u", "none", "all", SINGLE_NETWORK_LABEL)
 
 
 def _parse(spec: str | Sequence[int] | int | Arm) -> Arm:
@@ -224,6 +227,13 @@ def arm_set(recipe_flags: tuple[str, ...] = ()) -> tuple[Arm, ...]:
     if recipe_flags != RECIPE_FLAGS[: len(recipe_flags)]:
         raise ValueError(f"recipe bits must be a prefix of {RECIPE_FLAGS}, got {recipe_flags}")
     return tuple(Arm.from_index(i) for i in range(N_BASE * 2 ** len(recipe_flags)))
+
+
+def design_arms() -> tuple[Arm, ...]:
+    """A warm-up design that shows a GP each term's effect alone beside the baselines (13 arms):
+    no term, each of the nine terms alone, then ``BASELINE_LABELS`` not yet among them."""
+    arms = [NONE, *(Arm(1 << i) for i in range(N_TERMS))]
+    return tuple(arms + [a for a in map(Arm.parse, BASELINE_LABELS) if a not in arms])
 
 
 @cache

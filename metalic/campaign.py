@@ -1,9 +1,10 @@
 """Campaigns: the authors' protocol as a plan of steps, each step trained as shared batches.
 
-For each policy (a campaign's "heuristics"): ``warmup`` rounds with random arms, then ``rounds``
-online rounds on parameters drawn uniformly (one seeded sequence, the same for every policy),
-each suggestion pending-aware within its chunk of ``batch`` rounds; then a test rollout on
-``test`` held-out parameter points with the posterior-mean arm (random arms for ``random``).
+For each policy (a campaign's "heuristics"): ``warmup`` rounds with random arms (or the config's
+``warmup_arms`` in turn), then ``rounds`` online rounds on parameters drawn uniformly (one seeded
+sequence, the same for every policy), each suggestion pending-aware within its chunk of
+``batch`` rounds; then a test rollout on ``test`` held-out parameter points with the
+posterior-mean arm (random arms for ``random``).
 ``fixed:`` uses its arm in every round, warm-up included. The policy ``single-domain`` trains
 one network over the whole domain (no interface) as a baseline.
 
@@ -66,6 +67,9 @@ class CampaignConfig:
     # The test rollout's ranking (engine.RANKINGS): the authors' posterior mean, or the interval's
     # pessimistic end, as the service recommends.
     test_rank: str = "mean"
+    # The warm-up's arms, in turn over its contexts (labels; ``arms.design_arms()`` is one design),
+    # instead of random ones. A sequential warm-up keeps each arm through both phases.
+    warmup_arms: tuple[str, ...] = ()
 
     def validate(self) -> None:
         get_family(self.family)  # ValueError naming the known families
@@ -89,6 +93,8 @@ class CampaignConfig:
             raise ValueError(f"test_rank: must be one of {', '.join(RANKINGS)}, got {self.test_rank!r}")
         if self.arm_kernel not in ARM_KERNELS:
             raise ValueError(f"arm_kernel: must be one of {', '.join(ARM_KERNELS)}, got {self.arm_kernel!r}")
+        for label in self.warmup_arms:
+            Arm.parse(label, field="warmup_arms")
         for name in ("warmup", "rounds", "test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be non-negative, got {getattr(self, name)}")
@@ -122,6 +128,7 @@ class CampaignConfig:
             train["causal"] = CausalSchedule(eps=tuple(causal["eps"]), tol=causal["tol"])
         d["train"] = TrainConfig(**train)
         d["learns"] = tuple(d.get("learns", ()))
+        d["warmup_arms"] = tuple(d.get("warmup_arms", ()))
         pinn = dict(d["pinn"])
         pinn["layers"] = None if pinn.get("layers") is None else tuple(pinn["layers"])
         d["pinn"] = PinnConfig(**pinn)
@@ -251,7 +258,11 @@ class CampaignPlan:
         config.validate()
         self.config = config
         self.online, self.test = points_for(config)
-        self.warm_arms = _random_arms(config.warmup, config.seed + 1, config.learns)
+        if config.warmup_arms:
+            design = [Arm.parse(label) for label in config.warmup_arms]
+            self.warm_arms = [(design[i % len(design)],) * 2 for i in range(config.warmup)]
+        else:
+            self.warm_arms = _random_arms(config.warmup, config.seed + 1, config.learns)
         self.test_arms = _random_arms(config.test, config.seed + 2, config.learns)  # the random policy's test rollout
         self.policies: dict[str, Policy] = {p: parse_policy(p, config.ucb_schedule) for p in config.policies}
         self.learning = [name for name, p in self.policies.items() if p.learns]

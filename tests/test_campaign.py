@@ -112,6 +112,7 @@ def test_single_domain_baseline_runs_one_network():
         (["--mode", "parallel"], "mode"),
         (["--batch", "0"], "batch"),
         (["--rounds", "-1"], "rounds"),
+        (["--warmup-arms", "u", "u,nope"], "warmup_arms: unknown interface term 'nope'"),
     ],
 )
 def test_campaign_cli_bad_input(args, message, tmp_path, capsys, monkeypatch):
@@ -153,7 +154,8 @@ def test_a_campaign_config_survives_its_stored_form():
         train=replace(TOY.train, causal=CausalSchedule(eps=(0.1, 1.0)), march=True),
         pinn=replace(TOY.pinn, causal_chunks=8, subdomains=3),
     )
-    for config in (TOY, replace(TOY, pinn=replace(TOY.pinn, layers=(2, 8, 8, 1))), learner):
+    designed = replace(TOY, warmup_arms=("u", "u,flux", "single-domain"))
+    for config in (TOY, replace(TOY, pinn=replace(TOY.pinn, layers=(2, 8, 8, 1))), learner, designed):
         stored = json.loads(json.dumps(config.to_dict()))
         assert CampaignConfig.from_dict(stored) == config
     older = json.loads(json.dumps(TOY.to_dict()))  # configs stored before policies had that name
@@ -235,3 +237,24 @@ def test_the_test_rollout_ranks_as_the_config_says():
     assert chosen["mean"] != chosen["lcb"] == Arm.parse("flux")
     with pytest.raises(ValueError, match="test_rank"):
         replace(TOY, test_rank="best").validate()
+
+
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_a_designed_warm_up_trains_its_arms_in_turn(mode):
+    """``warmup_arms`` replaces the random warm-up arms: the design's arms in turn over the warm-up
+    contexts (both phases of a sequential run), then the online rounds as before; the design of
+    ``metalic prior build --warmup-arms design`` is every term alone beside the baselines."""
+    from metalic.arms import BASELINE_LABELS, N_TERMS, Arm, design_arms
+
+    design = design_arms()
+    assert {Arm.parse(label) for label in BASELINE_LABELS} <= set(design)
+    assert {Arm(1 << i) for i in range(N_TERMS)} <= set(design) and len(set(design)) == len(design) == 13
+    labels = ("u", "u,flux", "single-domain")
+    plan = CampaignPlan(replace(TOY, mode=mode, warmup=5, warmup_arms=labels))
+    warm = [run for step in plan.steps() if step.stage == "warmup" for run in plan.runs(step, plan.new_engines())]
+    assert [run.arm_adam.label for run in warm] == ["u", "u,flux", "single-domain", "u", "u,flux"]
+    if mode == "sequential":
+        assert [run.arm_lbfgs for run in warm] == [run.arm_adam for run in warm]
+    random = CampaignPlan(replace(TOY, mode=mode, warmup=5))
+    assert [run.arm_adam for step in random.steps() if step.stage == "warmup"
+            for run in random.runs(step, random.new_engines())] != [run.arm_adam for run in warm]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,9 @@ def _campaign_options(p, *, warmup: int, rounds: int, test: int, adam: int, lbfg
     p.add_argument("family")
     p.add_argument("--mode", default="single", help="single or sequential")
     p.add_argument("--warmup", type=int, default=warmup, help="random-arm rounds first")
+    p.add_argument("--warmup-arms", nargs="+", default=None, metavar="ARM",
+                   help="the warm-up's arms in turn instead of random ones: labels, or 'design' "
+                        "(no term, each term alone, the baseline arms)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=rounds, help="online rounds after the warm-up")
     p.add_argument("--test", type=int, default=test, help="held-out rounds at the best-predicted arm")
     p.add_argument("--adam", type=int, default=adam)
@@ -255,6 +259,7 @@ def _campaign_config(args: argparse.Namespace):
             prior=_prior_ref(args.family, args.mode, getattr(args, "prior", None)),
             learns=tuple(getattr(args, "learn", None) or ()),
             arm_kernel=getattr(args, "arm_kernel", "hamming"),
+            warmup_arms=_warmup_arms(args.warmup_arms),
         )
         config.validate()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
@@ -266,6 +271,15 @@ def _campaign_config(args: argparse.Namespace):
     return config
 
 
+def _warmup_arms(given: list[str] | None) -> tuple[str, ...]:
+    """--warmup-arms as arm labels ('design': ``arms.design_arms()``)."""
+    from metalic.arms import design_arms
+
+    if given == ["design"]:
+        return tuple(arm.label for arm in design_arms())
+    return tuple(given or ())
+
+
 def _build_command(args: argparse.Namespace) -> str:
     """The build as a command line, every option spelled out (what reproduces it)."""
     words = ["metalic", "prior", "build", args.family]
@@ -274,6 +288,8 @@ def _build_command(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value is not None:
             words += [f"--{name.replace('_', '-')}", str(value)]
+    if args.warmup_arms:
+        words += ["--warmup-arms", *map(shlex.quote, args.warmup_arms)]
     return " ".join(words)
 
 
