@@ -255,6 +255,9 @@ class CampaignBody(BaseModel):
     arm_kernel: Literal["hamming", "additive"] = Field(
         "hamming", description="the bandit's kernel on the term bits: the authors' (hamming) or with per-term effects"
     )
+    warmup_arms: list[str] = Field(
+        default_factory=list, max_length=64, description="the warm-up's arms in turn instead of random ones (labels)"
+    )
 
     # field by field (pydantic reports every bad field at once), in the words of CampaignConfig
     @field_validator("warmup", "rounds", "test")

@@ -194,6 +194,7 @@ def test_tokens_and_roles(api):
         ("/v1/campaigns", {"family": "heat", "learns": ["march"]}, 422, ["body", "learns"], "recipe bits are"),
         ("/v1/campaigns", {"family": "heat", "recipe": {"causal": True}}, 422, ["body", "recipe"], "learns"),
         ("/v1/campaigns", {"family": "heat", "arm_kernel": "linear"}, 422, ["body", "arm_kernel"], "hamming"),
+        ("/v1/campaigns", {"family": "heat", "warmup_arms": ["u", "nope"]}, 422, ["body", "warmup_arms"], "'nope'"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(api, path, payload, status, loc, message):

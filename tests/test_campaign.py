@@ -258,3 +258,25 @@ def test_a_designed_warm_up_trains_its_arms_in_turn(mode):
     random = CampaignPlan(replace(TOY, mode=mode, warmup=5))
     assert [run.arm_adam for step in random.steps() if step.stage == "warmup"
             for run in random.runs(step, random.new_engines())] != [run.arm_adam for run in warm]  # fmt: skip
+
+
+def test_a_campaign_posted_with_a_designed_warm_up_keeps_it(sqlite_store):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings
+    from metalic.store import campaigns as campaign_store
+    from metalic.store import tokens as token_store
+
+    client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
+    admin, _ = token_store.create(sqlite_store, "root", "admin")
+    body = {"family": "heat", "warmup": 3, "rounds": 0, "test": 0, "warmup_arms": ["u", "u,flux"]}
+    r = client.post("/v1/campaigns", json=body, headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code in (200, 201, 202), r.text
+    (camp,) = campaign_store.list_campaigns(sqlite_store)
+    config = CampaignConfig.from_dict(camp.config)
+    assert config.warmup_arms == ("u", "u,flux")
+    plan = CampaignPlan(config)
+    assert [run.arm_adam.label for step in plan.steps() for run in plan.runs(step, plan.new_engines())] == [
+        "u", "u,flux", "u"]  # fmt: skip

@@ -85,6 +85,7 @@ def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
             prior=body.prior,
             learns=tuple(body.learns),
             arm_kernel=body.arm_kernel,
+            warmup_arms=tuple(body.warmup_arms),
         )
         if body.recipe.causal:
             raise ValueError("recipe: a campaign's causal runs are its arms' (learns: [causal]), not every run's")
