@@ -456,7 +456,8 @@ def test_a_study_at_a_new_budget_starts_from_the_study_at_the_nearest_budget(sto
 def test_a_new_study_starts_from_the_prior_built_nearest_to_its_budget(sqlite_store, tmp_path, monkeypatch):
     """Two installed priors of one family, built at 300 + 200 (1000 points) and at 200 + 300 (300
     points, a newer version): a study, and the recommendation before any study, take the one
-    built nearest to the budget in log iterations and points; the newer one only among equals."""
+    built nearest to the budget in log iterations and points; the newer one only among equals.
+    Versions from 101 up, above the package's own (which stay on the search path)."""
     from dataclasses import replace
 
     from metalic.jobs import SolveRequest
@@ -465,29 +466,29 @@ def test_a_new_study_starts_from_the_prior_built_nearest_to_its_budget(sqlite_st
 
     folder = tmp_path / "priors"
     folder.mkdir()
-    for version, (adam, lbfgs, points) in ((1, (300, 200, 1000)), (2, (200, 300, 300)), (3, (300, 200, 1000))):
+    for version, (adam, lbfgs, points) in ((101, (300, 200, 1000)), (102, (200, 300, 300)), (103, (300, 200, 1000))):
         made = prior_of(8, seed=version)
         made = replace(
             made, version=version, provenance={"profiles": [{"adam": adam, "lbfgs": lbfgs, "collocation": points}]}
         )
-        if version != 3:
+        if version != 103:
             (folder / f"{made.ref}.json").write_text(json.dumps(made.to_json()))
     monkeypatch.setenv("METALIC_PRIORS", "on")
     monkeypatch.setenv("METALIC_PRIOR_PATH", str(folder))
     get_settings.cache_clear()
     try:
-        assert priors.for_budget("advection", "single", {"adam": 250, "lbfgs": 250, "collocation": 900}).version == 1
-        assert priors.for_budget("advection", "single", {"adam": 200, "lbfgs": 300, "collocation": 300}).version == 2
-        assert priors.newest("advection", "single") == "advection-single-v2"
+        assert priors.for_budget("advection", "single", {"adam": 250, "lbfgs": 250, "collocation": 900}).version == 101
+        assert priors.for_budget("advection", "single", {"adam": 200, "lbfgs": 300, "collocation": 300}).version == 102
+        assert priors.newest("advection", "single") == "advection-single-v102"
         with sqlite_store.write() as s:
-            for (adam, lbfgs, points), want in (((1000, 1000, 1000), "advection-single-v1"),
-                                                ((150, 400, 200), "advection-single-v2")):  # fmt: skip
+            for (adam, lbfgs, points), want in (((1000, 1000, 1000), "advection-single-v101"),
+                                                ((150, 400, 200), "advection-single-v102")):  # fmt: skip
                 request = SolveRequest(
                     family="advection", params={"beta": 3.0}, adam=adam, lbfgs=lbfgs, collocation=points
                 )
                 assert study_store.study_for_request(s, request).prior == want
-        (folder / "advection-single-v3.json").write_text(json.dumps(made.to_json()))  # v1's budget, newer
-        assert priors.for_budget("advection", "single", {"adam": 300, "lbfgs": 200, "collocation": 1000}).version == 3
+        (folder / "advection-single-v103.json").write_text(json.dumps(made.to_json()))  # v1's budget, newer
+        assert priors.for_budget("advection", "single", {"adam": 300, "lbfgs": 200, "collocation": 1000}).version == 103
         monkeypatch.setenv("METALIC_PRIORS", "off")
         get_settings.cache_clear()
         assert priors.for_budget("advection", "single", {"adam": 300}) is None
