@@ -94,7 +94,8 @@ class CampaignConfig:
         if self.arm_kernel not in ARM_KERNELS:
             raise ValueError(f"arm_kernel: must be one of {', '.join(ARM_KERNELS)}, got {self.arm_kernel!r}")
         for label in self.warmup_arms:
-            Arm.parse(label, field="warmup_arms")
+            if Arm.parse(label, field="warmup_arms") not in arm_set(self.learns):
+                raise ValueError(f"warmup_arms: {label} has a recipe bit the campaign does not learn")
         for name in ("warmup", "rounds", "test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be non-negative, got {getattr(self, name)}")

@@ -113,6 +113,7 @@ def test_single_domain_baseline_runs_one_network():
         (["--batch", "0"], "batch"),
         (["--rounds", "-1"], "rounds"),
         (["--warmup-arms", "u", "u,nope"], "warmup_arms: unknown interface term 'nope'"),
+        (["--warmup-arms", "u+causal"], "warmup_arms: u+causal has a recipe bit"),
     ],
 )
 def test_campaign_cli_bad_input(args, message, tmp_path, capsys, monkeypatch):

@@ -53,7 +53,7 @@ def _campaign_options(p, *, warmup: int, rounds: int, test: int, adam: int, lbfg
     """The options of a campaign (``metalic campaign``, and the one ``metalic prior build`` runs)."""
     p.add_argument("family")
     p.add_argument("--mode", default="single", help="single or sequential")
-    p.add_argument("--warmup", type=int, default=warmup, help="random-arm rounds first")
+    p.add_argument("--warmup", type=int, default=warmup, help="warm-up rounds first (random arms unless --warmup-arms)")
     p.add_argument("--warmup-arms", nargs="+", default=None, metavar="ARM",
                    help="the warm-up's arms in turn instead of random ones: labels, or 'design' "
                         "(no term, each term alone, the baseline arms)")  # fmt: skip
