@@ -256,7 +256,9 @@ class CampaignBody(BaseModel):
         "hamming", description="the bandit's kernel on the term bits: the authors' (hamming) or with per-term effects"
     )
     warmup_arms: list[str] = Field(
-        default_factory=list, max_length=64, description="the warm-up's arms in turn instead of random ones (labels)"
+        default_factory=list,
+        max_length=64,
+        description="the warm-up's arms in turn instead of random ones: labels, or ['design']",
     )
 
     # field by field (pydantic reports every bad field at once), in the words of CampaignConfig

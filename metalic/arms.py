@@ -236,6 +236,14 @@ def design_arms() -> tuple[Arm, ...]:
     return tuple(arms + [a for a in map(Arm.parse, BASELINE_LABELS) if a not in arms])
 
 
+def warmup_labels(given: Sequence[str]) -> tuple[str, ...]:
+    """A campaign's ``warmup_arms`` as asked (CLI ``--warmup-arms``, REST ``warmup_arms``): arm
+    labels as given, or ``["design"]`` for ``design_arms()``."""
+    if list(given) == ["design"]:
+        return tuple(arm.label for arm in design_arms())
+    return tuple(given)
+
+
 @cache
 def split_arms() -> tuple[Arm, ...]:
     """The 512 term subsets (the arms an L-BFGS phase of a split training can take)."""

@@ -262,22 +262,30 @@ def test_a_designed_warm_up_trains_its_arms_in_turn(mode):
 
 
 def test_a_campaign_posted_with_a_designed_warm_up_keeps_it(sqlite_store):
+    """The REST body's ``warmup_arms`` reaches the stored config and the plan; ``["design"]`` is
+    ``arms.design_arms()``, as on the CLI."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app
     from api.service import Service
+    from metalic.arms import design_arms
     from metalic.settings import Settings
     from metalic.store import campaigns as campaign_store
     from metalic.store import tokens as token_store
 
     client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
     admin, _ = token_store.create(sqlite_store, "root", "admin")
+    auth = {"Authorization": f"Bearer {admin}"}
     body = {"family": "heat", "warmup": 3, "rounds": 0, "test": 0, "warmup_arms": ["u", "u,flux"]}
-    r = client.post("/v1/campaigns", json=body, headers={"Authorization": f"Bearer {admin}"})
-    assert r.status_code in (200, 201, 202), r.text
+    r = client.post("/v1/campaigns", json=body, headers=auth)
+    assert r.status_code == 202, r.text
     (camp,) = campaign_store.list_campaigns(sqlite_store)
     config = CampaignConfig.from_dict(camp.config)
     assert config.warmup_arms == ("u", "u,flux")
     plan = CampaignPlan(config)
     assert [run.arm_adam.label for step in plan.steps() for run in plan.runs(step, plan.new_engines())] == [
         "u", "u,flux", "u"]  # fmt: skip
+    r = client.post("/v1/campaigns", json={**body, "warmup_arms": ["design"]}, headers=auth)
+    assert r.status_code == 202, r.text
+    designed = next(c for c in campaign_store.list_campaigns(sqlite_store) if c.id == r.json()["id"])
+    assert CampaignConfig.from_dict(designed.config).warmup_arms == tuple(a.label for a in design_arms())

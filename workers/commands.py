@@ -225,6 +225,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 def _campaign_config(args: argparse.Namespace):
     """The validated campaign of the command line (UsageError naming the bad flag)."""
+    from metalic.arms import warmup_labels
     from metalic.campaign import CampaignConfig
     from metalic.pinn.causal import DEFAULT_CHUNKS, CausalSchedule
     from metalic.pinn.problem import PinnConfig
@@ -259,7 +260,7 @@ def _campaign_config(args: argparse.Namespace):
             prior=_prior_ref(args.family, args.mode, getattr(args, "prior", None)),
             learns=tuple(getattr(args, "learn", None) or ()),
             arm_kernel=getattr(args, "arm_kernel", "hamming"),
-            warmup_arms=_warmup_arms(args.warmup_arms),
+            warmup_arms=warmup_labels(args.warmup_arms or ()),
         )
         config.validate()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
@@ -269,15 +270,6 @@ def _campaign_config(args: argparse.Namespace):
     if not args.out.parent.exists():
         raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     return config
-
-
-def _warmup_arms(given: list[str] | None) -> tuple[str, ...]:
-    """--warmup-arms as arm labels ('design': ``arms.design_arms()``)."""
-    from metalic.arms import design_arms
-
-    if given == ["design"]:
-        return tuple(arm.label for arm in design_arms())
-    return tuple(given or ())
 
 
 def _build_command(args: argparse.Namespace) -> str:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from api.auth import Admin
 from api.schemas import CampaignBody, CampaignOut, Id, Problem, StudyOut, WorkerOut
+from metalic.arms import warmup_labels
 from metalic.campaign import CampaignConfig, summarise
 from metalic.pinn.causal import CausalSchedule
 from metalic.pinn.problem import PinnConfig
@@ -85,7 +86,7 @@ def create_campaign(service, body: CampaignBody, owner: str) -> CampaignRecord:
             prior=body.prior,
             learns=tuple(body.learns),
             arm_kernel=body.arm_kernel,
-            warmup_arms=tuple(body.warmup_arms),
+            warmup_arms=warmup_labels(body.warmup_arms),
         )
         if body.recipe.causal:
             raise ValueError("recipe: a campaign's causal runs are its arms' (learns: [causal]), not every run's")
