@@ -147,6 +147,9 @@ class ResultOut(BaseModel):
     adam_iterations: int
     lbfgs_iterations: int
     lbfgs_stop: str
+    lbfgs_rejected: int = Field(
+        0, description="L-BFGS steps undone by the step guard (each raised the loss 10x or to NaN)"
+    )
     loss: float | None
     seconds: float = Field(description="this task's share of its batch's wall time")
     batch_size: int

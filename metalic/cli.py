@@ -271,7 +271,9 @@ def _print_result(request, result, wall: float, device) -> None:
     at = outcome["diverged_at"]
     print(f"status      {result.status}" + (f" at {at}" if at else ""))
     its = f"adam {outcome['adam_iterations']}, lbfgs {outcome['lbfgs_iterations']}"
-    print(f"iterations  {its} (stop: {outcome['lbfgs_stop']})")
+    rejected = outcome.get("lbfgs_rejected", 0)
+    guard = f", {rejected} L-BFGS step(s) undone by the guard" if rejected else ""
+    print(f"iterations  {its} (stop: {outcome['lbfgs_stop']}{guard})")
     print(f"loss        {outcome['loss']:.4e}")
     print(f"rel L2      {result.rel_l2:.4e}")
     print(f"max error   {result.max_abs:.4e}")

@@ -256,12 +256,13 @@ def test_a_diverged_run_is_an_outcome_and_the_others_are_untouched():
 
 
 def test_blow_up_in_lbfgs_is_caught_and_reverted():
+    """Without the step guard (``lbfgs_guard=0``, torch's fixed step)."""
     fam = get_family("advection")
     batch = train_batch(
         fam,
         [RunSpec({"beta": 5.0}, "u", seed=0)],
         SMALL,
-        TrainConfig(adam=0, lbfgs=5, lbfgs_lr=1e9, compile=False),
+        TrainConfig(adam=0, lbfgs=5, lbfgs_lr=1e9, compile=False, lbfgs_guard=0),
         device="cpu",
     )
     out = batch.outcomes[0]
@@ -274,11 +275,78 @@ def test_blow_up_in_lbfgs_is_caught_and_reverted():
         fam,
         [RunSpec({"beta": 5.0}, "u", seed=0)],
         SMALL,
-        TrainConfig(adam=0, lbfgs=bad - 1, lbfgs_lr=1e9, compile=False),
+        TrainConfig(adam=0, lbfgs=bad - 1, lbfgs_lr=1e9, compile=False, lbfgs_guard=0),
         device="cpu",
     )
     assert before.outcomes[0].status == "ok"
     torch.testing.assert_close(batch.net.theta, before.net.theta, rtol=0, atol=0)
+
+
+def test_the_step_guard_turns_the_same_blow_up_into_a_training_that_keeps_its_weights():
+    """The default guard undoes every step that throws the loss up and shrinks the step until
+    one is accepted or it gives up: the run ends ``ok``, with a loss no higher than at the start."""
+    fam = get_family("advection")
+    spec = [RunSpec({"beta": 5.0}, "u", seed=0)]
+    batch = train_batch(fam, spec, SMALL, TrainConfig(adam=0, lbfgs=40, lbfgs_lr=1e9, compile=False), device="cpu")
+    out = batch.outcomes[0]
+    start = train_batch(fam, spec, SMALL, TrainConfig(adam=0, lbfgs=0, compile=False), device="cpu").outcomes[0]
+    assert out.status == "ok" and out.diverged_at is None
+    assert out.lbfgs_rejected >= 13  # 1e9 needs at least 13 halvings of the step
+    assert math.isfinite(out.loss) and out.loss <= start.loss
+
+
+@pytest.mark.parametrize(
+    "compile_steps", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"]
+)
+def test_the_step_guard_keeps_lbfgs_from_diverging_where_a_fixed_step_does(compile_steps):
+    """Rosenbrock (scale 100) from 16 starts at lr 0.5, no line search: a fixed step throws run 9
+    to a loss of 1e245; with the guard every run converges, and the runs whose steps were never
+    rejected are bit-identical to torch's algorithm."""
+    torch.manual_seed(0)
+    start = torch.randn(16, 6, dtype=torch.float64) * 1.5
+    scale = torch.full((16,), 100.0, dtype=torch.float64)
+
+    def closure(theta):
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_(True)
+            loss = _rosenbrock(t, scale)
+            (g,) = torch.autograd.grad(loss.sum(), t)
+        return loss.detach(), g
+
+    fixed, guarded = start.clone(), start.clone()
+    plain = batched_lbfgs(closure, fixed, 500, lr=0.5, history=10, compile_steps=compile_steps)
+    guard = batched_lbfgs(closure, guarded, 500, lr=0.5, history=10, step_guard=10.0, compile_steps=compile_steps)
+    assert plain.reasons[9] == "diverged" and plain.rejected is None
+    assert "diverged" not in guard.reasons and guard.rejected[9] > 0
+    assert float(_rosenbrock(guarded, scale).max()) < 4.5  # two runs end at the saddle-ish f = 4
+    assert float(_rosenbrock(guarded[9:10], scale[9:10])[0]) < 1e-10
+    untouched = [k for k in range(16) if guard.rejected[k] == 0]
+    assert len(untouched) >= 8
+    assert torch.equal(guarded[untouched], fixed[untouched])
+
+
+def test_a_run_whose_every_step_is_rejected_gives_up_where_it_started():
+    """A loss that is NaN anywhere but at the start: every step is undone and halved; after 13
+    halvings the run stops ``step_rejected`` on its starting weights, and its batch-mate (an
+    ordinary quadratic) is not disturbed."""
+    from metalic.pinn.lbfgs import GIVE_UP_HALVINGS, STEP_REJECTED
+
+    start = torch.tensor([[0.5, -0.5], [0.5, -0.5]], dtype=torch.float64)
+
+    def closure(x):
+        loss = ((x - 1.0) ** 2).sum(1)
+        g = 2 * (x - 1.0)
+        moved = (x != start).any(1)
+        trap = torch.tensor([True, False]) & moved
+        return torch.where(trap, math.nan, loss), torch.where(trap[:, None], math.nan, g)
+
+    x = start.clone()
+    result = batched_lbfgs(closure, x, 100, lr=1.0, history=5, step_guard=10.0)
+    assert result.reasons[0] == STEP_REJECTED
+    assert result.rejected[0] == GIVE_UP_HALVINGS + 1 == result.iterations[0]
+    assert torch.equal(x[0], start[0])
+    assert result.reasons[1] != STEP_REJECTED and result.rejected[1] == 0
+    assert float((x[1] - 1.0).abs().max()) < 1e-8
 
 
 def test_reward_is_capped():

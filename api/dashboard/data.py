@@ -226,6 +226,7 @@ def task_detail(store, task_id: int, since: int = 0) -> dict[str, Any] | None:
             "status": result.get("status"),
             "seconds": _num(result.get("seconds")),
             "lbfgs_stop": outcome.get("lbfgs_stop"),
+            "lbfgs_rejected": outcome.get("lbfgs_rejected", 0),
             "reward_adam": _num(reward_adam),
             "mode": t.request.get("mode"),
         }

@@ -61,6 +61,7 @@ def result_out(summary: dict) -> ResultOut:
         adam_iterations=o["adam_iterations"],
         lbfgs_iterations=o["lbfgs_iterations"],
         lbfgs_stop=o["lbfgs_stop"],
+        lbfgs_rejected=o.get("lbfgs_rejected", 0),
         loss=o["loss"],
         seconds=r.seconds,
         batch_size=r.batch_size,

@@ -4,6 +4,15 @@ Per run, this is the algorithm of ``torch.optim.LBFGS`` without line search (fix
 first step scaled by min(1, 1/|g|_1)), with the same curvature test, history and stopping
 tolerances, so a batch of one reproduces it. Each run keeps its own history, step and stop
 reason; a stopped run's weights stay fixed while the others continue.
+
+A fixed step has no defence against a step that lands far uphill: on a stiff PINN loss one such
+step can throw a run's loss up by orders of magnitude, or to NaN, after which it never recovers
+(``docs/results.md``: every diverged training of the campaign benchmarks diverged that way, in
+L-BFGS). ``step_guard`` > 0 rejects a step whose loss is non-finite or above ``step_guard`` times
+the loss before it: the run goes back to where it was, forgets its curvature pairs (a restart,
+scaled as torch's first step) and halves its step; an accepted step doubles it back towards
+``lr``. A run whose step falls below lr / 2**``GIVE_UP_HALVINGS`` stops ``step_rejected`` with
+its last accepted weights. ``step_guard = 0`` is torch's algorithm exactly.
 """
 
 from __future__ import annotations
@@ -23,12 +32,16 @@ TOL_LOSS = "tolerance_change_loss"
 NO_DESCENT = "no_descent_direction"
 DIVERGED = "diverged"
 CANCELLED = "cancelled"
+STEP_REJECTED = "step_rejected"  # the guard shrank the step below lr / 2**GIVE_UP_HALVINGS
+
+GIVE_UP_HALVINGS = 12  # a guarded run stops once its step is below lr / 2**12
 
 
 @dataclass
 class LbfgsResult:
-    iterations: list[int]  # iterations performed per run
+    iterations: list[int]  # iterations performed per run (rejected steps included)
     reasons: list[str]  # why each run stopped
+    rejected: list[int] | None = None  # steps the guard rejected per run (None: no guard)
 
 
 def _inverse_hessian_times(
@@ -73,12 +86,13 @@ def _inverse_hessian_times(
 def _propose(
     g: Tensor, prev_g: Tensor, d: Tensor, t: Tensor, theta: Tensor, ys_hist: Tensor, ss_hist: Tensor, head: Tensor,
     count: Tensor, h_diag: Tensor, active: Tensor, reason: Tensor, iterations: Tensor, it: Tensor, lr: float,
-    tolerance_change: float, stored: int,
+    tolerance_change: float, stored: int, scale: Tensor,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """Iteration ``it`` > 1 up to the closure: the last step's curvature pair into the history (the
     free ring slot at ``head``, written unconditionally; only an accepted pair advances ``head``),
     the new direction, the descent test and the step, taken on ``theta`` in place. Tensors in,
     tensors out, so that it can be compiled as one graph (``stored`` is then the history size).
+    ``scale`` [K]: each run's step as a fraction of ``lr`` (all 1 without the guard).
     Returns (d, t, step, before, active, reason, iterations, head, count, h_diag)."""
     history = ys_hist.shape[1] - 1
     rows = torch.arange(g.shape[0], device=g.device)
@@ -93,7 +107,7 @@ def _propose(
     count = torch.where(accept, (count + 1).clamp_max(history), count)
     direction = _inverse_hessian_times(g, ss_hist, ys_hist, head, count, h_diag, stored)
     d = torch.where(active[:, None], -direction, d)
-    t = torch.full_like(t, lr)
+    t = lr * scale
     return (d, t, *_take_step(g, d, t, theta, active, reason, iterations, it, tolerance_change), head, count, h_diag)
 
 
@@ -133,6 +147,33 @@ def _settle(
     return active & ~ended, torch.where(ended, code, reason), iterations
 
 
+def _guarded_settle(
+    theta: Tensor, before: Tensor, loss: Tensor, g: Tensor, prev_loss: Tensor, prev_g: Tensor, step: Tensor,
+    active: Tensor, reason: Tensor, iterations: Tensor, it: Tensor, tolerance_grad: float, tolerance_change: float,
+    scale: Tensor, count: Tensor, h_diag: Tensor, rejected: Tensor, step_guard: float,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """``_settle`` behind the step guard: a step whose loss is non-finite or above ``step_guard``
+    times the loss before it is undone (``theta``, loss and gradient back to ``before``), the run's
+    curvature pairs are dropped with ``h_diag`` set to torch's first-step scale min(1, 1/|g|_1),
+    and its step is halved; an accepted step doubles it, up to 1. A rejected run stays active
+    unless its step has fallen below 2**-GIVE_UP_HALVINGS, then it stops ``step_rejected``.
+    Returns (loss, g, active, reason, iterations, scale, count, h_diag, rejected)."""
+    bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1) | (loss > step_guard * prev_loss))
+    theta.copy_(torch.where(bad[:, None], before, theta))
+    loss = torch.where(bad, prev_loss, loss)
+    g = torch.where(bad[:, None], prev_g, g)
+    restart = torch.clamp(1.0 / prev_g.abs().sum(-1), max=1.0)
+    count = torch.where(bad, 0, count)
+    h_diag = torch.where(bad, restart, h_diag)
+    scale = torch.where(bad, scale * 0.5, torch.where(active, (scale * 2.0).clamp_max(1.0), scale))
+    rejected = rejected + bad.to(rejected.dtype)
+    active, reason, iterations = _settle(theta, before, loss, g, prev_loss, step, active, reason, iterations, it,
+                                         tolerance_grad, tolerance_change)  # fmt: skip
+    give_up = bad & (scale < 2.0**-GIVE_UP_HALVINGS)
+    reason = torch.where(bad, torch.where(give_up, _CODE[STEP_REJECTED], 0), reason)  # not a tolerance stop
+    return loss, g, active | (bad & ~give_up), reason, iterations, scale, count, h_diag, rejected
+
+
 def batched_lbfgs(
     closure: Callable[[Tensor], tuple[Tensor, Tensor]],
     theta: Tensor,
@@ -145,6 +186,7 @@ def batched_lbfgs(
     callback: Callable[[int, Tensor], Tensor | None] | None = None,
     check_every: int = 25,
     compile_steps: bool = False,
+    step_guard: float = 0.0,
 ) -> LbfgsResult:
     """Minimise in place. ``theta`` [K, n]; ``closure(theta) -> (loss [K], grad [K, n])``.
 
@@ -162,6 +204,9 @@ def batched_lbfgs(
     ``compile_steps``: run the work around the closure (history, direction, step; the checks
     after it) as two ``torch.compile``d graphs, with every run's history padded to its full size
     (padding pairs add nothing). About 140 small operations per iteration become two calls.
+
+    ``step_guard``: 0 for torch's fixed step; > 0 rejects a step that raises a run's loss above
+    that factor (or to a non-finite value) and halves that run's step (module docstring).
     """
     k, n = theta.shape
     dev, dt = theta.device, theta.dtype
@@ -170,7 +215,7 @@ def batched_lbfgs(
     iterations = torch.zeros(k, dtype=torch.long, device=dev)
     if max_iter <= 0:
         return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
-    propose, settle = _compiled_steps() if compile_steps else (_propose, _settle)
+    propose, settle, guarded_settle = _compiled_steps() if compile_steps else (_propose, _settle, _guarded_settle)
 
     # A ring of history + 1 slots: the slot at ``head`` never holds a stored pair.
     ys_hist = torch.zeros(k, history + 1, n, device=dev, dtype=dt)  # y_i = g_{i+1} - g_i
@@ -178,6 +223,8 @@ def batched_lbfgs(
     count = torch.zeros(k, dtype=torch.long, device=dev)  # stored pairs (at most ``history``)
     head = torch.zeros(k, dtype=torch.long, device=dev)  # next slot to write
     h_diag = torch.ones(k, device=dev, dtype=dt)
+    scale = torch.ones(k, device=dev, dtype=dt)  # each run's step as a fraction of lr (the guard's)
+    rejected = torch.zeros(k, dtype=torch.long, device=dev)  # steps the guard undid
 
     loss, g, active, reason = _first_evaluation(closure, theta, active, reason, tolerance_grad)
     d, prev_g = -g, g
@@ -194,24 +241,31 @@ def batched_lbfgs(
             stored = history if compile_steps else min(it - 1, history)  # a bound on every run's pair count
             d, t, step, before, active, reason, iterations, head, count, h_diag = propose(
                 g, prev_g, d, t, theta, ys_hist, ss_hist, head, count, h_diag, active, reason, iterations, it_t, lr,
-                tolerance_change, stored,
+                tolerance_change, stored, scale,
             )  # fmt: skip
         prev_g, prev_loss = g, loss
         loss, g = closure(theta)
-        if it == max_iter:  # torch's order: the iteration budget is tested before the tolerances
-            active, reason, iterations = _settle(theta, before, loss, g, prev_loss, step, active, reason, iterations,
-                                                 it_t, -1.0, -1.0)  # fmt: skip
-            reason = torch.where(active, _CODE[MAX_ITER], reason)
+        last = it == max_iter  # torch's order: the iteration budget is tested before the tolerances
+        tol_grad, tol_change = (-1.0, -1.0) if last else (tolerance_grad, tolerance_change)
+        if step_guard > 0:
+            guarded = _guarded_settle if last else guarded_settle
+            loss, g, active, reason, iterations, scale, count, h_diag, rejected = guarded(
+                theta, before, loss, g, prev_loss, prev_g, step, active, reason, iterations, it_t, tol_grad, tol_change,
+                scale, count, h_diag, rejected, step_guard,
+            )  # fmt: skip
         else:
-            active, reason, iterations = settle(theta, before, loss, g, prev_loss, step, active, reason, iterations,
-                                                it_t, tolerance_grad, tolerance_change)  # fmt: skip
+            active, reason, iterations = (_settle if last else settle)(
+                theta, before, loss, g, prev_loss, step, active, reason, iterations, it_t, tol_grad, tol_change
+            )  # fmt: skip
+        if last:
+            reason = torch.where(active, _CODE[MAX_ITER], reason)
         if callback is not None:
             cancel = callback(it, loss)
             if cancel is not None:
                 cancel = cancel.to(dev) & active
                 reason = torch.where(cancel, _CODE[CANCELLED], reason)
                 active = active & ~cancel
-    return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason))
+    return _result(iterations, torch.where(reason == 0, _CODE[MAX_ITER], reason), rejected if step_guard > 0 else None)
 
 
 def _first_evaluation(
@@ -228,20 +282,23 @@ def _first_evaluation(
     return loss, g, active & (reason == 0), reason
 
 
-def _compiled_steps() -> tuple[Callable, Callable]:
-    """``_propose`` and ``_settle`` compiled once per process (graphs per shape, dtype and device)."""
+def _compiled_steps() -> tuple[Callable, Callable, Callable]:
+    """``_propose``, ``_settle`` and ``_guarded_settle`` compiled once per process (graphs per
+    shape, dtype and device)."""
     if not _COMPILED:
-        _COMPILED.extend((torch.compile(_propose), torch.compile(_settle)))
-    return _COMPILED[0], _COMPILED[1]
+        _COMPILED.extend((torch.compile(_propose), torch.compile(_settle), torch.compile(_guarded_settle)))
+    return _COMPILED[0], _COMPILED[1], _COMPILED[2]
 
 
 _COMPILED: list[Callable] = []
 
 
-_REASONS = (RUNNING, MAX_ITER, TOL_GRAD, TOL_STEP, TOL_LOSS, NO_DESCENT, DIVERGED, CANCELLED)
+_REASONS = (RUNNING, MAX_ITER, TOL_GRAD, TOL_STEP, TOL_LOSS, NO_DESCENT, DIVERGED, CANCELLED, STEP_REJECTED)
 _CODE = {r: i for i, r in enumerate(_REASONS)}
 
 
-def _result(iterations: Tensor, reason: Tensor) -> LbfgsResult:
-    """The two reads back to the host of a whole L-BFGS phase."""
-    return LbfgsResult(iterations.tolist(), [_REASONS[c] for c in reason.tolist()])
+def _result(iterations: Tensor, reason: Tensor, rejected: Tensor | None = None) -> LbfgsResult:
+    """The two (three with the guard) reads back to the host of a whole L-BFGS phase."""
+    return LbfgsResult(
+        iterations.tolist(), [_REASONS[c] for c in reason.tolist()], None if rejected is None else rejected.tolist()
+    )

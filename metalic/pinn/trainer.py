@@ -50,6 +50,10 @@ class TrainConfig:
     lbfgs: int = 1000
     lbfgs_lr: float = 0.1
     lbfgs_history: int = 50
+    # The L-BFGS step guard (``lbfgs.batched_lbfgs(step_guard=...)``): a step that raises a run's
+    # loss above this factor, or to NaN, is undone and the run's step halved. 0: torch's fixed step,
+    # with which about one training in 40 of the campaign benchmarks diverged (docs/results.md).
+    lbfgs_guard: float = 10.0
     tolerance_grad: float = 1e-9
     tolerance_change: float = 1e-12
     # torch.compile the loss (forward and backward): ~4x faster per step on CPU, but compiling
@@ -88,6 +92,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lbfgs_history < 1:
             raise ValueError("lbfgs_history must be at least 1")
+        if not (self.lbfgs_guard == 0 or self.lbfgs_guard > 1):
+            raise ValueError(f"lbfgs_guard must be 0 (off) or a factor above 1, got {self.lbfgs_guard}")
         self.causal.validate()
 
 
@@ -118,6 +124,7 @@ class RunOutcome:
     lbfgs_iterations: int
     lbfgs_stop: str
     phase_losses: dict[str, float] = field(default_factory=dict)  # loss at the end of each phase
+    lbfgs_rejected: int = 0  # L-BFGS steps the step guard undid (``TrainConfig.lbfgs_guard``)
     diverged_at: str | None = None
     rel_l2_adam: float | None = None  # error after the Adam phase, when measured (sequential bandit)
     causal: dict | None = None  # a causal run's last eps, stage, smallest weight, finishing iteration
@@ -481,7 +488,7 @@ def _marching(
         return [n // march.stages + (s < n % march.stages) for s in range(march.stages)]
 
     adam, lbfgs = share(config.adam), share(config.lbfgs)
-    iterations, reasons = [0] * k, [MAX_ITER] * k
+    iterations, reasons, rejected = [0] * k, [MAX_ITER] * k, [0] * k
     stopped: set[int] = set()  # runs whose L-BFGS share diverged or was cancelled
     done_adam = done_lbfgs = 0
     for n in range(march.stages):
@@ -512,6 +519,7 @@ def _marching(
         for j in range(k):
             if entered[j]:
                 iterations[j] += result.iterations[j]
+                rejected[j] += 0 if result.rejected is None else result.rejected[j]
                 reasons[j] = result.reasons[j]
                 if result.reasons[j] in (DIVERGED, CANCELLED):
                     stopped.add(j)
@@ -521,7 +529,7 @@ def _marching(
     for j in range(k):
         if not bool(state.active[j]) and j not in stopped:
             reasons[j] = DIVERGED  # as batched_lbfgs reports a run that did not enter the phase
-    return LbfgsResult(iterations, reasons)
+    return LbfgsResult(iterations, reasons, rejected)
 
 
 def _lbfgs_run(
@@ -572,6 +580,7 @@ def _lbfgs_run(
             active=active,
             callback=on_iteration,
             compile_steps=config.use_compile_lbfgs(theta.device),
+            step_guard=config.lbfgs_guard,
         )
 
 
@@ -600,6 +609,7 @@ def _outcomes(
                 adam_iterations=state.adam_done[j],
                 lbfgs_iterations=result.iterations[j],
                 lbfgs_stop=reason,
+                lbfgs_rejected=0 if result.rejected is None else result.rejected[j],
                 phase_losses={"adam": after_adam[j].item(), "lbfgs": final.total[j].item()},
                 rel_l2_adam=None if adam_metrics is None else adam_metrics[j].rel_l2,
                 diverged_at=state.diverged_at[j],
