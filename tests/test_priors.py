@@ -300,6 +300,43 @@ def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_p
         get_settings.cache_clear()
 
 
+def test_the_recommendation_takes_the_point_count_of_the_budget_and_refuses_unknown_parameters(
+    sqlite_store, monkeypatch
+):
+    """Before any study, ``?adam=200&lbfgs=300`` alone is a solve of 1000 collocation points and
+    answers from Advection's v1 prior (built with 1000); with ``collocation=300`` it answers from
+    v3, built at exactly that budget. A misspelt parameter is a 422 at its name, not a silent
+    answer for the default context."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.service import Service
+    from metalic.settings import Settings, get_settings
+    from metalic.store import tokens as token_store
+
+    monkeypatch.setenv("METALIC_PRIORS", "on")
+    monkeypatch.delenv("METALIC_PRIOR_PATH", raising=False)
+    get_settings.cache_clear()
+    try:
+        client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
+        token, _ = token_store.create(sqlite_store, "ann", "user")
+        auth = {"Authorization": f"Bearer {token}"}
+        url = "/v1/families/advection/recommendation"
+        budget = {"beta": 10.0, "adam": 200, "lbfgs": 300}
+        assert client.get(url, params=budget, headers=auth).json()["prior"] == "advection-single-v1"
+        r = client.get(url, params=budget | {"collocation": 300}, headers=auth)
+        assert r.status_code == 200 and r.json()["prior"] == "advection-single-v3", r.text
+        for bad, where in (({"colocation": 300}, "colocation"), ({"betta": 3.0}, "betta"), ({"collocation": 0}, None)):
+            r = client.get(url, params=budget | bad, headers=auth)
+            assert r.status_code == 422, r.text
+            detail = r.json()["detail"][0]
+            assert detail["loc"] == ["query", where or "collocation"]
+            if where:
+                assert "beta" in detail["msg"] and "collocation" in detail["msg"]  # what it does take
+    finally:
+        get_settings.cache_clear()
+
+
 def test_a_campaign_on_a_prior_that_is_not_installed_is_refused_at_its_field(sqlite_store):
     from fastapi.testclient import TestClient
 
@@ -337,8 +374,8 @@ def test_the_recommendation_answers_from_the_study_nearest_to_the_budget_asked(s
         for adam, lbfgs in ((300, 200), (1000, 1000)):
             request = SolveRequest(family="burgers", params={"nu": 0.01}, adam=adam, lbfgs=lbfgs)
             made[adam] = study_store.study_for_request(s, request).id
-    assert study_store.pick_study(store, "burgers", "single", (800, None)).id == made[1000]
-    assert study_store.pick_study(store, "burgers", "single", (300, 150)).id == made[300]
+    assert study_store.pick_study(store, "burgers", "single", {"adam": 800, "lbfgs": None}).id == made[1000]
+    assert study_store.pick_study(store, "burgers", "single", {"adam": 300, "lbfgs": 150}).id == made[300]
     assert study_store.pick_study(store, "burgers", "single").id == made[300]
     client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), store)))
     token, _ = token_store.create(store, "ann", "user")

@@ -1,15 +1,20 @@
 """GET /v1/families/{family}/recommendation: ranked arms, with intervals and where they come from.
 
 The context is given as query parameters named after the family's parameters (``?nu=0.01``);
-missing ones take their defaults. The answer comes from the study's latest snapshot (its engine is
-restored once per version and cached), never from a fit in the request. Before a study has a
-snapshot it comes from the prior the study starts from, and before there is a study from the
-family's installed prior built nearest to the budget asked (``source``: ``prior``); a family with
-neither answers an empty ranking that says so (``source``: ``none``), never a 404.
+missing ones take their defaults, and a query parameter that is neither one of them nor one of the
+route's is refused at its name (a misspelt parameter would otherwise answer for the default). The
+budget asked about (``adam``, ``lbfgs``, ``collocation``; a solve's defaults where not given)
+picks the study, and before there is one the installed prior, built nearest to it. The answer
+comes from the study's latest snapshot (its engine is restored once per version and cached),
+never from a fit in the request. Before a study has a snapshot it comes from the prior the study
+starts from, and before there is a study from the family's installed prior built nearest to the
+budget asked (``source``: ``prior``); a family with neither answers an empty ranking that says
+so (``source``: ``none``), never a 404.
 """
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,7 +32,8 @@ from metalic.jobs import SolveRequest
 from metalic.store import studies as study_store
 from metalic.store.records import StudyRecord
 
-DEFAULT = {k: SolveRequest.model_fields[k].default for k in ("adam", "lbfgs", "collocation")}  # a solve's budget
+DEFAULT = {k: SolveRequest.model_fields[k].default for k in priors.BUDGET_KEYS}  # a solve's budget
+Budget = tuple[int | None, int | None, int | None]  # as priors.BUDGET_KEYS: Adam, L-BFGS, collocation points
 router = APIRouter(tags=["recommendations"], responses={401: {"model": Problem}})
 
 
@@ -46,7 +52,7 @@ def _arm(r: Recommendation) -> ArmOut:
 
 
 def pick_study(
-    store, family: str, mode: str, study_id: int | None, budget: tuple[int | None, int | None] = (None, None)
+    store, family: str, mode: str, study_id: int | None, budget: Budget = (None, None, None)
 ) -> StudyRecord | None:
     """The study asked for, else the service study of (family, mode) nearest to ``budget`` (if
     given) with the most observations (None: nothing of the family and mode has been solved)."""
@@ -55,7 +61,7 @@ def pick_study(
         if study is None or study.family != family or study.mode != mode:
             raise HTTPException(404, f"no {mode} study {study_id} of {family}")
         return study
-    return study_store.pick_study(store, family, mode, budget)
+    return study_store.pick_study(store, family, mode, dict(zip(priors.BUDGET_KEYS, budget, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,7 @@ class Policy:
     prior: str | None
 
 
-def latest_policy(
-    service, family: str, mode: str, study_id: int | None, budget: tuple[int | None, int | None] = (None, None)
-) -> Policy:
+def latest_policy(service, family: str, mode: str, study_id: int | None, budget: Budget = (None, None, None)) -> Policy:
     """The chosen study's latest snapshot, its engine restored once per version (thread pool);
     before a snapshot, the study's prior; before a study, the family's prior built at the budget
     nearest to the one asked (a solve's default budget when none is)."""
@@ -89,7 +93,7 @@ def latest_policy(
     if chosen is not None:
         ref = chosen.prior
     else:
-        wanted = dict(DEFAULT) | {k: v for k, v in zip(("adam", "lbfgs"), budget, strict=True) if v is not None}
+        wanted = dict(DEFAULT) | {k: v for k, v in zip(priors.BUDGET_KEYS, budget, strict=True) if v is not None}
         shipped = priors.for_budget(family, mode, wanted)  # the one built at the nearest budget
         ref = None if shipped is None else shipped.ref
     if ref is None:
@@ -100,6 +104,12 @@ def latest_policy(
 
 
 def _context(fam, request: Request) -> dict[str, float]:
+    names = {p.name for p in fam.params}
+    for name in request.query_params:
+        if name not in names and name not in ROUTE_QUERY:
+            known = ", ".join([*(p.name for p in fam.params), *ROUTE_QUERY])
+            msg = f"unknown query parameter; {fam.name} takes {known}"
+            raise RequestValidationError([{"loc": ("query", name), "msg": msg, "type": "extra_forbidden"}])
     raw = {p.name: request.query_params[p.name] for p in fam.params if p.name in request.query_params}
     context = {}
     for name, value in raw.items():
@@ -144,6 +154,9 @@ async def recommendation(
         int | None, Query(ge=0, description="the budget asked about: the study nearest to it answers")
     ] = None,
     lbfgs: Annotated[int | None, Query(ge=0, description="(with or without adam) L-BFGS iterations")] = None,
+    collocation: Annotated[
+        int | None, Query(ge=1, description="collocation points per subdomain of the budget asked about")
+    ] = None,
 ) -> Response:
     """Arms ranked at the context by the upper end of their error's 95% interval (an arm tried
     nowhere near does not win on its prior mean alone), with predicted error, interval and the
@@ -156,7 +169,7 @@ async def recommendation(
         raise HTTPException(403, "choosing a study needs an admin token")
     context = _context(fam, request)
     service = request.app.state.service
-    budget = (adam, lbfgs)
+    budget = (adam, lbfgs, collocation)
     policy = await service.policies.get(
         (fam.name, mode, study, budget), lambda: latest_policy(service, fam.name, mode, study, budget)
     )
@@ -188,6 +201,10 @@ async def recommendation(
     )
     # Built and checked once here; FastAPI would validate it a second time against the model.
     return Response(out.model_dump_json(), media_type="application/json")
+
+
+# The route's own query parameters (beside the family's), read from its signature.
+ROUTE_QUERY = tuple(p for p in inspect.signature(recommendation).parameters if p not in ("family", "who", "request"))
 
 
 def _detail(policy: Policy, engine: BanditEngine) -> str:

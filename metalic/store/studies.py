@@ -209,14 +209,12 @@ def study_summaries(
     return [StudySummary(record(StudyRecord, st), counts.get(st.id, 0), snaps.get(st.id)) for st in rows]
 
 
-def pick_study(
-    store, family: str, mode: str, budget: tuple[int | None, int | None] = (None, None)
-) -> StudyRecord | None:
+def pick_study(store, family: str, mode: str, budget: Mapping[str, int | None] | None = None) -> StudyRecord | None:
     """The service study of (family, mode) with the most observations (None: nothing solved yet).
 
-    ``budget`` (Adam, L-BFGS iterations; either may be None): the study whose profile is nearest
-    to it in log iterations, |log(1 + a) - log(1 + a')| summed over the given phases, then the one
-    with the most observations."""
+    ``budget`` (``priors.BUDGET_KEYS``: Adam and L-BFGS iterations, collocation points; a key
+    missing or None is not compared): the study whose profile is nearest to it in log counts,
+    |log(1 + a) - log(1 + a')| summed over the given keys, then the one with the most observations."""
     counts = (
         select(StudyRow, func.count(ObservationRow.id).label("n"))
         .outerjoin(ObservationRow, ObservationRow.study_id == StudyRow.id)
@@ -225,12 +223,11 @@ def pick_study(
         .order_by(func.count(ObservationRow.id).desc(), StudyRow.id)
     )
     with store.read() as s:
-        if budget == (None, None):
+        asked = {k: v for k, v in (budget or {}).items() if v is not None}
+        if not asked:
             row = s.execute(counts.limit(1)).first()
             return None if row is None else record(StudyRecord, row[0])
         rows = s.execute(counts.limit(1000)).all()  # the service's studies of one family and mode: a few
-
-        asked = dict(zip(("adam", "lbfgs"), budget, strict=True))
         # min keeps the first: the most observations
         best = min(rows, key=lambda r: priors.budget_distance(r[0].profile, asked), default=None)
         return None if best is None else record(StudyRecord, best[0])
