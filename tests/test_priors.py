@@ -270,7 +270,9 @@ def test_every_built_in_family_ships_a_prior_that_says_where_it_came_from(mode):
             assert engine.adam.own_ready and len(engine.observations) == made.trainings
 
 
-def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_prior(sqlite_store, monkeypatch):
+@pytest.fixture
+def shipped_priors_client(sqlite_store, monkeypatch):
+    """A fresh install's API with the package's priors on: (TestClient, a user's auth header)."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -284,57 +286,44 @@ def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_p
     try:
         client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
         token, _ = token_store.create(sqlite_store, "ann", "user")
-        for family, mode in itertools.product(BUILT_IN, ("single", "sequential")):
-            auth = {"Authorization": f"Bearer {token}"}
-            r = client.get(f"/v1/families/{family}/recommendation", params={"mode": mode}, headers=auth)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            # without a budget, a solve's default (1000 + 1000, 1000 points): nearest the v1 priors
-            # (300 + 200, 1000 points), not Burgers', Advection's and Reaction's v2 (200 + 300, 300)
-            assert body["source"] == "prior" and body["prior"] == f"{family}-{mode}-v1"
-            for arms in [body["arms"]] + ([body["arms_lbfgs"]] if mode == "sequential" else []):
-                assert len(arms) == 5 and all(a["error_interval"][0] < a["error_interval"][1] for a in arms)
-                uppers = [a["error_interval"][1] for a in arms]
-                assert uppers == sorted(uppers)
+        yield client, {"Authorization": f"Bearer {token}"}
     finally:
         get_settings.cache_clear()
 
 
-def test_the_recommendation_takes_the_point_count_of_the_budget_and_refuses_unknown_parameters(
-    sqlite_store, monkeypatch
-):
+def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_prior(shipped_priors_client):
+    client, auth = shipped_priors_client
+    for family, mode in itertools.product(BUILT_IN, ("single", "sequential")):
+        r = client.get(f"/v1/families/{family}/recommendation", params={"mode": mode}, headers=auth)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        # without a budget, a solve's default (1000 + 1000, 1000 points): nearest the v1 priors
+        # (300 + 200, 1000 points), not Burgers', Advection's and Reaction's v2 (200 + 300, 300)
+        assert body["source"] == "prior" and body["prior"] == f"{family}-{mode}-v1"
+        for arms in [body["arms"]] + ([body["arms_lbfgs"]] if mode == "sequential" else []):
+            assert len(arms) == 5 and all(a["error_interval"][0] < a["error_interval"][1] for a in arms)
+            uppers = [a["error_interval"][1] for a in arms]
+            assert uppers == sorted(uppers)
+
+
+def test_the_recommendation_takes_the_point_count_of_the_budget_and_refuses_unknown_parameters(shipped_priors_client):
     """Before any study, ``?adam=200&lbfgs=300`` alone is a solve of 1000 collocation points and
     answers from Advection's v1 prior (built with 1000); with ``collocation=300`` it answers from
     v3, built at exactly that budget. A misspelt parameter is a 422 at its name, not a silent
     answer for the default context."""
-    from fastapi.testclient import TestClient
-
-    from api.app import create_app
-    from api.service import Service
-    from metalic.settings import Settings, get_settings
-    from metalic.store import tokens as token_store
-
-    monkeypatch.setenv("METALIC_PRIORS", "on")
-    monkeypatch.delenv("METALIC_PRIOR_PATH", raising=False)
-    get_settings.cache_clear()
-    try:
-        client = TestClient(create_app(Service(Settings(token_cache_seconds=0.0), sqlite_store)))
-        token, _ = token_store.create(sqlite_store, "ann", "user")
-        auth = {"Authorization": f"Bearer {token}"}
-        url = "/v1/families/advection/recommendation"
-        budget = {"beta": 10.0, "adam": 200, "lbfgs": 300}
-        assert client.get(url, params=budget, headers=auth).json()["prior"] == "advection-single-v1"
-        r = client.get(url, params=budget | {"collocation": 300}, headers=auth)
-        assert r.status_code == 200 and r.json()["prior"] == "advection-single-v3", r.text
-        for bad, where in (({"colocation": 300}, "colocation"), ({"betta": 3.0}, "betta"), ({"collocation": 0}, None)):
-            r = client.get(url, params=budget | bad, headers=auth)
-            assert r.status_code == 422, r.text
-            detail = r.json()["detail"][0]
-            assert detail["loc"] == ["query", where or "collocation"]
-            if where:
-                assert "beta" in detail["msg"] and "collocation" in detail["msg"]  # what it does take
-    finally:
-        get_settings.cache_clear()
+    client, auth = shipped_priors_client
+    url = "/v1/families/advection/recommendation"
+    budget = {"beta": 10.0, "adam": 200, "lbfgs": 300}
+    assert client.get(url, params=budget, headers=auth).json()["prior"] == "advection-single-v1"
+    r = client.get(url, params=budget | {"collocation": 300}, headers=auth)
+    assert r.status_code == 200 and r.json()["prior"] == "advection-single-v3", r.text
+    for bad, where in (({"colocation": 300}, "colocation"), ({"betta": 3.0}, "betta"), ({"collocation": 0}, None)):
+        r = client.get(url, params=budget | bad, headers=auth)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["query", where or "collocation"]
+        if where:
+            assert "beta" in detail["msg"] and "collocation" in detail["msg"]  # what it does take
 
 
 def test_a_campaign_on_a_prior_that_is_not_installed_is_refused_at_its_field(sqlite_store):
