@@ -134,30 +134,40 @@ def _settle(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """After the closure of iteration ``it``: a run whose loss or gradient turned non-finite goes
     back to its last finite weights, that step not counted, and stops ``diverged``; then the three
-    tolerance tests in ``torch.optim.LBFGS``'s order. Returns (active, reason, iterations)."""
+    tolerance tests. Returns (active, reason, iterations)."""
     bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1))
     theta.copy_(torch.where(bad[:, None], before, theta))
     iterations = torch.where(bad, it - 1, iterations)
     reason = torch.where(bad, _CODE[DIVERGED], reason)
-    active = active & ~bad
+    active, reason = _tolerance_stops(loss, g, prev_loss, step, active & ~bad, reason, tolerance_grad, tolerance_change)
+    return active, reason, iterations
+
+
+def _tolerance_stops(
+    loss: Tensor, g: Tensor, prev_loss: Tensor, step: Tensor, active: Tensor, reason: Tensor, tolerance_grad: float,
+    tolerance_change: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``torch.optim.LBFGS``'s three tolerance tests, in its order, for the ``active`` runs.
+    Returns (active, reason)."""
     code = torch.where((loss - prev_loss).abs() < tolerance_change, _CODE[TOL_LOSS], 0)
     code = torch.where(step.abs().amax(-1) <= tolerance_change, _CODE[TOL_STEP], code)
     code = torch.where(g.abs().amax(-1) <= tolerance_grad, _CODE[TOL_GRAD], code)
     ended = active & (code > 0)
-    return active & ~ended, torch.where(ended, code, reason), iterations
+    return active & ~ended, torch.where(ended, code, reason)
 
 
 def _guarded_settle(
     theta: Tensor, before: Tensor, loss: Tensor, g: Tensor, prev_loss: Tensor, prev_g: Tensor, step: Tensor,
-    active: Tensor, reason: Tensor, iterations: Tensor, it: Tensor, tolerance_grad: float, tolerance_change: float,
-    scale: Tensor, count: Tensor, h_diag: Tensor, rejected: Tensor, step_guard: float,
+    active: Tensor, reason: Tensor, tolerance_grad: float, tolerance_change: float, scale: Tensor, count: Tensor,
+    h_diag: Tensor, rejected: Tensor, step_guard: float,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """``_settle`` behind the step guard: a step whose loss is non-finite or above ``step_guard``
     times the loss before it is undone (``theta``, loss and gradient back to ``before``), the run's
     curvature pairs are dropped with ``h_diag`` set to torch's first-step scale min(1, 1/|g|_1),
-    and its step is halved; an accepted step doubles it, up to 1. A rejected run stays active
-    unless its step has fallen below 2**-GIVE_UP_HALVINGS, then it stops ``step_rejected``.
-    Returns (loss, g, active, reason, iterations, scale, count, h_diag, rejected)."""
+    and its step is halved; an accepted step doubles it, up to 1. A rejected run stays active (no
+    tolerance test: its loss did not change) unless its step has fallen below
+    2**-GIVE_UP_HALVINGS, then it stops ``step_rejected``; the accepted ones take the tolerance
+    tests. Returns (loss, g, active, reason, scale, count, h_diag, rejected)."""
     bad = active & (~torch.isfinite(loss) | ~torch.isfinite(g).all(-1) | (loss > step_guard * prev_loss))
     theta.copy_(torch.where(bad[:, None], before, theta))
     loss = torch.where(bad, prev_loss, loss)
@@ -167,11 +177,11 @@ def _guarded_settle(
     h_diag = torch.where(bad, restart, h_diag)
     scale = torch.where(bad, scale * 0.5, torch.where(active, (scale * 2.0).clamp_max(1.0), scale))
     rejected = rejected + bad.to(rejected.dtype)
-    active, reason, iterations = _settle(theta, before, loss, g, prev_loss, step, active, reason, iterations, it,
-                                         tolerance_grad, tolerance_change)  # fmt: skip
+    accepted, reason = _tolerance_stops(loss, g, prev_loss, step, active & ~bad, reason, tolerance_grad,
+                                        tolerance_change)  # fmt: skip
     give_up = bad & (scale < 2.0**-GIVE_UP_HALVINGS)
-    reason = torch.where(bad, torch.where(give_up, _CODE[STEP_REJECTED], 0), reason)  # not a tolerance stop
-    return loss, g, active | (bad & ~give_up), reason, iterations, scale, count, h_diag, rejected
+    reason = torch.where(give_up, _CODE[STEP_REJECTED], reason)
+    return loss, g, accepted | (bad & ~give_up), reason, scale, count, h_diag, rejected
 
 
 def batched_lbfgs(
@@ -249,9 +259,9 @@ def batched_lbfgs(
         tol_grad, tol_change = (-1.0, -1.0) if last else (tolerance_grad, tolerance_change)
         if step_guard > 0:
             guarded = _guarded_settle if last else guarded_settle
-            loss, g, active, reason, iterations, scale, count, h_diag, rejected = guarded(
-                theta, before, loss, g, prev_loss, prev_g, step, active, reason, iterations, it_t, tol_grad, tol_change,
-                scale, count, h_diag, rejected, step_guard,
+            loss, g, active, reason, scale, count, h_diag, rejected = guarded(
+                theta, before, loss, g, prev_loss, prev_g, step, active, reason, tol_grad, tol_change, scale, count,
+                h_diag, rejected, step_guard,
             )  # fmt: skip
         else:
             active, reason, iterations = (_settle if last else settle)(
