@@ -55,6 +55,7 @@ from metalic import priors
 from metalic.arms import BASELINE_LABELS, NONE, Arm, all_arms
 from metalic.bandit.engine import BanditEngine, Observation, prior_engine
 from metalic.campaign import CampaignConfig, points_for, run_policy, summarise
+from metalic.pinn.evaluate import outcome_error
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 from metalic.settings import resolve_device
@@ -102,6 +103,11 @@ def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
     return arms
 
 
+def test_errors(rows) -> list[float]:
+    """The held-out contexts' errors in context order (a divergence's capped error)."""
+    return [outcome_error(r.rel_l2, r.status) for r in sorted(rows, key=lambda r: r.round) if r.stage == "test"]
+
+
 class ReferenceCache:
     """Fixed-arm campaign summaries in a JSON file, reused across runs on the same machine, code
     and protocol (a fixed arm's campaign does not depend on priors or kernels)."""
@@ -123,6 +129,7 @@ class ReferenceCache:
         if key not in self.data:
             rows, _ = run_policy(replace(config, policies=(f"fixed:{arm.label}",)), f"fixed:{arm.label}")
             self.data[key] = summarise(rows)[0]
+            self.data[key]["test_errors"] = test_errors(rows)
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.path.write_text(json.dumps(self.data, indent=1))
@@ -143,6 +150,7 @@ def main() -> None:
     parser.add_argument("--hindsight-candidates", type=int, default=3, help="run: how many favourites")
     parser.add_argument("--test-rank", default="mean", choices=["mean", "lcb"],
                         help="test rollout: posterior mean (the authors') or the interval's low end")  # fmt: skip
+    parser.add_argument("--rows", type=Path, help="write each campaign's test rollout (arms, errors) here as JSON")
     parser.add_argument("--arm-kernels", nargs="+", default=["hamming"], choices=["hamming", "additive"])
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
@@ -150,6 +158,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
     cache = ReferenceCache(args.reference_cache if args.reference == "fixed" else None)
+    rollouts: list[dict] = []
     for family in args.families:
         for seed in args.seeds:
             base = CampaignConfig(
@@ -173,6 +182,9 @@ def main() -> None:
                 rows, _ = run_policy(config, "ucb")
                 observed += rows
                 summaries[label] = summarise(rows)[0]
+                tests = sorted((r for r in rows if r.stage == "test"), key=lambda r: r.round)
+                rollouts.append({"family": family, "seed": seed, "heuristic": label, "arms": [r.arm for r in tests],
+                                 "params": [r.params for r in tests], "errors": test_errors(rows)})  # fmt: skip
             if args.reference == "fixed":
                 candidates = reference_arms(base, args.reference_top)
             else:
@@ -182,6 +194,12 @@ def main() -> None:
             tried = ", ".join(f"{a} {s['online_accumulated_error']:.3f}" for a, s in fixed.items())
             print(f"<!-- {family} seed {seed}: hindsight candidates {tried} -->", flush=True)
             summaries[f"hindsight:{label}"] = best = fixed[label]
+            for arm, s in fixed.items():
+                rollouts.append({"family": family, "seed": seed, "heuristic": f"fixed:{arm}",
+                                 "errors": s["test_errors"]})  # fmt: skip
+            if args.rows is not None:
+                args.rows.parent.mkdir(parents=True, exist_ok=True)
+                args.rows.write_text(json.dumps(rollouts, indent=1))
             for label, s in summaries.items():
                 used = prior.ref if label.startswith("ucb+prior") else ""
                 print(f"| {family} | {seed} | {label} | {s['online_accumulated_error']:.3f} | "
