@@ -309,14 +309,14 @@ def test_a_fresh_install_recommends_for_every_built_in_family_from_its_shipped_p
 def test_the_recommendation_takes_the_point_count_of_the_budget_and_refuses_unknown_parameters(shipped_priors_client):
     """Before any study, ``?adam=200&lbfgs=300`` alone is a solve of 1000 collocation points and
     answers from Advection's v1 prior (built with 1000); with ``collocation=300`` it answers from
-    v3, built at exactly that budget. A misspelt parameter is a 422 at its name, not a silent
+    v4, the newest built at exactly that budget. A misspelt parameter is a 422 at its name, not a silent
     answer for the default context."""
     client, auth = shipped_priors_client
     url = "/v1/families/advection/recommendation"
     budget = {"beta": 10.0, "adam": 200, "lbfgs": 300}
     assert client.get(url, params=budget, headers=auth).json()["prior"] == "advection-single-v1"
     r = client.get(url, params=budget | {"collocation": 300}, headers=auth)
-    assert r.status_code == 200 and r.json()["prior"] == "advection-single-v3", r.text
+    assert r.status_code == 200 and r.json()["prior"] == "advection-single-v4", r.text
     for bad, where in (({"colocation": 300}, "colocation"), ({"betta": 3.0}, "betta"), ({"collocation": 0}, None)):
         r = client.get(url, params=budget | bad, headers=auth)
         assert r.status_code == 422, r.text
