@@ -126,7 +126,7 @@ class ReferenceCache:
 
     def summary(self, config: CampaignConfig, arm: Arm) -> dict:
         key = self.key(config, arm)
-        if key not in self.data:
+        if "test_errors" not in self.data.get(key, {}):  # absent, or cached before per-context errors were kept
             rows, _ = run_policy(replace(config, policies=(f"fixed:{arm.label}",)), f"fixed:{arm.label}")
             self.data[key] = summarise(rows)[0]
             self.data[key]["test_errors"] = test_errors(rows)
