@@ -25,13 +25,17 @@ campaign budget (200 Adam + 300 L-BFGS, 300 / 50 points, 51 per interface, batch
     were made). That reference moves with the run under test: a prior whose campaigns favour
     weaker arms is scored against a weaker reference.
 
-Every campaign ends with the same 10 held-out test contexts (posterior-mean arm). The priors were
+Every campaign ends with the same 10 held-out test contexts (the posterior-mean arm; with
+``--test-rank lcb`` the arm the service recommends: the best pessimistic end of its interval). The priors were
 built with campaign seed 1000 (``metalic prior list`` shows it); the seeds here are 0, 1, 2, so
 the contexts that build a prior and those that score it are disjoint draws. Prints one row per
 (family, seed, heuristic) and the ratios to hindsight (same run).
 
     python benchmarks/prior_campaigns.py --families burgers advection reaction --seeds 0 1 2 \
-        --arm-kernels hamming additive [--reference run]
+        --arm-kernels hamming additive [--reference run] [--test-rank lcb] [--rows out/rows.json]
+
+``--rows`` writes each rollout's arm and error per held-out context, and every fixed arm's errors
+at the same contexts, to trace a test median to the contexts behind it.
 """
 
 from __future__ import annotations
