@@ -107,9 +107,14 @@ def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
     return arms
 
 
-def test_errors(rows) -> list[float]:
-    """The held-out contexts' errors in context order (a divergence's capped error)."""
-    return [outcome_error(r.rel_l2, r.status) for r in sorted(rows, key=lambda r: r.round) if r.stage == "test"]
+def held_out(rows) -> list:
+    """The test rounds of ``rows`` in context order."""
+    return sorted((r for r in rows if r.stage == "test"), key=lambda r: r.round)
+
+
+def test_errors(tests) -> list[float]:
+    """The errors of ``held_out`` rows (a divergence's capped error)."""
+    return [outcome_error(r.rel_l2, r.status) for r in tests]
 
 
 class ReferenceCache:
@@ -133,7 +138,7 @@ class ReferenceCache:
         if "test_errors" not in self.data.get(key, {}):  # absent, or cached before per-context errors were kept
             rows, _ = run_policy(replace(config, policies=(f"fixed:{arm.label}",)), f"fixed:{arm.label}")
             self.data[key] = summarise(rows)[0]
-            self.data[key]["test_errors"] = test_errors(rows)
+            self.data[key]["test_errors"] = test_errors(held_out(rows))
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.path.write_text(json.dumps(self.data, indent=1))
@@ -186,9 +191,9 @@ def main() -> None:
                 rows, _ = run_policy(config, "ucb")
                 observed += rows
                 summaries[label] = summarise(rows)[0]
-                tests = sorted((r for r in rows if r.stage == "test"), key=lambda r: r.round)
+                tests = held_out(rows)
                 rollouts.append({"family": family, "seed": seed, "heuristic": label, "arms": [r.arm for r in tests],
-                                 "params": [r.params for r in tests], "errors": test_errors(rows)})  # fmt: skip
+                                 "params": [r.params for r in tests], "errors": test_errors(tests)})  # fmt: skip
             if args.reference == "fixed":
                 candidates = reference_arms(base, args.reference_top)
             else:
