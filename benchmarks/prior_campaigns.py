@@ -34,6 +34,10 @@ the contexts that build a prior and those that score it are disjoint draws. Prin
     python benchmarks/prior_campaigns.py --families burgers advection reaction --seeds 0 1 2 \
         --arm-kernels hamming additive [--reference run] [--test-rank lcb] [--rows out/rows.json]
 
+``--test-repeats R`` trains each held-out context's chosen arm (and the hindsight arm's) R times in
+all, with other training seeds, and adds the median of those 10 R errors: one training at a
+context can land 4x apart from another with a different seed (``median_noise.py``).
+
 ``--rows`` writes each rollout's arm and error per held-out context, and every fixed arm's errors
 at the same contexts, to trace a test median to the contexts behind it.
 """
@@ -43,9 +47,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,12 +63,14 @@ from machine import describe
 
 from metalic import priors
 from metalic.arms import BASELINE_LABELS, NONE, Arm, all_arms
-from metalic.bandit.engine import BanditEngine, Observation, prior_engine
-from metalic.campaign import CampaignConfig, points_for, run_policy, summarise
+from metalic.bandit.engine import RANKINGS, BanditEngine, Observation, prior_engine
+from metalic.campaign import CampaignConfig, CampaignPlan, CampaignRun, points_for, run_policy, run_trainings, summarise
 from metalic.pinn.evaluate import outcome_error
 from metalic.pinn.problem import PinnConfig
 from metalic.pinn.trainer import TrainConfig
 from metalic.settings import resolve_device
+
+REPEAT_SEED_STEP = 1000  # a repeat r of the held-out trainings adds r * this to their seeds
 
 # What a fixed arm's campaign depends on besides its config: the training code (not the bandit's).
 TRAINING_CODE = ("metalic/pinn", "metalic/families", "metalic/arms.py", "metalic/domain.py",
@@ -105,6 +113,39 @@ def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
     if shipped is not None and k > 0:
         arms += [a for a in engine_favourites(prior_engine(shipped), config, k) if a not in arms]
     return arms
+
+
+def rollout(config: CampaignConfig, engine: BanditEngine, rank: str) -> tuple[list[Arm], list[float]]:
+    """A further test rollout of a finished campaign's engine under ``rank``: the arm it
+    recommends at each held-out context, trained as the campaign's test stage trains."""
+    return train_held_out(config, lambda params: engine.recommend(params, top=1, rank=rank)[0].arm)
+
+
+def train_held_out(
+    config: CampaignConfig, choose: Callable[[Mapping[str, float]], Arm], seed_offset: int = 0
+) -> tuple[list[Arm], list[float]]:
+    """Train ``choose(params)`` at each of the campaign's held-out contexts, as its test stage
+    trains them (same batches; the same seeds plus ``seed_offset``): the arms and the errors (a
+    divergence's capped error), in context order."""
+    plan = CampaignPlan(config)
+    arms, errors = [], []
+    for step in (s for s in plan.steps() if s.stage == "test"):
+        chosen = [choose(params) for params in step.points]
+        runs = [CampaignRun("ucb", "test", step.start + j, params, plan._seed(step, j) + seed_offset, arm)
+                for j, (params, arm) in enumerate(zip(step.points, chosen, strict=True))]  # fmt: skip
+        arms += chosen
+        errors += [outcome_error(r.rel_l2, r.status) for r in run_trainings(config, runs, {})]
+    return arms, errors
+
+
+def pooled_median(config: CampaignConfig, arms: list[Arm], first: list[float], repeats: int) -> float:
+    """The median of ``repeats`` trainings of each held-out context's arm (``arms``, in context
+    order): the campaign's own (``first``) and ``repeats - 1`` more with other training seeds."""
+    errors = list(first)
+    for r in range(1, repeats):
+        chosen = iter(arms)
+        errors += train_held_out(config, lambda _, chosen=chosen: next(chosen), REPEAT_SEED_STEP * r)[1]
+    return statistics.median(errors)
 
 
 def held_out(rows) -> list:
@@ -157,14 +198,20 @@ def main() -> None:
     parser.add_argument("--reference-top", type=int, default=3, help="fixed: the shipped prior's favourites added")
     parser.add_argument("--reference-cache", type=Path, default=Path("out/prior_campaigns_reference.json"))
     parser.add_argument("--hindsight-candidates", type=int, default=3, help="run: how many favourites")
-    parser.add_argument("--test-rank", default="mean", choices=["mean", "lcb"],
-                        help="test rollout: posterior mean (the authors') or the interval's low end")  # fmt: skip
+    parser.add_argument("--test-rank", nargs="+", default=["mean"], choices=list(RANKINGS),
+                        help="test rollouts: posterior mean (the authors'), the posterior interval's low end "
+                             "(lcb) or one solve's interval's (outcome); the first runs in the campaign, each "
+                             "further one is rolled out after it on the same engine (rows '... [rank]')")  # fmt: skip
     parser.add_argument("--rows", type=Path, help="write each campaign's test rollout (arms, errors) here as JSON")
+    parser.add_argument("--test-repeats", type=int, default=1,
+                        help="train each held-out context's arm this many times in all (other seeds) and also "
+                             "score the median of them all: less at the mercy of one training")  # fmt: skip
     parser.add_argument("--arm-kernels", nargs="+", default=["hamming"], choices=["hamming", "additive"])
     args = parser.parse_args()
     print(f"machine: {describe(torch.device('cpu'))}")
-    print("| family | seed | heuristic | online accumulated rel. L2 | test median rel. L2 | prior |")
-    print("|---|---|---|---|---|---|")
+    pooled = f" test median over {args.test_repeats} trainings a context |" if args.test_repeats > 1 else ""
+    print(f"| family | seed | heuristic | online accumulated rel. L2 | test median rel. L2 |{pooled} prior |")
+    print("|---|---|---|---|---|---|" + ("---|" if pooled else ""))
     ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
     cache = ReferenceCache(args.reference_cache if args.reference == "fixed" else None)
     rollouts: list[dict] = []
@@ -172,7 +219,7 @@ def main() -> None:
         for seed in args.seeds:
             base = CampaignConfig(
                 family=family, warmup=args.warmup, rounds=args.rounds, test=args.test, batch=5, seed=seed,
-                test_rank=args.test_rank,
+                test_rank=args.test_rank[0],
                 train=TrainConfig(adam=200, lbfgs=300, compile=False),
                 pinn=PinnConfig(n_collocation=300, n_boundary=50, n_interface=51),
             )  # fmt: skip
@@ -188,12 +235,26 @@ def main() -> None:
             summaries, observed = {}, []
             start = time.perf_counter()
             for label, config in plan:
-                rows, _ = run_policy(config, "ucb")
+                rows, engine = run_policy(config, "ucb")
                 observed += rows
                 summaries[label] = summarise(rows)[0]
                 tests = held_out(rows)
+                if args.test_repeats > 1:
+                    summaries[label]["test_pooled_median"] = pooled_median(
+                        config, [Arm.parse(r.arm) for r in tests], test_errors(tests), args.test_repeats
+                    )
                 rollouts.append({"family": family, "seed": seed, "heuristic": label, "arms": [r.arm for r in tests],
                                  "params": [r.params for r in tests], "errors": test_errors(tests)})  # fmt: skip
+                for rank in args.test_rank[1:]:
+                    arms, errors = rollout(config, engine, rank)
+                    median = statistics.median(errors)
+                    summaries[f"{label} [{rank}]"] = {**summaries[label], "test_median_error": median}
+                    if args.test_repeats > 1:
+                        summaries[f"{label} [{rank}]"]["test_pooled_median"] = pooled_median(
+                            config, arms, errors, args.test_repeats
+                        )
+                    rollouts.append({"family": family, "seed": seed, "heuristic": f"{label} [{rank}]",
+                                     "arms": [a.label for a in arms], "errors": errors})  # fmt: skip
             if args.reference == "fixed":
                 candidates = reference_arms(base, args.reference_top)
             else:
@@ -202,7 +263,11 @@ def main() -> None:
             label = min(fixed, key=lambda a: fixed[a]["online_accumulated_error"])
             tried = ", ".join(f"{a} {s['online_accumulated_error']:.3f}" for a, s in fixed.items())
             print(f"<!-- {family} seed {seed}: hindsight candidates {tried} -->", flush=True)
-            summaries[f"hindsight:{label}"] = best = fixed[label]
+            summaries[f"hindsight:{label}"] = best = dict(fixed[label])
+            if args.test_repeats > 1:
+                best["test_pooled_median"] = pooled_median(
+                    base, [Arm.parse(label)] * args.test, best["test_errors"], args.test_repeats
+                )
             for arm, s in fixed.items():
                 rollouts.append({"family": family, "seed": seed, "heuristic": f"fixed:{arm}",
                                  "errors": s["test_errors"]})  # fmt: skip
@@ -211,20 +276,24 @@ def main() -> None:
                 args.rows.write_text(json.dumps(rollouts, indent=1))
             for label, s in summaries.items():
                 used = prior.ref if label.startswith("ucb+prior") else ""
+                pooled = f" {s['test_pooled_median']:.3e} |" if args.test_repeats > 1 else ""
                 print(f"| {family} | {seed} | {label} | {s['online_accumulated_error']:.3f} | "
-                      f"{s['test_median_error']:.3e} | {used} |", flush=True)  # fmt: skip
+                      f"{s['test_median_error']:.3e} |{pooled} {used} |", flush=True)  # fmt: skip
                 if label.startswith("ucb"):
                     ratios.setdefault((family, label), []).append((
                         s["online_accumulated_error"] / best["online_accumulated_error"],
                         s["test_median_error"] / best["test_median_error"],
+                        s["test_pooled_median"] / best["test_pooled_median"] if args.test_repeats > 1 else math.nan,
                     ))  # fmt: skip
             print(f"<!-- {family} seed {seed}: {time.perf_counter() - start:.0f} s -->", flush=True)
-    print("\n| family | heuristic | online accumulated / hindsight (mean over seeds) | test median / hindsight |")
-    print("|---|---|---|---|")
-    for (family, label), pairs in ratios.items():
-        online = statistics.fmean(p[0] for p in pairs)
-        test = statistics.fmean(p[1] for p in pairs)
-        print(f"| {family} | {label} | {online:.2f}x | {test:.2f}x |")
+    print("\n| family | heuristic | online accumulated / hindsight (mean over seeds) | test median / hindsight |"
+          " pooled test median / hindsight's |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for (family, label), triples in ratios.items():
+        online, test, pool = (statistics.fmean(p[i] for p in triples) for i in range(3))
+        seeds = " / ".join(f"{p[2]:.2f}" for p in triples)
+        pool_cell = f"{pool:.2f}x ({seeds})" if args.test_repeats > 1 else "-"
+        print(f"| {family} | {label} | {online:.2f}x | {test:.2f}x | {pool_cell} |")
 
 
 if __name__ == "__main__":
