@@ -8,7 +8,7 @@ other seed sets (seed + 1000 r). Nothing learns: the contexts and the arm are fi
 network initialisation and the collocation draw change. Prints each repeat's median, and the ratio
 of the largest to the smallest, per (family, seed, arm); then, per family and arm, how often a
 repeat's median is more than 1.2x its repeat 0's (as a policy that chose this arm everywhere would
-score against the same arm's campaign).
+score against the same arm's campaign; moves down are not counted).
 
     python benchmarks/median_noise.py --families reaction advection --seeds 0 1 2 3 4 5 \\
         --arms u single-domain --repeats 4
@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["u", "single-domain"])
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error("--repeats: at least 2 (the campaign's seeds and one other set)")
     print(f"machine: {describe(torch.device('cpu'))}")
     print("| family | seed | arm | test median per repeat (repeat 0: the campaign's seeds) | largest / smallest |")
     print("|---|---|---|---|---|")

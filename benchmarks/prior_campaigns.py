@@ -35,7 +35,7 @@ the contexts that build a prior and those that score it are disjoint draws. Prin
         --arm-kernels hamming additive [--reference run] [--test-rank lcb] [--rows out/rows.json]
 
 ``--test-repeats R`` trains each held-out context's chosen arm (and the hindsight arm's) R times in
-all, with other training seeds, and adds the median of those 10 R errors: one training at a
+all, with other training seeds, and adds the median of all those errors (R a context): one training at a
 context can land 4x apart from another with a different seed (``median_noise.py``).
 
 ``--rows`` writes each rollout's arm and error per held-out context, and every fixed arm's errors
@@ -127,6 +127,8 @@ def train_held_out(
     """Train ``choose(params)`` at each of the campaign's held-out contexts, as its test stage
     trains them (same batches; the same seeds plus ``seed_offset``): the arms and the errors (a
     divergence's capped error), in context order."""
+    if config.mode != "single":
+        raise ValueError("train_held_out: single mode only (a sequential test stage picks L-BFGS arms as it goes)")
     plan = CampaignPlan(config)
     arms, errors = [], []
     for step in (s for s in plan.steps() if s.stage == "test"):
@@ -212,7 +214,7 @@ def main() -> None:
     pooled = f" test median over {args.test_repeats} trainings a context |" if args.test_repeats > 1 else ""
     print(f"| family | seed | heuristic | online accumulated rel. L2 | test median rel. L2 |{pooled} prior |")
     print("|---|---|---|---|---|---|" + ("---|" if pooled else ""))
-    ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    ratios: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     cache = ReferenceCache(args.reference_cache if args.reference == "fixed" else None)
     rollouts: list[dict] = []
     for family in args.families:
@@ -247,14 +249,18 @@ def main() -> None:
                                  "params": [r.params for r in tests], "errors": test_errors(tests)})  # fmt: skip
                 for rank in args.test_rank[1:]:
                     arms, errors = rollout(config, engine, rank)
-                    median = statistics.median(errors)
-                    summaries[f"{label} [{rank}]"] = {**summaries[label], "test_median_error": median}
+                    summaries[f"{label} [{rank}]"] = {
+                        "online_accumulated_error": summaries[label]["online_accumulated_error"],
+                        "test_mean_error": statistics.fmean(errors),
+                        "test_median_error": statistics.median(errors),
+                    }
                     if args.test_repeats > 1:
                         summaries[f"{label} [{rank}]"]["test_pooled_median"] = pooled_median(
                             config, arms, errors, args.test_repeats
                         )
                     rollouts.append({"family": family, "seed": seed, "heuristic": f"{label} [{rank}]",
-                                     "arms": [a.label for a in arms], "errors": errors})  # fmt: skip
+                                     "arms": [a.label for a in arms], "params": [r.params for r in tests],
+                                     "errors": errors})  # fmt: skip
             if args.reference == "fixed":
                 candidates = reference_arms(base, args.reference_top)
             else:
