@@ -211,15 +211,9 @@ class ArmOut(BaseModel):
     bits: str = Field(description="the nine term bits (ten for single-domain)")
     recipe: list[str] = Field(default_factory=list, description="the training recipe that goes with these terms")
     predicted_error: float
-    error_interval: tuple[float, float] = Field(
-        description="95% credible interval of the expected relative L2 error (the posterior's alone)"
-    )
-    outcome_interval: tuple[float, float] = Field(
-        description="95% interval of one solve's relative L2 error: the posterior and the noise seen near here"
-    )
+    error_interval: tuple[float, float] = Field(description="95% credible interval of the relative L2 error")
     reward_mean: float
     reward_std: float
-    noise_std: float = Field(description="the spread of one solve's reward seen near here, -log10 units")
     observations: int = Field(0, description="trainings of this arm (this phase) the answer learned from")
     prior_observations: int = Field(0, description="... and those its prior learned from")
 
@@ -237,7 +231,7 @@ class RecommendationOut(BaseModel):
     profile: dict | None = None
     snapshot_version: int = Field(description="the study's snapshot (0: none yet)")
     observations: int = Field(description="the study's observations behind this answer")
-    rank: str = Field("lcb", description="how the arms are ordered (lcb, outcome or mean)")
+    rank: str = Field("lcb", description="how the arms are ordered (lcb or mean)")
     arms: list[ArmOut] = Field(description="ranked arms (sequential: the Adam phase's); empty when source is none")
     arms_lbfgs: list[ArmOut] | None = None
     assumed_reward_phase0: float | None = None

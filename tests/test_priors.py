@@ -136,32 +136,6 @@ def test_an_arm_nobody_tried_is_not_recommended_on_its_prior_mean_alone():
         engine.recommend({"nu": 0.015}, rank="best")
 
 
-def test_an_arm_that_sometimes_fails_near_the_context_is_not_recommended_on_its_mean():
-    """Reaction between rho 5 and 7.5, as the shipped prior saw it: one network trains to 0.05
-    (reward 1.3) at most contexts and fails (0.8) at some; `u` trains to 0.1 (1.0) at every one.
-    By the posterior's interval (the default; both arms well observed) one network wins; by one
-    solve's interval (``rank="outcome"``), the residuals near rho = 6.1 widen one network's and
-    `u` comes first. Every answer says the spread each arm showed there."""
-    engine = BanditEngine("reaction", seed=1)
-    single, u = Arm.parse("single-domain"), Arm.parse("u")
-    fails = {4, 11}
-    for i, rho in enumerate(torch.linspace(5.0, 7.5, 16).tolist()):
-        engine.observe(Observation({"rho": rho}, single, 0.1 if i in fails else 1.3 + 0.02 * math.sin(7 * i)))
-        if i % 3 == 0:
-            engine.observe(Observation({"rho": rho + 0.05}, u, 1.0 + 0.02 * math.cos(5 * i)))
-    assert engine.recommend({"rho": 6.1}, top=2)[0].arm == single
-    safe = engine.recommend({"rho": 6.1}, top=2, rank="outcome")
-    assert safe[0].arm == u, safe
-    spread = {r.arm: r.noise_std for r in engine.recommend({"rho": 6.1}, top=512)}
-    assert spread[single] > 2 * spread[u], spread
-    lo, hi = safe[0].outcome_interval
-    width = math.hypot(safe[0].reward_std, safe[0].noise_std)
-    assert math.isclose(hi, 10 ** -(safe[0].reward_mean - 1.96 * width))
-    assert lo < safe[0].error_interval[0] and hi > safe[0].error_interval[1]  # one solve's is the wider
-    uppers = [r.outcome_interval[1] for r in safe]
-    assert uppers == sorted(uppers)
-
-
 @pytest.fixture
 def installed_prior(tmp_path, monkeypatch):
     """advection-single-v9 installed in a folder of METALIC_PRIOR_PATH, priors on; built (says its

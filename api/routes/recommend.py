@@ -44,10 +44,8 @@ def _arm(r: Recommendation) -> ArmOut:
         recipe=list(r.arm.recipe_flags),
         predicted_error=r.predicted_error,
         error_interval=r.error_interval,
-        outcome_interval=r.outcome_interval,
         reward_mean=r.reward_mean,
         reward_std=r.reward_std,
-        noise_std=r.noise_std,
         observations=r.observations,
         prior_observations=r.prior_observations,
     )
@@ -150,10 +148,7 @@ async def recommendation(
     ] = None,
     rank: Annotated[
         Literal[RANKINGS],
-        Query(
-            description="lcb: by the upper end of the error's 95% credible interval (default); outcome: of "
-            "one solve's 95% interval (the noise seen near here too); mean: by the predicted error"
-        ),
+        Query(description="lcb: by the upper end of the error's 95% interval (default); mean: by the predicted error"),
     ] = "lcb",
     adam: Annotated[
         int | None, Query(ge=0, description="the budget asked about: the study nearest to it answers")
@@ -164,9 +159,8 @@ async def recommendation(
     ] = None,
 ) -> Response:
     """Arms ranked at the context by the upper end of their error's 95% interval (an arm tried
-    nowhere near does not win on its prior mean alone), with predicted error, the interval, one
-    solve's interval (the noise seen near here too) and the trainings behind each (per phase in
-    sequential mode). Context: ``?<parameter>=<value>``.
+    nowhere near does not win on its prior mean alone), with predicted error, interval and the
+    trainings behind each (per phase in sequential mode). Context: ``?<parameter>=<value>``.
 
     The latest snapshot version is looked up at most every ``snapshot_check_seconds``; between
     lookups, and always for the posterior itself, nothing touches the database."""

@@ -5,8 +5,7 @@
 - ``report_adam(params, arm_adam, reward_adam)`` (sequential): report the reward after the Adam
   phase and get the L-BFGS arm, one explicit operation.
 - ``observe(...)``: record a finished training and refit the surrogate(s), warm-started.
-- ``recommend(params)``: arms ranked by the pessimistic end of the posterior's 95% interval (or of
-  one solve's, or by its mean), with predicted error, both intervals and the trainings behind.
+- ``recommend(params)``: arms ranked by posterior mean, with predicted error and a 95% interval.
 - ``snapshot()`` / ``BanditEngine.from_snapshot()``: observations, hyper-parameters, random state
   and version as JSON-ready data; a reloaded engine suggests exactly what the original would.
 
@@ -89,13 +88,9 @@ class Recommendation:
     error_interval: tuple[float, float]  # 95% credible interval of the relative L2 error
     observations: int = 0  # trainings of this arm (this phase) the engine holds, at any parameters
     prior_observations: int = 0  # ... and in its prior
-    noise_std: float = 0.0  # the observation noise seen near here (-log10 units): one solve's spread
-    outcome_interval: tuple[float, float] = (0.0, 0.0)  # 95% interval of one solve's rel. L2 error
 
 
-# recommend(): by the pessimistic end of the posterior's interval, of one solve's interval (the
-# posterior and the noise seen near the context), or by the posterior mean
-RANKINGS = ("lcb", "outcome", "mean")
+RANKINGS = ("lcb", "mean")  # recommend(): by the interval's pessimistic end, or by the mean
 Z95 = 1.96
 
 
@@ -346,13 +341,8 @@ class BanditEngine:
         """The ``top`` arms at ``params``, best first. ``rank="lcb"`` (what a user is told) orders
         by the lower end of the reward's 95% interval, i.e. the upper end of the error's: an arm
         nobody tried keeps the GP's wide prior there and does not win on its prior mean alone.
-        ``rank="outcome"``: by the upper end of the 95% interval of one solve's error, the
-        posterior's uncertainty and the observation noise seen near the context (``local_noise``),
-        so an arm that sometimes fails there (large residuals) does not win on its mean either
-        (measured no better on the campaigns' test median: docs/results.md, "Ranking by one
-        solve's interval"). ``rank="mean"``: posterior mean (the authors' test rollout: pure
-        exploitation). With ``reward_adam`` in sequential mode, the ranking is for the L-BFGS phase.
-        Every answer carries both intervals and the noise seen near the context."""
+        ``rank="mean"`` orders by posterior mean (the authors' test rollout: pure exploitation).
+        With ``reward_adam`` in sequential mode, the ranking is for the L-BFGS phase."""
         if rank not in RANKINGS:
             raise ValueError(f"rank: must be one of {', '.join(RANKINGS)}, got {rank!r}")
         unit = self.space.encode(params)
@@ -367,32 +357,21 @@ class BanditEngine:
         if reward_adam is not None:
             cont = torch.cat([torch.tensor([reward_adam / R_ADAM_SCALE], dtype=DTYPE), unit])
         arms, features = (self.arms, self.features) if phase is self.adam else (split_arms(), SPLIT_FEATURES)
-        gp = phase.predictor
         if rank == "mean":
-            order, mean, std = gp.rank_arms(cont, features, top)
-            noise = gp.local_noise(cont[None], features, order)[0]
-        else:  # every arm's interval: [1, A] means, stds and noise variances
-            every = torch.arange(len(features))
-            means, stds = gp.band(cont[None], features, every)
-            spread = stds[0]
-            if rank == "outcome":
-                noises = gp.local_noise(cont[None], features, every)[0]
-                spread = (spread**2 + noises).sqrt()
-            order = torch.argsort(means[0] - Z95 * spread, descending=True)[:top]
+            order, mean, std = phase.predictor.rank_arms(cont, features, top)
+        else:  # every arm's interval: [1, A] means and stds
+            means, stds = phase.predictor.band(cont[None], features, torch.arange(len(features)))
+            order = torch.argsort(means[0] - Z95 * stds[0], descending=True)[:top]
             mean, std = means[0, order], stds[0, order]
-            noise = noises[order] if rank == "outcome" else gp.local_noise(cont[None], features, order)[0]
         lbfgs = phase is not self.adam
         own = _arm_counts(self.observations, lbfgs)
         # the prior's own trainings (a study prior's: that study's, not what it stands on)
         prior = _arm_counts(prior_engine(self.prior).observations, lbfgs) if self.prior is not None else {}
         out = []
-        for i, m, s, v in zip(order.tolist(), mean.tolist(), std.tolist(), noise.tolist(), strict=True):
+        for i, m, s in zip(order.tolist(), mean.tolist(), std.tolist(), strict=True):
             arm = arms[i]
             interval = (10 ** (-(m + Z95 * s)), 10 ** (-(m - Z95 * s)))
-            wide = math.sqrt(s * s + v)
-            outcome = (10 ** (-(m + Z95 * wide)), 10 ** (-(m - Z95 * wide)))
-            out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval, own.get(i, 0), prior.get(i, 0),
-                                      math.sqrt(v), outcome))  # fmt: skip
+            out.append(Recommendation(arm, arm.label, m, s, 10 ** (-m), interval, own.get(i, 0), prior.get(i, 0)))
         return out
 
     def landscape(self, points: Sequence[Mapping[str, float]], top: int = 5) -> Landscape:

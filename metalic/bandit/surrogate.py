@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 MIN_ARM_LENGTHSCALE = 0.1
 REFRESH = 5  # also refit from the priors' defaults at every 5th observation count
 ARM_KERNELS = ("hamming", "additive")  # the term bits' kernel: the authors', or with per-term effects
-LOCAL_NOISE_PRIOR = 1.0  # local_noise(): the fitted noise counts as this many nearby residuals
 
 
 class BinaryHammingKernel(CategoricalKernel):
@@ -372,29 +371,6 @@ class RewardGP:
         v = torch.linalg.solve_triangular(c["chol"], flat.T, upper=False)
         var = (c["k_diag"] - (v * v).sum(0)).clamp_min(0) * c["y_std"] ** 2
         return mean, var.sqrt().reshape(mean.shape)
-
-    @torch.inference_mode()
-    def local_noise(self, conts: Tensor, arms: Tensor, which: Tensor) -> Tensor:
-        """The observation noise variance [G, k] (reward units squared) near each of G continuous
-        inputs ``conts`` [G, n_cont] for the arms ``arms[which]``: a kernel-weighted mean of the
-        squared leave-one-out residuals of the observations, shrunk to the fitted (homoscedastic)
-        noise with the weight of ``LOCAL_NOISE_PRIOR`` observations.
-
-        The GP has one noise level for every arm; an arm that trains well at most contexts of a
-        region and fails at some (one network near the edge of its range) has a good mean there
-        and large residuals. The weights are the fitted kernel's correlations, so "near" means what
-        the GP means by it. Leave-one-out residuals (y_i minus the prediction without i:
-        [K^-1 y]_i / [K^-1]_ii) are not shrunk by the point's own pull on the mean."""
-        c = self._cache
-        if "loo_sq" not in c:
-            inv_chol = torch.linalg.solve_triangular(c["chol"], torch.eye(len(c["chol"]), dtype=DTYPE), upper=False)
-            c["loo_sq"] = (c["alpha"] / (inv_chol * inv_chol).sum(0)) ** 2  # [n], standardised units
-        k_arms = self._arm_block(arms)[which]  # [k, n]
-        rows = torch.cat([conts.to(DTYPE), torch.zeros(len(conts), self.n_cat, dtype=DTYPE)], dim=1)
-        weights = self._kernel_cont(rows, c["x"])[:, None, :] * k_arms[None] / c["k_diag"]  # [G, k, n]
-        noise = self.model.likelihood.noise.reshape(())
-        local = (weights @ c["loo_sq"] + LOCAL_NOISE_PRIOR * noise) / (weights.sum(-1) + LOCAL_NOISE_PRIOR)
-        return local * c["y_std"] ** 2
 
     @torch.no_grad()
     def mean(self, x: Tensor) -> Tensor:

@@ -92,14 +92,6 @@ class StackedGP:
         mean_own, std_own = self.own.band(conts, arms, which)
         return mean + mean_own, self._blend(std, std_own)
 
-    def local_noise(self, conts: Tensor, arms: Tensor, which: Tensor) -> Tensor:
-        """Observation noise variance [G, k] near each input (``RewardGP.local_noise``): the two
-        levels' estimates mixed by ``alpha``, as their standard deviations are."""
-        base = self.base.local_noise(conts, arms, which)
-        if self.own is None or self.alpha == 0.0:
-            return base
-        return self.alpha * self.own.local_noise(conts, arms, which) + (1 - self.alpha) * base
-
     def rank_arms(self, cont: Tensor, arms: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
         """The ``top`` arms by posterior mean at ``cont`` [n_cont]: (indices, mean, std) [top]."""
         latent = self.surface(cont[None], arms)[0]
