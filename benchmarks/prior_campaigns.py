@@ -201,9 +201,9 @@ def main() -> None:
     parser.add_argument("--reference-cache", type=Path, default=Path("out/prior_campaigns_reference.json"))
     parser.add_argument("--hindsight-candidates", type=int, default=3, help="run: how many favourites")
     parser.add_argument("--test-rank", nargs="+", default=["mean"], choices=list(RANKINGS),
-                        help="test rollouts: posterior mean (the authors'), the posterior interval's low end "
-                             "(lcb) or one solve's interval's (outcome); the first runs in the campaign, each "
-                             "further one is rolled out after it on the same engine (rows '... [rank]')")  # fmt: skip
+                        help="test rollouts: posterior mean (the authors') or the interval's low end (lcb); the "
+                             "first runs in the campaign, each further one is rolled out after it on the same "
+                             "engine (rows '... [rank]')")  # fmt: skip
     parser.add_argument("--rows", type=Path, help="write each campaign's test rollout (arms, errors) here as JSON")
     parser.add_argument("--test-repeats", type=int, default=1,
                         help="train each held-out context's arm this many times in all (other seeds) and also "
