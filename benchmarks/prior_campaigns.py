@@ -32,11 +32,12 @@ the contexts that build a prior and those that score it are disjoint draws. Prin
 (family, seed, heuristic) and the ratios to hindsight (same run).
 
     python benchmarks/prior_campaigns.py --families burgers advection reaction --seeds 0 1 2 \
-        --arm-kernels hamming additive [--reference run] [--test-rank lcb] [--rows out/rows.json]
+        --arm-kernels hamming additive [--reference run] [--test-rank lcb [mean]] [--test-repeats 3] \
+        [--rows out/rows.json]
 
 ``--test-repeats R`` trains each held-out context's chosen arm (and the hindsight arm's) R times in
-all, with other training seeds, and adds the median of all those errors (R a context): one training at a
-context can land 4x apart from another with a different seed (``median_noise.py``).
+all, with other training seeds, and adds the median of all those errors (R a context): a fixed
+arm's 10-context median moves up to 5x with the training seed alone (``median_noise.py``).
 
 ``--rows`` writes each rollout's arm and error per held-out context, and every fixed arm's errors
 at the same contexts, to trace a test median to the contexts behind it.
