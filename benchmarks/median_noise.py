@@ -26,12 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe
-from prior_campaigns import REPEAT_SEED_STEP, train_held_out
+from prior_campaigns import REPEAT_SEED_STEP, campaign_config, train_held_out
 
 from metalic.arms import Arm
-from metalic.campaign import CampaignConfig
-from metalic.pinn.problem import PinnConfig
-from metalic.pinn.trainer import TrainConfig
 
 
 def main() -> None:
@@ -49,11 +46,7 @@ def main() -> None:
     moved: dict[tuple[str, str], list[float]] = {}
     for family in args.families:
         for seed in args.seeds:
-            config = CampaignConfig(
-                family=family, warmup=5, rounds=20, test=10, batch=5, seed=seed,
-                train=TrainConfig(adam=200, lbfgs=300, compile=False),
-                pinn=PinnConfig(n_collocation=300, n_boundary=50, n_interface=51),
-            )  # fmt: skip
+            config = campaign_config(family, seed)
             for label in args.arms:
                 arm = Arm.parse(label)
                 medians = [

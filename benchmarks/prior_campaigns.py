@@ -116,6 +116,16 @@ def reference_arms(config: CampaignConfig, k: int) -> list[Arm]:
     return arms
 
 
+def campaign_config(family: str, seed: int, warmup: int = 5, rounds: int = 20, test: int = 10) -> CampaignConfig:
+    """A campaign at docs/results.md's budget (200 Adam + 300 L-BFGS, 300 / 50 points, 51 per
+    interface, batches of 5), the authors' test rule."""
+    return CampaignConfig(
+        family=family, warmup=warmup, rounds=rounds, test=test, batch=5, seed=seed,
+        train=TrainConfig(adam=200, lbfgs=300, compile=False),
+        pinn=PinnConfig(n_collocation=300, n_boundary=50, n_interface=51),
+    )  # fmt: skip
+
+
 def rollout(config: CampaignConfig, engine: BanditEngine, rank: str) -> tuple[list[Arm], list[float]]:
     """A further test rollout of a finished campaign's engine under ``rank``: the arm it
     recommends at each held-out context, trained as the campaign's test stage trains."""
@@ -220,12 +230,8 @@ def main() -> None:
     rollouts: list[dict] = []
     for family in args.families:
         for seed in args.seeds:
-            base = CampaignConfig(
-                family=family, warmup=args.warmup, rounds=args.rounds, test=args.test, batch=5, seed=seed,
-                test_rank=args.test_rank[0],
-                train=TrainConfig(adam=200, lbfgs=300, compile=False),
-                pinn=PinnConfig(n_collocation=300, n_boundary=50, n_interface=51),
-            )  # fmt: skip
+            base = replace(campaign_config(family, seed, args.warmup, args.rounds, args.test),
+                           test_rank=args.test_rank[0])  # fmt: skip
             prior = priors.for_budget(family, "single", base.request({}, NONE, seed=0).profile())
             plan = []
             for kernel in args.arm_kernels:
